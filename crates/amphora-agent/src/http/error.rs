@@ -1,0 +1,104 @@
+//! The one place where failures become HTTP responses. Every error answer
+//! is JSON, `{"message": ..., "details": ...}`, with the status and wording
+//! of the specification (or upstream's agent where the controller relies
+//! on it).
+
+use amphora_proto::Message;
+use axum::Json;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::ids::InvalidId;
+use crate::lb::{Action, LbError};
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: Message,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, body: Message::new(message) }
+    }
+
+    pub fn with_details(status: StatusCode, message: impl Into<String>, details: impl Into<String>) -> Self {
+        Self { status, body: Message::with_details(message, details) }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The start/stop/reload route words a missing load balancer as the
+    /// specification does for it.
+    pub fn from_action_error(error: LbError) -> Self {
+        match error {
+            LbError::NotFound(id) => Self::with_details(
+                StatusCode::NOT_FOUND,
+                "Listener Not Found",
+                format!("No loadbalancer with UUID: {id}"),
+            ),
+            other => other.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<LbError> for ApiError {
+    fn from(error: LbError) -> Self {
+        match error {
+            LbError::NotFound(id) => Self::with_details(
+                StatusCode::NOT_FOUND,
+                "Loadbalancer Not Found",
+                format!("No loadbalancer with UUID: {id}"),
+            ),
+            LbError::NotUtf8 => Self::with_details(StatusCode::BAD_REQUEST, "Invalid request", error.to_string()),
+            LbError::Invalid(output) => Self::with_details(StatusCode::BAD_REQUEST, "Invalid request", output),
+            LbError::UnknownAction(action) => {
+                Self::with_details(StatusCode::BAD_REQUEST, "Invalid Request", format!("Unknown action: {action}"))
+            }
+            LbError::Action { action, detail } => {
+                let verb = match action {
+                    Action::Start => "starting",
+                    Action::Stop => "stopping",
+                    Action::Reload => "reloading",
+                };
+                tracing::error!(%action, %detail, "haproxy action failed");
+                Self::with_details(StatusCode::INTERNAL_SERVER_ERROR, format!("Error {verb} haproxy"), detail)
+            }
+            LbError::Io { .. } => {
+                tracing::error!(error = %error, "internal error");
+                Self::with_details(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", error.to_string())
+            }
+        }
+    }
+}
+
+impl From<InvalidId> for ApiError {
+    fn from(error: InvalidId) -> Self {
+        Self::with_details(StatusCode::BAD_REQUEST, "Invalid request", error.to_string())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::with_details(StatusCode::BAD_REQUEST, "Invalid request", rejection.body_text())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::with_details(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large", rejection.body_text())
+        } else {
+            Self::with_details(rejection.status(), "Invalid request", rejection.body_text())
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The HTTPS server: mutual-TLS accept loop, HTTP/1.1 with keep-alive, the
+//! routers, request logging, and JSON answers for unknown routes and
+//! methods (upstream's controller takes a non-JSON 404 for "agent not
+//! ready" and keeps retrying).
+
+mod error;
+mod extract;
+mod v1;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+pub use error::ApiError;
+
+use crate::info::InfoService;
+use crate::lb::LbService;
+use crate::tls::TlsState;
+
+/// What handlers reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub lbs: Arc<LbService>,
+    pub info: Arc<InfoService>,
+}
+
+/// The complete application: every API surface over one state.
+pub fn app(state: AppState, max_body: usize) -> Router {
+    v1::router()
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::with_details(
+        StatusCode::NOT_FOUND,
+        "Not Found",
+        format!("No such resource: {} {}", request.method(), request.uri().path()),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::with_details(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method Not Allowed",
+        format!("{} is not allowed on {}", request.method(), request.uri().path()),
+    )
+}
+
+/// One line per request: method, path, status, duration.
+async fn log_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let millis = started.elapsed().as_secs_f64() * 1000.0;
+    if response.status().is_server_error() {
+        tracing::warn!(%method, path, status, duration_ms = format!("{millis:.1}"), "request");
+    } else {
+        tracing::info!(%method, path, status, duration_ms = format!("{millis:.1}"), "request");
+    }
+    response
+}
+
+/// Time limits of client connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// For the TLS handshake.
+    pub handshake: Duration,
+    /// For a request's headers, and for an idle keep-alive connection.
+    pub read: Duration,
+}
+
+/// Accepts connections until `shutdown` resolves. Each connection is
+/// verified by mutual TLS, then serves any number of requests.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<TlsState>,
+    app: Router,
+    timeouts: Timeouts,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(connection) => connection,
+                Err(e) => {
+                    // Out of descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = TlsAcceptor::from(tls.current());
+        let app = app.clone();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(timeouts.handshake, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let service = TowerToHyperService::new(app);
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .keep_alive(true)
+                .header_read_timeout(timeouts.read)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,110 @@
+//! The amphora's description of itself: `/info` and `/1.0/details`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use amphora_proto::{API_VERSION, Details, Disk, Info};
+
+use crate::config::Topology;
+use crate::lb::LbService;
+use crate::system::packages::{Packages, TRACKED};
+use crate::system::procfs;
+use crate::system::sampler::Sampler;
+
+#[derive(Debug)]
+pub struct InfoService {
+    amphora_id: String,
+    topology: Topology,
+    packages: Packages,
+    sampler: Arc<Sampler>,
+    lbs: Arc<LbService>,
+}
+
+impl InfoService {
+    pub fn new(
+        amphora_id: String,
+        topology: Topology,
+        packages: Packages,
+        sampler: Arc<Sampler>,
+        lbs: Arc<LbService>,
+    ) -> Self {
+        Self { amphora_id, topology, packages, sampler, lbs }
+    }
+
+    /// Reads the package database now rather than on the first request.
+    pub fn warm_up(&self) {
+        self.packages.versions();
+    }
+
+    pub fn info(&self) -> Info {
+        let versions = self.packages.versions();
+        Info {
+            hostname: hostname(),
+            uuid: self.amphora_id.clone(),
+            haproxy_version: versions.get("haproxy").cloned(),
+            api_version: API_VERSION.into(),
+            keepalived_version: versions.get("keepalived").cloned(),
+            ipvsadm_version: versions.get("ipvsadm").cloned(),
+        }
+    }
+
+    pub fn details(&self) -> Details {
+        let info = self.info();
+        let versions = self.packages.versions();
+        let rates = self.sampler.rates();
+        let memory = procfs::parse_meminfo(&read("/proc/meminfo"));
+        Details {
+            hostname: info.hostname,
+            uuid: info.uuid,
+            haproxy_version: info.haproxy_version,
+            api_version: info.api_version,
+            keepalived_version: info.keepalived_version,
+            ipvsadm_version: info.ipvsadm_version,
+            network_tx: rates.network_tx,
+            network_rx: rates.network_rx,
+            networks: rates.networks,
+            active: true,
+            haproxy_count: self.lbs.running_count() as u32,
+            lvs_listener_process_count: 0,
+            cpu_count: cpu_count(),
+            cpu: rates.cpu,
+            memory,
+            disk: root_disk(),
+            load: procfs::parse_loadavg(&read("/proc/loadavg")),
+            active_tuned_profiles: read("/etc/tuned/active_profile").trim().to_owned(),
+            topology: self.topology.as_str().into(),
+            topology_status: "OK".into(),
+            listeners: self.lbs.listener_ids(),
+            packages: TRACKED
+                .iter()
+                .filter_map(|name| versions.get(*name).map(|v| BTreeMap::from([(name.to_string(), v.clone())])))
+                .collect(),
+        }
+    }
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn cpu_count() -> u32 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN).ok().flatten().map(|n| n as u32).unwrap_or(1)
+}
+
+/// Root file system usage in kilobytes.
+fn root_disk() -> Disk {
+    match nix::sys::statvfs::statvfs("/") {
+        Ok(st) => {
+            let fragment = st.fragment_size();
+            Disk {
+                used: (st.blocks() - st.blocks_free()) * fragment / 1024,
+                available: st.blocks_available() * fragment / 1024,
+            }
+        }
+        Err(_) => Disk { used: 0, available: 0 },
+    }
+}

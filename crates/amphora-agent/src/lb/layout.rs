@@ -1,0 +1,139 @@
+//! Where a load balancer's files live. The layout is upstream's, so an
+//! operator can swap agents in an existing image without migration:
+//! `{base_path}/{lb}/haproxy.cfg`, `{base_path}/{lb}/{lb}.pid`,
+//! `{base_path}/{lb}/servers-state`, certificates in `{base_cert_dir}/{lb}/`.
+//! Files that are the agent's own (master socket, master output, desired
+//! state) sit beside them in the load balancer's directory.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::haproxy::Instance;
+use crate::ids::LbId;
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    base_path: PathBuf,
+    cert_dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(base_path: PathBuf, cert_dir: PathBuf) -> Self {
+        Self { base_path, cert_dir }
+    }
+
+    pub fn base_path(&self) -> &Path {
+        &self.base_path
+    }
+
+    pub fn lb_dir(&self, id: &LbId) -> PathBuf {
+        self.base_path.join(id.as_str())
+    }
+
+    pub fn config(&self, id: &LbId) -> PathBuf {
+        self.lb_dir(id).join("haproxy.cfg")
+    }
+
+    /// Where an uploaded configuration waits for `haproxy -c`.
+    pub fn new_config(&self, id: &LbId) -> PathBuf {
+        self.lb_dir(id).join("haproxy.cfg.new")
+    }
+
+    /// The last configuration haproxy rejected, kept for debugging.
+    pub fn failed_config(&self, id: &LbId) -> PathBuf {
+        self.lb_dir(id).join("haproxy.cfg.new-failed")
+    }
+
+    pub fn servers_state(&self, id: &LbId) -> PathBuf {
+        self.lb_dir(id).join("servers-state")
+    }
+
+    /// The agent's record of what it should do with this load balancer.
+    pub fn agent_state(&self, id: &LbId) -> PathBuf {
+        self.lb_dir(id).join("agent-state.json")
+    }
+
+    pub fn cert_dir(&self, id: &LbId) -> PathBuf {
+        self.cert_dir.join(id.as_str())
+    }
+
+    /// The second haproxy configuration file, carrying `group` (upstream:
+    /// `/var/lib/octavia/haproxy-default-user-group.conf`).
+    pub fn user_group_config(&self) -> PathBuf {
+        self.base_path.join("haproxy-default-user-group.conf")
+    }
+
+    pub fn instance(&self, id: &LbId, peer_name: String) -> Instance {
+        let dir = self.lb_dir(id);
+        Instance {
+            config: dir.join("haproxy.cfg"),
+            pid_file: dir.join(format!("{id}.pid")),
+            master_socket: dir.join("master.sock"),
+            log_file: dir.join("haproxy.log"),
+            peer_name,
+        }
+    }
+
+    /// Every load balancer with a stored configuration, sorted.
+    pub fn load_balancers(&self) -> Vec<LbId> {
+        let Ok(entries) = fs::read_dir(&self.base_path) else { return Vec::new() };
+        let mut ids: Vec<LbId> = entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| LbId::parse(entry.file_name().to_str()?).ok())
+            .filter(|id| self.config(id).is_file())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Whether `path` is inside the state directory, so the agent may
+    /// remove it.
+    pub fn owns(&self, path: &Path) -> bool {
+        path.is_absolute()
+            && path.starts_with(&self.base_path)
+            && !path.components().any(|c| matches!(c, std::path::Component::ParentDir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(raw: &str) -> LbId {
+        LbId::parse(raw).expect("id")
+    }
+
+    #[test]
+    fn paths_follow_upstream() {
+        let layout = Layout::new("/var/lib/octavia".into(), "/var/lib/octavia/certs".into());
+        let lb = id("85e2111b");
+        assert_eq!(layout.config(&lb), PathBuf::from("/var/lib/octavia/85e2111b/haproxy.cfg"));
+        assert_eq!(layout.servers_state(&lb), PathBuf::from("/var/lib/octavia/85e2111b/servers-state"));
+        assert_eq!(layout.cert_dir(&lb), PathBuf::from("/var/lib/octavia/certs/85e2111b"));
+        assert_eq!(layout.instance(&lb, "p".into()).pid_file, PathBuf::from("/var/lib/octavia/85e2111b/85e2111b.pid"));
+        assert_eq!(layout.user_group_config(), PathBuf::from("/var/lib/octavia/haproxy-default-user-group.conf"));
+    }
+
+    #[test]
+    fn lists_only_directories_with_a_configuration() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(dir.path().into(), dir.path().join("certs"));
+        for name in ["b-lb", "a-lb", "vrrp", "no-config"] {
+            fs::create_dir(dir.path().join(name)).expect("mkdir");
+        }
+        for name in ["b-lb", "a-lb", "vrrp"] {
+            fs::write(dir.path().join(name).join("haproxy.cfg"), "").expect("write");
+        }
+        fs::write(dir.path().join("stray.cfg"), "").expect("write");
+        assert_eq!(layout.load_balancers(), vec![id("a-lb"), id("b-lb")]);
+    }
+
+    #[test]
+    fn owns_only_paths_below_the_state_directory() {
+        let layout = Layout::new("/var/lib/octavia".into(), "/var/lib/octavia/certs".into());
+        assert!(layout.owns(Path::new("/var/lib/octavia/lb.sock")));
+        assert!(!layout.owns(Path::new("/var/lib/octavia/../../etc/passwd")));
+        assert!(!layout.owns(Path::new("/etc/passwd")));
+        assert!(!layout.owns(Path::new("lb.sock")));
+    }
+}

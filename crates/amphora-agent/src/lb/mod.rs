@@ -1,0 +1,547 @@
+//! Load balancers: the stored haproxy configuration of each, and the haproxy
+//! process that serves it.
+//!
+//! Operations on one load balancer are serialised by a per-load-balancer
+//! lock; different load balancers proceed in parallel. A rejected
+//! configuration never replaces the stored one, and nothing here stops a
+//! running haproxy except an explicit stop or delete. What should run is
+//! recorded on disk, so a restarted agent adopts running processes and a
+//! rebooted amphora starts what ran before.
+
+mod layout;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use amphora_proto::{ListenerState, ListenerStatus};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+pub use layout::Layout;
+
+use crate::fsutil;
+use crate::haproxy::{self, Haproxy, HaproxyError, Instance, cfg, cli, process};
+use crate::ids::{AmphoraId, LbId};
+
+/// First delay before restarting an haproxy that died.
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest delay between restart attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// An haproxy that ran this long before dying restarts without delay growth.
+const STABLE_RUN: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LbError {
+    #[error("no load balancer {0}")]
+    NotFound(LbId),
+    #[error("the configuration is not valid UTF-8")]
+    NotUtf8,
+    /// haproxy rejected the configuration; its output.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("unknown action {0:?}")]
+    UnknownAction(String),
+    #[error("{action} failed: {detail}")]
+    Action { action: Action, detail: String },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LbError {
+    let what = what.into();
+    move |source| LbError::Io { what, source }
+}
+
+/// What `PUT /1.0/loadbalancer/{id}/{action}` may ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Stop,
+    Reload,
+}
+
+impl Action {
+    /// Parses an action name, case-insensitively as upstream does.
+    pub fn parse(raw: &str) -> Result<Self, LbError> {
+        match raw.to_ascii_lowercase().as_str() {
+            "start" => Ok(Action::Start),
+            "stop" => Ok(Action::Stop),
+            "reload" => Ok(Action::Reload),
+            _ => Err(LbError::UnknownAction(raw.to_owned())),
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Action::Start => "start",
+            Action::Stop => "stop",
+            Action::Reload => "reload",
+        })
+    }
+}
+
+/// What an action did, for the response details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Started,
+    Stopped,
+    Reloaded,
+}
+
+/// Whether the operator wants a load balancer's haproxy running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Desired {
+    Running,
+    Stopped,
+}
+
+/// The agent's persisted record for one load balancer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct LbRecord {
+    /// haproxy's `-L` peer name, from the amphora id of the upload URL.
+    peer_name: String,
+    desired: Desired,
+}
+
+/// Per-load-balancer serialisation. `generation` changes whenever the
+/// process is deliberately started, stopped or deleted, so a supervisor
+/// watching an older process knows to stand down.
+#[derive(Debug, Default)]
+struct Slot {
+    op: tokio::sync::Mutex<u64>,
+}
+
+/// The load balancers of this amphora.
+#[derive(Debug)]
+pub struct LbService {
+    layout: Layout,
+    haproxy: Haproxy,
+    /// Peer name for configurations the agent did not receive itself.
+    default_peer: String,
+    slots: Mutex<HashMap<LbId, Arc<Slot>>>,
+    me: Weak<LbService>,
+}
+
+impl LbService {
+    pub fn new(layout: Layout, haproxy: Haproxy, amphora_id: &str) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            layout,
+            haproxy,
+            default_peer: haproxy::peer_name(amphora_id),
+            slots: Mutex::new(HashMap::new()),
+            me: me.clone(),
+        })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn slot(&self, id: &LbId) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.entry(id.clone()).or_default().clone()
+    }
+
+    fn record(&self, id: &LbId) -> LbRecord {
+        fs::read(self.layout.agent_state(id))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            // A configuration without our record was left by upstream's
+            // agent, whose systemd unit starts every stored load balancer.
+            .unwrap_or_else(|| LbRecord { peer_name: self.default_peer.clone(), desired: Desired::Running })
+    }
+
+    fn save_record(&self, id: &LbId, record: &LbRecord) -> Result<(), LbError> {
+        let bytes = serde_json::to_vec(record)
+            .map_err(|e| LbError::Io { what: "cannot encode the load balancer record".into(), source: e.into() })?;
+        fsutil::write_atomic(&self.layout.agent_state(id), &bytes, 0o600)
+            .map_err(io_error(format!("cannot record the state of {id}")))
+    }
+
+    fn set_desired(&self, id: &LbId, desired: Desired) -> Result<(), LbError> {
+        let mut record = self.record(id);
+        if record.desired != desired || !self.layout.agent_state(id).exists() {
+            record.desired = desired;
+            self.save_record(id, &record)?;
+        }
+        Ok(())
+    }
+
+    fn instance(&self, id: &LbId) -> Instance {
+        self.layout.instance(id, self.record(id).peer_name)
+    }
+
+    fn require_config(&self, id: &LbId) -> Result<(), LbError> {
+        if self.layout.config(id).is_file() { Ok(()) } else { Err(LbError::NotFound(id.clone())) }
+    }
+
+    /// Validates and stores a configuration; returns its ETag (MD5 of the
+    /// body as received). On rejection the stored configuration and the
+    /// running haproxy are untouched and the rejected file is kept beside
+    /// them as `haproxy.cfg.new-failed`.
+    pub async fn upload_config(&self, amphora_id: &AmphoraId, id: &LbId, body: &[u8]) -> Result<String, LbError> {
+        let slot = self.slot(id);
+        let _guard = slot.op.lock().await;
+
+        let text = std::str::from_utf8(body).map_err(|_| LbError::NotUtf8)?;
+        let config = cfg::strip_group_lines(text);
+        let dir = self.layout.lb_dir(id);
+        fsutil::create_dir_all(&dir, 0o755).map_err(io_error(format!("cannot create {}", dir.display())))?;
+
+        // Not synced yet: if the check fails it is only a debugging aid.
+        let staged = self.layout.new_config(id);
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&staged)
+            .map_err(io_error(format!("cannot write {}", staged.display())))?;
+        file.write_all(config.as_bytes()).map_err(io_error(format!("cannot write {}", staged.display())))?;
+
+        let peer_name = haproxy::peer_name(amphora_id.as_str());
+        match self.haproxy.check(&staged, &peer_name).await {
+            Ok(()) => {}
+            Err(HaproxyError::Invalid(output)) => {
+                let failed = self.layout.failed_config(id);
+                if let Err(e) = fs::rename(&staged, &failed) {
+                    tracing::warn!(lb = %id, error = %e, "cannot keep the rejected configuration");
+                }
+                return Err(LbError::Invalid(output));
+            }
+            Err(other) => {
+                let _ = fs::remove_file(&staged);
+                return Err(LbError::Io {
+                    what: "cannot check the configuration".into(),
+                    source: std::io::Error::other(other),
+                });
+            }
+        }
+        file.sync_all().map_err(io_error(format!("cannot sync {}", staged.display())))?;
+        drop(file);
+        fsutil::rename_durable(&staged, &self.layout.config(id))
+            .map_err(io_error("cannot install the configuration"))?;
+
+        let mut record = self.record(id);
+        let is_new = !self.layout.agent_state(id).exists();
+        if is_new {
+            record.desired = Desired::Stopped;
+        }
+        if is_new || record.peer_name != peer_name {
+            record.peer_name = peer_name;
+            self.save_record(id, &record)?;
+        }
+        Ok(crate::etag::md5_hex(body))
+    }
+
+    /// The stored configuration and its ETag.
+    pub fn config(&self, id: &LbId) -> Result<(Vec<u8>, String), LbError> {
+        match fs::read(self.layout.config(id)) {
+            Ok(bytes) => {
+                let etag = crate::etag::md5_hex(&bytes);
+                Ok((bytes, etag))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(LbError::NotFound(id.clone())),
+            Err(e) => Err(io_error("cannot read the configuration")(e)),
+        }
+    }
+
+    pub async fn act(&self, id: &LbId, action: Action) -> Result<Outcome, LbError> {
+        let slot = self.slot(id);
+        let mut generation = slot.op.lock().await;
+        self.require_config(id)?;
+        match action {
+            Action::Start => self.start_locked(id, &mut generation).await.map(|()| Outcome::Started),
+            Action::Stop => self.stop_locked(id, &mut generation).await.map(|()| Outcome::Stopped),
+            Action::Reload => {
+                let instance = self.instance(id);
+                match process::running_pid(&instance) {
+                    // haproxy cannot reload what does not run; upstream starts it.
+                    None => self.start_locked(id, &mut generation).await.map(|()| Outcome::Started),
+                    Some(pid) => {
+                        self.set_desired(id, Desired::Running)?;
+                        self.save_servers_state(id).await;
+                        self.haproxy
+                            .reload(&instance, pid)
+                            .await
+                            .map_err(|e| LbError::Action { action, detail: e.to_string() })?;
+                        tracing::info!(lb = %id, %pid, "haproxy reloaded");
+                        Ok(Outcome::Reloaded)
+                    }
+                }
+            }
+        }
+    }
+
+    async fn start_locked(&self, id: &LbId, generation: &mut u64) -> Result<(), LbError> {
+        self.set_desired(id, Desired::Running)?;
+        let instance = self.instance(id);
+        if process::running_pid(&instance).is_some() {
+            return Ok(());
+        }
+        let pid = self
+            .haproxy
+            .start(&instance)
+            .await
+            .map_err(|e| LbError::Action { action: Action::Start, detail: e.to_string() })?;
+        *generation += 1;
+        self.supervise(id.clone(), pid, *generation);
+        tracing::info!(lb = %id, %pid, "haproxy started");
+        Ok(())
+    }
+
+    async fn stop_locked(&self, id: &LbId, generation: &mut u64) -> Result<(), LbError> {
+        self.set_desired(id, Desired::Stopped)?;
+        *generation += 1;
+        let instance = self.instance(id);
+        if let Some(pid) = process::running_pid(&instance) {
+            self.haproxy
+                .stop(pid)
+                .await
+                .map_err(|e| LbError::Action { action: Action::Stop, detail: e.to_string() })?;
+            tracing::info!(lb = %id, %pid, "haproxy stopped");
+        }
+        fsutil::remove_file_if_exists(&instance.pid_file).map_err(io_error("cannot remove the pid file"))
+    }
+
+    /// Saves server health and weights so they survive a reload
+    /// (`server-state-file`). A failure only costs that, so it is logged.
+    async fn save_servers_state(&self, id: &LbId) {
+        let Some(socket) = self.stats_socket(id) else { return };
+        let saved = match cli::query(&socket, "show servers state").await {
+            Ok(mut state) => {
+                if !state.ends_with('\n') {
+                    state.push('\n');
+                }
+                fsutil::write_atomic(&self.layout.servers_state(id), state.as_bytes(), 0o600)
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = saved {
+            tracing::warn!(lb = %id, error = %e, "cannot save the servers state before reload");
+        }
+    }
+
+    fn summary(&self, id: &LbId) -> cfg::Summary {
+        fs::read_to_string(self.layout.config(id)).map(|text| cfg::summarize(&text)).unwrap_or_default()
+    }
+
+    fn stats_socket(&self, id: &LbId) -> Option<PathBuf> {
+        self.summary(id).stats_socket
+    }
+
+    /// Stops the load balancer and removes its configuration, stats socket
+    /// and certificates. Deleting what does not exist succeeds.
+    pub async fn delete(&self, id: &LbId) -> Result<(), LbError> {
+        let slot = self.slot(id);
+        let mut generation = slot.op.lock().await;
+        let dir = self.layout.lb_dir(id);
+        if !dir.exists() {
+            return Ok(());
+        }
+        let summary = self.summary(id);
+        if self.layout.config(id).is_file() {
+            self.stop_locked(id, &mut generation).await?;
+        }
+        if let Some(socket) = summary.stats_socket.filter(|s| self.layout.owns(s)) {
+            fsutil::remove_file_if_exists(&socket).map_err(io_error("cannot remove the stats socket"))?;
+        }
+        fsutil::remove_dir_all_if_exists(&self.layout.cert_dir(id))
+            .map_err(io_error("cannot remove the certificates"))?;
+        fsutil::remove_dir_all_if_exists(&dir).map_err(io_error(format!("cannot remove {}", dir.display())))?;
+        fsutil::sync_dir(self.layout.base_path()).map_err(io_error("cannot sync the state directory"))?;
+        tracing::info!(lb = %id, "load balancer deleted");
+        Ok(())
+    }
+
+    /// Every listener of every stored load balancer with its status.
+    pub async fn listeners(&self) -> Vec<ListenerStatus> {
+        let mut all = Vec::new();
+        for id in self.layout.load_balancers() {
+            let summary = self.summary(&id);
+            let instance = self.instance(&id);
+            let running = process::running_pid(&instance).is_some();
+            let frontend_states = match (&summary.stats_socket, running) {
+                (Some(socket), true) => {
+                    Some(cli::query(socket, "show stat -1 1 -1").await.map(|csv| cli::parse_frontend_states(&csv)).ok())
+                }
+                _ => None,
+            };
+            let should_run = self.record(&id).desired == Desired::Running;
+            for frontend in summary.frontends {
+                let status = match (&frontend_states, running) {
+                    (_, false) if should_run => ListenerState::Error,
+                    (_, false) => ListenerState::Stopped,
+                    // No stats socket configured: running is all we know.
+                    (None, true) => ListenerState::Active,
+                    // The stats socket of a running haproxy did not answer.
+                    (Some(None), true) => ListenerState::Error,
+                    (Some(Some(states)), true) => match states.get(&frontend.name).map(String::as_str) {
+                        Some("OPEN" | "FULL") => ListenerState::Active,
+                        _ => ListenerState::Stopped,
+                    },
+                };
+                all.push(ListenerStatus { status, uuid: frontend.name, kind: frontend.kind });
+            }
+        }
+        all
+    }
+
+    /// Listener ids of every stored load balancer, sorted.
+    pub fn listener_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .layout
+            .load_balancers()
+            .iter()
+            .flat_map(|id| self.summary(id).frontends.into_iter().map(|f| f.name))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Load balancers whose haproxy is running.
+    pub fn running_count(&self) -> usize {
+        self.layout.load_balancers().iter().filter(|id| process::running_pid(&self.instance(id)).is_some()).count()
+    }
+
+    /// At agent start: adopts every running haproxy and starts those that
+    /// should run but do not (after a reboot or a crash while the agent
+    /// was down).
+    pub async fn restore(&self) {
+        for id in self.layout.load_balancers() {
+            let slot = self.slot(&id);
+            let mut generation = slot.op.lock().await;
+            let instance = self.instance(&id);
+            if let Some(pid) = process::running_pid(&instance) {
+                *generation += 1;
+                self.supervise(id.clone(), pid, *generation);
+                tracing::info!(lb = %id, %pid, "adopted running haproxy");
+            } else if self.record(&id).desired == Desired::Running {
+                match self.start_locked(&id, &mut generation).await {
+                    Ok(()) => tracing::info!(lb = %id, "started haproxy that should be running"),
+                    Err(e) => tracing::error!(lb = %id, error = %e, "cannot start haproxy that should be running"),
+                }
+            }
+        }
+    }
+
+    /// Watches a master; if it dies while it should run, restarts it with
+    /// exponential backoff until it runs again or someone else takes over.
+    fn supervise(&self, id: LbId, pid: Pid, generation: u64) {
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            let mut pid = pid;
+            let mut backoff = MIN_BACKOFF;
+            loop {
+                let since = Instant::now();
+                process::wait_exit(pid).await;
+                if since.elapsed() >= STABLE_RUN {
+                    backoff = MIN_BACKOFF;
+                }
+                let Some(service) = me.upgrade() else { return };
+                if !service.still_wanted(&id, generation).await {
+                    return;
+                }
+                tracing::warn!(lb = %id, %pid, retry_in = ?backoff, "haproxy exited unexpectedly");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+
+                let slot = service.slot(&id);
+                let current = slot.op.lock().await;
+                if *current != generation || service.record(&id).desired != Desired::Running {
+                    return;
+                }
+                let instance = service.instance(&id);
+                if let Some(running) = process::running_pid(&instance) {
+                    pid = running;
+                    continue;
+                }
+                match service.haproxy.start(&instance).await {
+                    Ok(new_pid) => {
+                        tracing::info!(lb = %id, pid = %new_pid, "haproxy restarted");
+                        pid = new_pid;
+                    }
+                    Err(e) => tracing::error!(lb = %id, error = %e, "cannot restart haproxy"),
+                }
+            }
+        });
+    }
+
+    async fn still_wanted(&self, id: &LbId, generation: u64) -> bool {
+        let slot = self.slot(id);
+        let current = slot.op.lock().await;
+        *current == generation && self.layout.config(id).is_file() && self.record(id).desired == Desired::Running
+    }
+}
+
+/// Writes the second configuration file upstream passes to haproxy, with
+/// the group haproxy drops to, unless the image already has one.
+pub fn ensure_user_group_config(path: &Path, configured: Option<&str>) -> std::io::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let group = match configured {
+        Some(group) => group.to_owned(),
+        None => detect_haproxy_group(),
+    };
+    if let Some(dir) = path.parent() {
+        fsutil::create_dir_all(dir, 0o755)?;
+    }
+    fsutil::write_atomic(path, format!("global\n    group {group}\n").as_bytes(), 0o644)?;
+    tracing::info!(path = %path.display(), group, "created haproxy user group configuration");
+    Ok(())
+}
+
+/// The group upstream's image builder chooses: `nogroup` on Debian and
+/// Ubuntu, `haproxy` on Red Hat family systems; else nobody's own group.
+fn detect_haproxy_group() -> String {
+    use nix::unistd::{Group, User};
+    for candidate in ["nogroup", "haproxy"] {
+        if let Ok(Some(group)) = Group::from_name(candidate) {
+            return group.name;
+        }
+    }
+    User::from_name("nobody")
+        .ok()
+        .flatten()
+        .and_then(|user| Group::from_gid(user.gid).ok().flatten())
+        .map(|group| group.name)
+        .unwrap_or_else(|| "nogroup".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_parse_case_insensitively() {
+        assert_eq!(Action::parse("start").ok(), Some(Action::Start));
+        assert_eq!(Action::parse("STOP").ok(), Some(Action::Stop));
+        assert_eq!(Action::parse("Reload").ok(), Some(Action::Reload));
+        assert!(matches!(Action::parse("BAD_TEST_DATA"), Err(LbError::UnknownAction(a)) if a == "BAD_TEST_DATA"));
+    }
+
+    #[test]
+    fn user_group_config_is_created_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("haproxy-default-user-group.conf");
+        ensure_user_group_config(&path, Some("lbgroup")).expect("create");
+        assert_eq!(fs::read_to_string(&path).expect("read"), "global\n    group lbgroup\n");
+        ensure_user_group_config(&path, Some("other")).expect("keep");
+        assert_eq!(fs::read_to_string(&path).expect("read"), "global\n    group lbgroup\n");
+    }
+
+    #[test]
+    fn detected_group_exists_on_this_system() {
+        let group = detect_haproxy_group();
+        assert!(nix::unistd::Group::from_name(&group).expect("lookup").is_some(), "{group}");
+    }
+}

@@ -1,0 +1,107 @@
+//! The Octavia amphora agent: a REST API over mutual TLS that stores
+//! haproxy configurations and runs one haproxy per load balancer inside the
+//! amphora network namespace.
+//!
+//! `run` wires the parts together; the domain services (`lb`, `info`) know
+//! nothing of HTTP, and `http` knows nothing of haproxy.
+
+pub mod config;
+pub mod etag;
+pub mod fsutil;
+pub mod haproxy;
+pub mod http;
+pub mod ids;
+pub mod info;
+pub mod lb;
+pub mod netns;
+pub mod system;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::haproxy::Haproxy;
+use crate::info::InfoService;
+use crate::lb::{Layout, LbService};
+use crate::netns::Netns;
+use crate::system::packages::Packages;
+use crate::system::sampler::Sampler;
+use crate::tls::{TlsFiles, TlsState};
+
+/// Run-time options that are not part of the configuration files.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Written with the bound address once the agent serves requests.
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Starts the agent and serves until SIGTERM or SIGINT. Running haproxy
+/// processes are never stopped by the agent's own exit.
+pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
+    let tls = TlsState::load(TlsFiles {
+        server_ca: config.amphora_agent.agent_server_ca.clone(),
+        server_cert: config.amphora_agent.agent_server_cert.clone(),
+        min_protocol: config.amphora_agent.agent_tls_protocol,
+    })?;
+
+    let haproxy_conf = &config.haproxy_amphora;
+    for dir in [&haproxy_conf.base_path, &haproxy_conf.base_cert_dir] {
+        fsutil::create_dir_all(dir, 0o755).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let netns = match &config.amphora_agent.network_namespace {
+        Some(name) => Some(Arc::new(Netns::ensure(name).await?)),
+        None => None,
+    };
+    let layout = Layout::new(haproxy_conf.base_path.clone(), haproxy_conf.base_cert_dir.clone());
+    lb::ensure_user_group_config(&layout.user_group_config(), haproxy_conf.user_group.as_deref())
+        .with_context(|| format!("cannot write {}", layout.user_group_config().display()))?;
+    let user_group_config = layout.user_group_config();
+    let haproxy = Haproxy::new(haproxy_conf.haproxy_cmd.clone(), user_group_config, netns.clone());
+    let lbs = LbService::new(layout, haproxy, &config.amphora_agent.amphora_id);
+    lbs.restore().await;
+
+    let sampler = Sampler::start(netns).context("cannot start the statistics sampler")?;
+    let info = Arc::new(InfoService::new(
+        config.amphora_agent.amphora_id.clone(),
+        config.controller_worker.loadbalancer_topology,
+        Packages::new(haproxy_conf.haproxy_cmd.clone()),
+        sampler,
+        lbs.clone(),
+    ));
+    let app = http::app(http::AppState { lbs, info: info.clone() }, config.amphora_agent.max_request_body_size);
+
+    let bind = SocketAddr::new(haproxy_conf.bind_host, haproxy_conf.bind_port);
+    let listener = TcpListener::bind(bind).await.with_context(|| format!("cannot listen on {bind}"))?;
+    let local = listener.local_addr()?;
+    if let Some(path) = &options.ready_file {
+        fsutil::write_atomic(path, format!("{local}\n").as_bytes(), 0o644)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    tracing::info!(address = %local, "amphora agent ready");
+    tokio::task::spawn_blocking(move || info.warm_up());
+
+    let timeouts = http::Timeouts {
+        handshake: Duration::from_secs(10),
+        read: Duration::from_secs(config.amphora_agent.agent_request_read_timeout),
+    };
+    http::serve(listener, Arc::new(tls), app, timeouts, shutdown_signal()).await;
+    tracing::info!("amphora agent stopping; haproxy processes keep running");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

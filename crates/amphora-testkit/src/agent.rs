@@ -1,0 +1,286 @@
+//! Runs the real `amphora-agent` binary for a test: its own temporary state
+//! directory, throwaway certificates, an OS-chosen port and, by default, its
+//! own network namespace. Dropping the harness kills the agent and every
+//! haproxy it started and removes the namespace, also when the test failed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use rustls::ClientConfig;
+use tempfile::TempDir;
+
+use crate::client::{AgentClient, TlsVersions, client_config};
+use crate::pki::{Identity, Pki};
+use crate::{netns, wait};
+
+/// How long an agent may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A fresh UUID-shaped amphora id.
+pub fn unique_amphora_id() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{:08x}-{:04x}-4000-8000-{:012x}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst), nanos)
+}
+
+#[derive(Debug)]
+pub struct AgentBuilder {
+    binary: PathBuf,
+    amphora_id: String,
+    netns: bool,
+    options: BTreeMap<String, BTreeMap<String, String>>,
+    overrides: Vec<String>,
+}
+
+impl AgentBuilder {
+    pub fn new(binary: impl Into<PathBuf>) -> Self {
+        Self {
+            binary: binary.into(),
+            amphora_id: unique_amphora_id(),
+            netns: true,
+            options: BTreeMap::new(),
+            overrides: Vec::new(),
+        }
+    }
+
+    /// Runs haproxy in the agent's own namespace instead of a fresh one.
+    pub fn without_netns(mut self) -> Self {
+        self.netns = false;
+        self
+    }
+
+    /// Sets a configuration option (overriding the harness default).
+    pub fn option(mut self, section: &str, key: &str, value: &str) -> Self {
+        self.options.entry(section.into()).or_default().insert(key.into(), value.into());
+        self
+    }
+
+    /// Adds a further configuration file, given after the main one.
+    pub fn config_file(mut self, text: &str) -> Self {
+        self.overrides.push(text.to_owned());
+        self
+    }
+
+    pub fn start(self) -> Agent {
+        let dir = tempfile::Builder::new().prefix("amphora-agent-test.").tempdir().expect("temp dir");
+        let pki = Pki::new(&self.amphora_id);
+        let netns = self.netns.then(|| netns::unique_name("amptest"));
+        let state = dir.path().join("state");
+        std::fs::write(dir.path().join("client_ca.pem"), pki.client_ca.cert_pem()).expect("write CA");
+        std::fs::write(dir.path().join("server.pem"), pki.server.combined_pem()).expect("write server cert");
+
+        let mut sections: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        let mut set = |section: &str, key: &str, value: String| {
+            sections.entry(section.into()).or_default().insert(key.into(), value);
+        };
+        set("DEFAULT", "debug", "True".into());
+        set("haproxy_amphora", "base_path", state.display().to_string());
+        set("haproxy_amphora", "base_cert_dir", state.join("certs").display().to_string());
+        set("haproxy_amphora", "bind_host", "127.0.0.1".into());
+        set("haproxy_amphora", "bind_port", "0".into());
+        set("haproxy_amphora", "haproxy_cmd", haproxy_binary());
+        set("health_manager", "heartbeat_key", "insecure".into());
+        set("amphora_agent", "agent_server_ca", dir.path().join("client_ca.pem").display().to_string());
+        set("amphora_agent", "agent_server_cert", dir.path().join("server.pem").display().to_string());
+        set("amphora_agent", "amphora_id", self.amphora_id.clone());
+        set("amphora_agent", "network_namespace", netns.clone().unwrap_or_default());
+        for (section, options) in &self.options {
+            for (key, value) in options {
+                set(section, key, value.clone());
+            }
+        }
+        let mut text = String::new();
+        for (section, options) in &sections {
+            let _ = writeln!(text, "[{section}]");
+            for (key, value) in options {
+                let _ = writeln!(text, "{key} = {value}");
+            }
+            text.push('\n');
+        }
+        let config_path = dir.path().join("amphora-agent.conf");
+        std::fs::write(&config_path, text).expect("write config");
+        let mut config_files = vec![config_path.clone()];
+        for (i, text) in self.overrides.iter().enumerate() {
+            let path = dir.path().join(format!("override-{i}.conf"));
+            std::fs::write(&path, text).expect("write config");
+            config_files.push(path);
+        }
+
+        let mut agent = Agent {
+            binary: self.binary,
+            dir,
+            pki,
+            amphora_id: self.amphora_id,
+            netns,
+            config_path,
+            config_files,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            child: None,
+        };
+        agent.launch();
+        agent
+    }
+}
+
+fn haproxy_binary() -> String {
+    for candidate in ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy", "/usr/bin/haproxy"] {
+        if Path::new(candidate).exists() {
+            return candidate.into();
+        }
+    }
+    "/usr/sbin/haproxy".into()
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Agent {
+    binary: PathBuf,
+    pub dir: TempDir,
+    pub pki: Pki,
+    pub amphora_id: String,
+    /// The namespace haproxy runs in, when the agent has one.
+    pub netns: Option<String>,
+    pub config_path: PathBuf,
+    config_files: Vec<PathBuf>,
+    /// Where the agent listens.
+    pub addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Agent {
+    pub fn builder(binary: impl Into<PathBuf>) -> AgentBuilder {
+        AgentBuilder::new(binary)
+    }
+
+    fn ready_file(&self) -> PathBuf {
+        self.dir.path().join("ready")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    /// Starts the agent process and waits until it serves.
+    fn launch(&mut self) {
+        let _ = std::fs::remove_file(self.ready_file());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
+        let mut command = Command::new(&self.binary);
+        for path in &self.config_files {
+            command.arg("--config-file").arg(path);
+        }
+        let child = command
+            .arg("--ready-file")
+            .arg(self.ready_file())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.binary.display()));
+        self.child = Some(child);
+        let ready = self.ready_file();
+        let addr = wait::until_blocking("the agent to become ready", READY_TIMEOUT, || {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("agent exited with {status} before becoming ready:\n{}", self.logs());
+            }
+            std::fs::read_to_string(&ready).ok().and_then(|text| text.trim().parse::<SocketAddr>().ok())
+        });
+        self.addr = addr;
+    }
+
+    /// Starts the agent again after [`Agent::kill`] or [`Agent::terminate`],
+    /// on a new port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the agent is still running");
+        self.launch();
+    }
+
+    /// Kills the agent abruptly (SIGKILL); haproxy processes are left alone.
+    pub fn kill(&mut self) {
+        self.signal_and_wait(Signal::SIGKILL);
+    }
+
+    /// Asks the agent to stop (SIGTERM) and waits for it.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal_and_wait(Signal::SIGTERM).expect("agent was running")
+    }
+
+    fn signal_and_wait(&mut self, sig: Signal) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = signal::kill(Pid::from_raw(child.id() as i32), sig);
+        child.wait().ok()
+    }
+
+    /// The agent's log so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn base_path(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn cert_dir(&self) -> PathBuf {
+        self.base_path().join("certs")
+    }
+
+    /// The path a load balancer's stats socket should have in a test
+    /// configuration (upstream: `{base_path}/{lb}.sock`).
+    pub fn stats_socket(&self, lb_id: &str) -> PathBuf {
+        self.base_path().join(format!("{lb_id}.sock"))
+    }
+
+    /// The master pid haproxy recorded for a load balancer.
+    pub fn haproxy_pid(&self, lb_id: &str) -> Option<i32> {
+        let text = std::fs::read_to_string(self.base_path().join(lb_id).join(format!("{lb_id}.pid"))).ok()?;
+        text.trim().parse().ok()
+    }
+
+    pub fn tls_config(&self, identity: Option<&Identity>, versions: TlsVersions) -> Arc<ClientConfig> {
+        client_config(&self.pki.server_ca.cert_pem(), identity, versions)
+    }
+
+    /// A client with the controller's certificate.
+    pub fn client(&self) -> AgentClient {
+        AgentClient::new(self.addr, self.tls_config(Some(&self.pki.client), TlsVersions::Any), &self.amphora_id)
+    }
+
+    /// Kills the haproxy processes this agent's state directory records.
+    fn kill_haproxies(&self) {
+        let Ok(entries) = std::fs::read_dir(self.base_path()) else { return };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = self.haproxy_pid(&name) else { continue };
+            // Only ours: its command line names our state directory.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let base = self.base_path().display().to_string();
+            if String::from_utf8_lossy(&cmdline).contains(&base) {
+                let _ = signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        self.kill_haproxies();
+        if let Some(name) = &self.netns {
+            netns::delete(name);
+        }
+        if std::thread::panicking() {
+            eprintln!("---- agent log ({}) ----\n{}", self.log_path().display(), self.logs());
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Support for tests and development: a throwaway PKI, a harness that runs
+//! the real agent binary in a temporary state directory and its own network
+//! namespace, an mTLS HTTP client, and helpers to run traffic inside a
+//! namespace. Nothing here is used by the agent itself.
+
+pub mod agent;
+pub mod client;
+pub mod netns;
+pub mod pki;
+pub mod traffic;
+pub mod wait;
+
+pub use agent::{Agent, AgentBuilder};
+pub use client::{AgentClient, Reply};
+pub use pki::{Ca, Identity, Pki};

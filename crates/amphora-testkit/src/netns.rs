@@ -1,0 +1,62 @@
+//! Network namespaces for tests: unique names, and a runtime whose threads
+//! live inside a namespace so the sockets its tasks open are there too.
+
+use std::fs::File;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use nix::sched::CloneFlags;
+
+/// A name no other test (or test process) uses.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst))
+}
+
+/// Removes a namespace; missing is fine.
+pub fn delete(name: &str) {
+    let _ =
+        std::process::Command::new("ip").args(["netns", "delete", name]).stderr(std::process::Stdio::null()).status();
+}
+
+/// A tokio runtime all of whose threads are inside a network namespace.
+#[derive(Debug)]
+pub struct NsRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl NsRuntime {
+    /// Builds the runtime on a thread that first enters `/run/netns/{name}`;
+    /// the worker threads it spawns inherit the namespace.
+    pub fn new(name: &str) -> Self {
+        let path = format!("/run/netns/{name}");
+        let runtime = std::thread::spawn(move || {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+        })
+        .join()
+        .expect("namespace runtime thread");
+        Self { runtime: Some(runtime) }
+    }
+
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        self.runtime.as_ref().expect("runtime").handle()
+    }
+
+    /// Runs a future inside the namespace.
+    pub fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle().spawn(future)
+    }
+}
+
+impl Drop for NsRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
