@@ -210,7 +210,10 @@ async fn a_crashed_haproxy_is_restarted() {
     assert_ne!(new_pid, pid);
     wait_for_version(&ns, 1).await;
     assert!(agent.logs().contains("haproxy exited unexpectedly"), "{}", agent.logs());
-    assert!(agent.logs().contains("haproxy restarted"), "{}", agent.logs());
+    wait::until("the restart to be logged", WAIT, || async {
+        agent.logs().contains("haproxy restarted").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
