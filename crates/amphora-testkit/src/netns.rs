@@ -60,3 +60,46 @@ impl Drop for NsRuntime {
         }
     }
 }
+
+fn ip(args: &[&str]) {
+    let status = std::process::Command::new("ip").args(args).status().expect("run ip");
+    assert!(status.success(), "ip {} failed", args.join(" "));
+}
+
+/// A second namespace joined to an existing one by a veth pair, with
+/// `10.99.0.1/24` on the existing side and `10.99.0.2/24` on the peer side
+/// (the addresses live in the two private namespaces only). Removed on drop.
+#[derive(Debug)]
+pub struct PeerNamespace {
+    pub name: String,
+    /// The interface name on the existing namespace's side.
+    pub local_interface: String,
+}
+
+impl PeerNamespace {
+    pub const LOCAL_ADDRESS: &'static str = "10.99.0.1";
+    pub const PEER_ADDRESS: &'static str = "10.99.0.2";
+
+    pub fn attach(existing: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = unique_name("amppeer");
+        // Interface names are limited to 15 characters.
+        let tag = format!("{:x}{}", std::process::id() % 0xfffff, NEXT.fetch_add(1, Ordering::SeqCst));
+        let (local, remote) = (format!("va{tag}"), format!("vb{tag}"));
+        ip(&["netns", "add", &name]);
+        ip(&["link", "add", &local, "netns", existing, "type", "veth", "peer", "name", &remote, "netns", &name]);
+        ip(&["-n", existing, "addr", "add", &format!("{}/24", Self::LOCAL_ADDRESS), "dev", &local]);
+        ip(&["-n", existing, "link", "set", &local, "up"]);
+        ip(&["-n", &name, "addr", "add", &format!("{}/24", Self::PEER_ADDRESS), "dev", &remote]);
+        ip(&["-n", &name, "link", "set", &remote, "up"]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Self { name, local_interface: local }
+    }
+}
+
+impl Drop for PeerNamespace {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its veth end and so the pair.
+        delete(&self.name);
+    }
+}

@@ -73,8 +73,8 @@ impl Sampler {
     }
 
     pub fn rates(&self) -> Rates {
-        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        compute_rates(samples.front(), samples.back())
+        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        compute_rates(samples.make_contiguous())
     }
 }
 
@@ -88,7 +88,10 @@ fn read_sample() -> Sample {
     Sample { at: Instant::now(), cpu, net }
 }
 
-fn compute_rates(oldest: Option<&Sample>, newest: Option<&Sample>) -> Rates {
+/// Rates over `window` (oldest first). An interface that appeared during
+/// the window is measured from the first sample that has it.
+fn compute_rates(window: &[Sample]) -> Rates {
+    let (oldest, newest) = (window.first(), window.last());
     let Some(newest) = newest else {
         return Rates {
             cpu: Cpu { total: 0.0, user: 0.0, system: 0.0, soft_irq: 0.0 },
@@ -109,19 +112,18 @@ fn compute_rates(oldest: Option<&Sample>, newest: Option<&Sample>) -> Rates {
         soft_irq: percent(delta.softirq),
     };
 
-    let (mut network_rx, mut network_tx) = (0, 0);
-    if let Some(oldest) = oldest.filter(|o| o.at < newest.at) {
-        let seconds = (newest.at - oldest.at).as_secs_f64();
-        let mut rx = 0u64;
-        let mut tx = 0u64;
-        for (name, (new_rx, new_tx)) in &newest.net {
-            let (old_rx, old_tx) = oldest.net.get(name).copied().unwrap_or((*new_rx, *new_tx));
-            rx += new_rx.saturating_sub(old_rx);
-            tx += new_tx.saturating_sub(old_tx);
+    let (mut rx_rate, mut tx_rate) = (0.0, 0.0);
+    for (name, (new_rx, new_tx)) in &newest.net {
+        let first_seen = window.iter().find_map(|s| s.net.get(name).map(|counters| (s.at, *counters)));
+        if let Some((at, (old_rx, old_tx))) = first_seen
+            && at < newest.at
+        {
+            let seconds = (newest.at - at).as_secs_f64();
+            rx_rate += new_rx.saturating_sub(old_rx) as f64 / seconds;
+            tx_rate += new_tx.saturating_sub(old_tx) as f64 / seconds;
         }
-        network_rx = (rx as f64 / seconds).round() as u64;
-        network_tx = (tx as f64 / seconds).round() as u64;
     }
+    let (network_rx, network_tx) = (rx_rate.round() as u64, tx_rate.round() as u64);
     let networks = newest
         .net
         .iter()
@@ -151,7 +153,7 @@ mod tests {
         let t0 = Instant::now();
         let old = sample(t0, 100, 900, 1_000, 5_000);
         let new = sample(t0 + Duration::from_secs(30), 130, 970, 31_000, 65_000);
-        let rates = compute_rates(Some(&old), Some(&new));
+        let rates = compute_rates(&[old, new]);
         assert_eq!(rates.cpu.user, 30.0);
         assert_eq!(rates.cpu.total, 30.0);
         assert_eq!(rates.network_rx, 1_000);
@@ -162,9 +164,19 @@ mod tests {
     #[test]
     fn a_single_sample_gives_averages_since_boot_and_no_rates() {
         let only = sample(Instant::now(), 25, 75, 10, 10);
-        let rates = compute_rates(Some(&only), Some(&only));
+        let rates = compute_rates(&[only]);
         assert_eq!(rates.cpu.user, 25.0);
         assert_eq!(rates.network_rx, 0);
+    }
+
+    #[test]
+    fn an_interface_that_appears_is_measured_from_its_first_sample() {
+        let t0 = Instant::now();
+        let mut before = sample(t0, 0, 100, 0, 0);
+        before.net.clear();
+        let appeared = sample(t0 + Duration::from_secs(20), 0, 200, 5_000, 0);
+        let now = sample(t0 + Duration::from_secs(30), 0, 300, 15_000, 0);
+        assert_eq!(compute_rates(&[before, appeared, now]).network_rx, 1_000);
     }
 
     #[test]
