@@ -208,7 +208,10 @@ impl LbService {
         file.write_all(config.as_bytes()).map_err(io_error(format!("cannot write {}", staged.display())))?;
 
         let peer_name = haproxy::peer_name(amphora_id.as_str());
-        match self.haproxy.check(&staged, &peer_name).await {
+        let checking = Instant::now();
+        let checked = self.haproxy.check(&staged, &peer_name).await;
+        tracing::debug!(lb = %id, check_ms = checking.elapsed().as_secs_f64() * 1000.0, "haproxy -c finished");
+        match checked {
             Ok(()) => {}
             Err(HaproxyError::Invalid(output)) => {
                 let failed = self.layout.failed_config(id);

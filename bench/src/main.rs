@@ -1,0 +1,136 @@
+//! `amphora-bench`: measures our agent and upstream's in the same run, on
+//! the same machine, with the same certificates and configurations, and
+//! writes medians and ratios (ours / upstream) to `bench/RESULTS.md`.
+//!
+//! Not part of CI's pass/fail: figures depend on the machine. Run it with
+//! `bench/run.sh`, which builds the release binary and the upstream
+//! virtualenv first.
+
+mod load;
+mod scenario;
+mod target;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::scenario::{Figures, Measure};
+use crate::target::{Kind, Launchers};
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmark our amphora agent against upstream's")]
+struct Args {
+    /// Cold starts (and idle memory readings) per agent.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Seconds per throughput measurement.
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
+    /// Listeners in the large configuration.
+    #[arg(long, default_value_t = 100)]
+    listeners: usize,
+    /// Reloads in the reload-under-load scenario.
+    #[arg(long, default_value_t = 50)]
+    reloads: u32,
+    /// Measure only one agent.
+    #[arg(long, value_parser = ["ours", "upstream"])]
+    only: Option<String>,
+    #[arg(long, default_value = "target/release/amphora-agent")]
+    agent: PathBuf,
+    #[arg(long, default_value = "bench/.venv/bin/python")]
+    python: PathBuf,
+    #[arg(long, default_value = "bench/upstream/run_upstream_agent.py")]
+    upstream_launcher: PathBuf,
+    /// Where to write the report.
+    #[arg(long, default_value = "bench/RESULTS.md")]
+    output: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let launchers = Launchers {
+        ours: std::fs::canonicalize(&args.agent)?,
+        python: args.python.clone(),
+        upstream_launcher: std::fs::canonicalize(&args.upstream_launcher).unwrap_or(args.upstream_launcher.clone()),
+    };
+    let kinds: Vec<Kind> = match args.only.as_deref() {
+        Some("ours") => vec![Kind::Ours],
+        Some("upstream") => vec![Kind::Upstream],
+        _ => vec![Kind::Ours, Kind::Upstream],
+    };
+    let measure = Measure {
+        rounds: args.rounds,
+        duration: Duration::from_secs_f64(args.duration),
+        listeners: args.listeners,
+        reloads: args.reloads,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut results = Vec::new();
+    for kind in kinds {
+        eprintln!("== measuring {}", kind.name());
+        let figures = runtime.block_on(scenario::measure(kind, &launchers, &measure));
+        eprintln!("{figures:#?}");
+        results.push((kind, figures));
+    }
+    let report = render(&args, &results);
+    std::fs::write(&args.output, &report)?;
+    println!("{report}");
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| t.lines().next()?.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let haproxy = std::process::Command::new("/usr/sbin/haproxy")
+        .arg("-v")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_owned())
+        .unwrap_or_default();
+    format!(
+        "{cores} cores ({cpu}), {:.1} GiB RAM, Linux {}, {haproxy}",
+        mem_kib as f64 / 1024.0 / 1024.0,
+        kernel.trim()
+    )
+}
+
+fn render(args: &Args, results: &[(Kind, Figures)]) -> String {
+    let find = |kind: Kind| results.iter().find(|(k, _)| *k == kind).map(|(_, f)| f);
+    let (ours, upstream) = (find(Kind::Ours), find(Kind::Upstream));
+    let mut out = String::new();
+    let _ = writeln!(out, "# Benchmark results\n");
+    let _ = writeln!(out, "Machine: {}\n", machine());
+    let _ = writeln!(
+        out,
+        "Command: `bench/run.sh` (= `amphora-bench --rounds {} --duration {} --listeners {} --reloads {}`), \
+         both agents on 127.0.0.1 with the same certificates, one after the other in the same run. \
+         Medians over {} cold starts; throughput over {} s per cell.\n",
+        args.rounds, args.duration, args.listeners, args.reloads, args.rounds, args.duration
+    );
+    let _ = writeln!(out, "| measure | ours | upstream | ours / upstream |");
+    let _ = writeln!(out, "|---|---|---|---|");
+    for row in scenario::rows(ours, upstream) {
+        let _ = writeln!(out, "| {} | {} | {} | {} |", row.name, row.ours, row.upstream, row.ratio);
+    }
+    let _ = writeln!(out);
+    for (kind, figures) in results {
+        for note in &figures.notes {
+            let _ = writeln!(out, "- {}: {note}", kind.name());
+        }
+    }
+    let _ = writeln!(out, "\n{}", scenario::LOAD_GENERATOR_NOTE);
+    out
+}
