@@ -94,16 +94,6 @@ impl Topology {
     }
 }
 
-/// Options upstream marks `mutable=True`: `PUT /1.0/config` may change them
-/// without a restart.
-pub const MUTABLE_OPTIONS: &[(&str, &str)] = &[
-    ("DEFAULT", "debug"),
-    ("health_manager", "controller_ip_port_list"),
-    ("health_manager", "heartbeat_interval"),
-    ("health_manager", "heartbeat_key"),
-    ("controller_worker", "loadbalancer_topology"),
-];
-
 /// Options we read, plus upstream options the agent template writes that we
 /// accept without acting on them (so they do not draw warnings).
 const KNOWN_OPTIONS: &[(&str, &[&str])] = &[

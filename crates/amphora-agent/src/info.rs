@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use amphora_proto::{API_VERSION, Details, Disk, Info};
 
-use crate::config::Topology;
 use crate::lb::LbService;
+use crate::settings::LiveConfig;
 use crate::system::packages::{Packages, TRACKED};
 use crate::system::procfs;
 use crate::system::sampler::Sampler;
@@ -14,7 +14,7 @@ use crate::system::sampler::Sampler;
 #[derive(Debug)]
 pub struct InfoService {
     amphora_id: String,
-    topology: Topology,
+    settings: Arc<LiveConfig>,
     packages: Packages,
     sampler: Arc<Sampler>,
     lbs: Arc<LbService>,
@@ -23,12 +23,12 @@ pub struct InfoService {
 impl InfoService {
     pub fn new(
         amphora_id: String,
-        topology: Topology,
+        settings: Arc<LiveConfig>,
         packages: Packages,
         sampler: Arc<Sampler>,
         lbs: Arc<LbService>,
     ) -> Self {
-        Self { amphora_id, topology, packages, sampler, lbs }
+        Self { amphora_id, settings, packages, sampler, lbs }
     }
 
     /// Reads the package database now rather than on the first request.
@@ -72,13 +72,14 @@ impl InfoService {
             disk: root_disk(),
             load: procfs::parse_loadavg(&read("/proc/loadavg")),
             active_tuned_profiles: read("/etc/tuned/active_profile").trim().to_owned(),
-            topology: self.topology.as_str().into(),
+            topology: self.settings.current().controller_worker.loadbalancer_topology.as_str().into(),
             topology_status: "OK".into(),
             listeners: self.lbs.listener_ids(),
             packages: TRACKED
                 .iter()
                 .filter_map(|name| versions.get(*name).map(|v| BTreeMap::from([(name.to_string(), v.clone())])))
                 .collect(),
+            certs_in_memory: self.lbs.certificates_in_memory(),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! `run` wires the parts together; the domain services (`lb`, `info`) know
 //! nothing of HTTP, and `http` knows nothing of haproxy.
 
+pub mod certs;
 pub mod config;
 pub mod etag;
 pub mod fsutil;
@@ -14,6 +15,7 @@ pub mod ids;
 pub mod info;
 pub mod lb;
 pub mod netns;
+pub mod settings;
 pub mod system;
 pub mod tls;
 
@@ -25,25 +27,29 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::config::Loaded;
 use crate::haproxy::Haproxy;
 use crate::info::InfoService;
 use crate::lb::{Layout, LbService};
 use crate::netns::Netns;
+use crate::settings::{LiveConfig, LogControl};
 use crate::system::packages::Packages;
 use crate::system::sampler::Sampler;
 use crate::tls::{TlsFiles, TlsState};
 
 /// Run-time options that are not part of the configuration files.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Options {
     /// Written with the bound address once the agent serves requests.
     pub ready_file: Option<PathBuf>,
+    /// Lets a configuration update switch debug logging.
+    pub log: Option<LogControl>,
 }
 
 /// Starts the agent and serves until SIGTERM or SIGINT. Running haproxy
 /// processes are never stopped by the agent's own exit.
-pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
+pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
+    let config = loaded.config;
     let tls = TlsState::load(TlsFiles {
         server_ca: config.amphora_agent.agent_server_ca.clone(),
         server_cert: config.amphora_agent.agent_server_cert.clone(),
@@ -66,15 +72,18 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
     let lbs = LbService::new(layout, haproxy, &config.amphora_agent.amphora_id);
     lbs.restore().await;
 
+    let settings = Arc::new(LiveConfig::new(config.clone(), loaded.files, options.log));
     let sampler = Sampler::start(netns).context("cannot start the statistics sampler")?;
     let info = Arc::new(InfoService::new(
         config.amphora_agent.amphora_id.clone(),
-        config.controller_worker.loadbalancer_topology,
+        settings.clone(),
         Packages::new(haproxy_conf.haproxy_cmd.clone()),
         sampler,
         lbs.clone(),
     ));
-    let app = http::app(http::AppState { lbs, info: info.clone() }, config.amphora_agent.max_request_body_size);
+    let tls = Arc::new(tls);
+    let state = http::AppState { lbs, info: info.clone(), tls: tls.clone(), settings };
+    let app = http::app(state, config.amphora_agent.max_request_body_size);
 
     let bind = SocketAddr::new(haproxy_conf.bind_host, haproxy_conf.bind_port);
     let listener = TcpListener::bind(bind).await.with_context(|| format!("cannot listen on {bind}"))?;
@@ -90,7 +99,7 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
         handshake: Duration::from_secs(10),
         read: Duration::from_secs(config.amphora_agent.agent_request_read_timeout),
     };
-    http::serve(listener, Arc::new(tls), app, timeouts, shutdown_signal()).await;
+    http::serve(listener, tls, app, timeouts, shutdown_signal()).await;
     tracing::info!("amphora agent stopping; haproxy processes keep running");
     Ok(())
 }

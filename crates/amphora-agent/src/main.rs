@@ -5,8 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use amphora_agent::config;
+use amphora_agent::settings::LogControl;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, reload};
 
 /// The Octavia amphora agent.
 #[derive(Debug, Parser)]
@@ -31,13 +34,27 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let default_level = if loaded.config.debug { "debug" } else { "info" };
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+    // RUST_LOG, when set, wins over the configuration's debug switch.
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let level = |debug: bool| EnvFilter::new(if debug { "debug" } else { "info" });
+    let fixed = from_env.is_some();
+    let (filter, handle) = reload::Layer::new(from_env.unwrap_or_else(|| level(loaded.config.debug)));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr),
+        )
         .init();
+    let log = (!fixed).then(|| {
+        LogControl::new(move |debug| {
+            if let Err(e) = handle.reload(level(debug)) {
+                tracing::warn!(error = %e, "cannot change the log level");
+            }
+        })
+    });
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
@@ -49,8 +66,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let options = amphora_agent::Options { ready_file: args.ready_file };
-    match runtime.block_on(amphora_agent::run(loaded.config, options)) {
+    let options = amphora_agent::Options { ready_file: args.ready_file, log };
+    match runtime.block_on(amphora_agent::run(loaded, options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -7,7 +7,7 @@
 //! certificate applies to new connections while open ones finish.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use rustls::RootCertStore;
@@ -16,7 +16,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
+use crate::certs::{self, KeyRule, PemError};
 use crate::config::TlsProtocol;
+use crate::fsutil;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -41,12 +43,39 @@ pub struct TlsFiles {
 pub struct TlsState {
     files: TlsFiles,
     current: ArcSwap<ServerConfig>,
+    /// Serialises rotations so the file and the live configuration agree.
+    rotating: Mutex<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    #[error(transparent)]
+    Pem(#[from] PemError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
 }
 
 impl TlsState {
     pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
         let config = build(&files, None)?;
-        Ok(Self { files, current: ArcSwap::from_pointee(config) })
+        Ok(Self { files, current: ArcSwap::from_pointee(config), rotating: Mutex::new(()) })
+    }
+
+    /// Replaces the agent's server certificate without restarting: the new
+    /// PEM (key and certificate chain) is validated, written atomically to
+    /// `agent_server_cert`, then used for every connection opened after
+    /// this returns. Connections already open keep their session.
+    pub fn rotate(&self, pem: &[u8]) -> Result<(), RotateError> {
+        certs::validate(pem, KeyRule::Required)?;
+        let config = build(&self.files, Some(pem))?;
+        let _guard = self.rotating.lock().unwrap_or_else(|e| e.into_inner());
+        fsutil::write_atomic(&self.files.server_cert, pem, 0o600)
+            .map_err(|source| RotateError::Write { path: self.files.server_cert.clone(), source })?;
+        self.current.store(Arc::new(config));
+        tracing::info!(path = %self.files.server_cert.display(), "server certificate rotated");
+        Ok(())
     }
 
     /// The configuration new connections use.

@@ -138,6 +138,16 @@ pub struct Details {
     pub listeners: Vec<String>,
     /// One single-entry object per package: `[{"haproxy": "2.6.12"}, ...]`.
     pub packages: Vec<BTreeMap<String, String>>,
+    /// Whether load balancer certificates (private keys) are kept on a
+    /// memory file system, as the specification recommends.
+    #[serde(default)]
+    pub certs_in_memory: bool,
+}
+
+/// `GET /1.0/loadbalancer/{lb}/certificates/{file}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateMd5 {
+    pub md5sum: String,
 }
 
 #[cfg(test)]

@@ -9,8 +9,11 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use crate::certs::{BadFileName, PemError};
 use crate::ids::InvalidId;
 use crate::lb::{Action, LbError};
+use crate::settings::UpdateError;
+use crate::tls::RotateError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -73,11 +76,55 @@ impl From<LbError> for ApiError {
                 tracing::error!(%action, %detail, "haproxy action failed");
                 Self::with_details(StatusCode::INTERNAL_SERVER_ERROR, format!("Error {verb} haproxy"), detail)
             }
+            LbError::CertificateNotFound(name) => Self::with_details(
+                StatusCode::NOT_FOUND,
+                "Certificate Not Found",
+                format!("No certificate with file name: {name}"),
+            ),
+            LbError::Pem(error) => error.into(),
             LbError::Io { .. } => {
                 tracing::error!(error = %error, "internal error");
                 Self::with_details(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", error.to_string())
             }
         }
+    }
+}
+
+impl From<PemError> for ApiError {
+    fn from(error: PemError) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, body: Message { message: error.to_string(), details: error.details() } }
+    }
+}
+
+impl From<RotateError> for ApiError {
+    fn from(error: RotateError) -> Self {
+        match error {
+            RotateError::Pem(pem) => pem.into(),
+            RotateError::Tls(tls) => {
+                Self::with_details(StatusCode::BAD_REQUEST, "Invalid certificate", tls.to_string())
+            }
+            RotateError::Write { .. } => {
+                tracing::error!(error = %error, "certificate rotation failed");
+                Self::with_details(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", error.to_string())
+            }
+        }
+    }
+}
+
+impl From<UpdateError> for ApiError {
+    fn from(error: UpdateError) -> Self {
+        tracing::error!(error = %error, "configuration update refused");
+        Self::with_details(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Unable to update amphora-agent configuration.",
+            error.to_string(),
+        )
+    }
+}
+
+impl From<BadFileName> for ApiError {
+    fn from(error: BadFileName) -> Self {
+        Self::with_details(StatusCode::BAD_REQUEST, "Filename has wrong format", error.to_string())
     }
 }
 

@@ -25,6 +25,7 @@ pub use error::ApiError;
 
 use crate::info::InfoService;
 use crate::lb::LbService;
+use crate::settings::LiveConfig;
 use crate::tls::TlsState;
 
 /// What handlers reach.
@@ -32,6 +33,8 @@ use crate::tls::TlsState;
 pub struct AppState {
     pub lbs: Arc<LbService>,
     pub info: Arc<InfoService>,
+    pub tls: Arc<TlsState>,
+    pub settings: Arc<LiveConfig>,
 }
 
 /// The complete application: every API surface over one state.

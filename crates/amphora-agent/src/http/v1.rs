@@ -1,7 +1,7 @@
 //! The 1.0 API router: each handler extracts and validates its inputs,
 //! makes one call on a domain service and shapes the answer.
 
-use amphora_proto::{API_VERSION, Message, VersionDiscovery};
+use amphora_proto::{API_VERSION, CertificateMd5, Message, VersionDiscovery};
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
@@ -12,6 +12,7 @@ use axum::routing::{delete, get, put};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{PathParams, RawBody};
+use crate::certs::CertFileName;
 use crate::ids::{AmphoraId, LbId};
 use crate::lb::{Action, Outcome};
 
@@ -26,6 +27,12 @@ pub fn router() -> Router<AppState> {
         .route("/1.0/loadbalancer/{first}/haproxy", get(get_config))
         .route("/1.0/loadbalancer/{first}/{second}", put(act))
         .route("/1.0/loadbalancer/{first}/{second}/haproxy", put(upload_config))
+        .route("/1.0/certificate", put(rotate_certificate))
+        .route("/1.0/config", put(update_config))
+        .route(
+            "/1.0/loadbalancer/{first}/certificates/{filename}",
+            put(upload_certificate).get(certificate_md5).delete(delete_certificate),
+        )
 }
 
 async fn version() -> Json<VersionDiscovery> {
@@ -91,4 +98,50 @@ async fn delete_lb(State(state): State<AppState>, PathParams(lb_id): PathParams<
     let lb_id = LbId::parse(&lb_id)?;
     state.lbs.delete(&lb_id).await?;
     Ok(Json(Message::ok()).into_response())
+}
+
+fn certificate_path(lb_id: &str, filename: &str) -> Result<(LbId, CertFileName), ApiError> {
+    Ok((LbId::parse(lb_id)?, CertFileName::parse(filename)?))
+}
+
+async fn upload_certificate(
+    State(state): State<AppState>,
+    PathParams((lb_id, filename)): PathParams<(String, String)>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let (lb_id, name) = certificate_path(&lb_id, &filename)?;
+    let md5 = state.lbs.put_certificate(&lb_id, &name, &body).await?;
+    Ok(with_etag(Json(Message::ok()).into_response(), &md5))
+}
+
+async fn certificate_md5(
+    State(state): State<AppState>,
+    PathParams((lb_id, filename)): PathParams<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (lb_id, name) = certificate_path(&lb_id, &filename)?;
+    let md5sum = state.lbs.certificate_md5(&lb_id, &name)?;
+    Ok(with_etag(Json(CertificateMd5 { md5sum: md5sum.clone() }).into_response(), &md5sum))
+}
+
+async fn delete_certificate(
+    State(state): State<AppState>,
+    PathParams((lb_id, filename)): PathParams<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (lb_id, name) = certificate_path(&lb_id, &filename)?;
+    state.lbs.delete_certificate(&lb_id, &name).await?;
+    Ok(Json(Message::ok()).into_response())
+}
+
+async fn rotate_certificate(State(state): State<AppState>, RawBody(body): RawBody) -> Result<Response, ApiError> {
+    let tls = state.tls.clone();
+    // Parsing keys and building the TLS configuration is CPU work.
+    tokio::task::spawn_blocking(move || tls.rotate(&body)).await.map_err(|e| {
+        ApiError::with_details(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", e.to_string())
+    })??;
+    Ok((StatusCode::ACCEPTED, Json(Message::ok())).into_response())
+}
+
+async fn update_config(State(state): State<AppState>, RawBody(body): RawBody) -> Result<Response, ApiError> {
+    let report = state.settings.update(&body).await?;
+    Ok((StatusCode::ACCEPTED, Json(Message::with_details("OK", report.to_string()))).into_response())
 }

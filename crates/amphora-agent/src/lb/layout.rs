@@ -53,6 +53,11 @@ impl Layout {
         self.lb_dir(id).join("agent-state.json")
     }
 
+    /// `base_cert_dir`.
+    pub fn cert_root(&self) -> &Path {
+        &self.cert_dir
+    }
+
     pub fn cert_dir(&self, id: &LbId) -> PathBuf {
         self.cert_dir.join(id.as_str())
     }

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use layout::Layout;
 
+use crate::certs::{self, CertFileName, KeyRule, PemError};
 use crate::fsutil;
 use crate::haproxy::{self, Haproxy, HaproxyError, Instance, cfg, cli, process};
 use crate::ids::{AmphoraId, LbId};
@@ -48,6 +49,10 @@ pub enum LbError {
     UnknownAction(String),
     #[error("{action} failed: {detail}")]
     Action { action: Action, detail: String },
+    #[error("no certificate {0}")]
+    CertificateNotFound(CertFileName),
+    #[error(transparent)]
+    Pem(#[from] PemError),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
 }
@@ -363,6 +368,60 @@ impl LbService {
         fsutil::sync_dir(self.layout.base_path()).map_err(io_error("cannot sync the state directory"))?;
         tracing::info!(lb = %id, "load balancer deleted");
         Ok(())
+    }
+
+    /// Validates and stores a certificate file for haproxy (mode 0600,
+    /// atomically); returns the MD5 of the stored bytes. A rejected upload
+    /// leaves any previous file untouched.
+    pub async fn put_certificate(&self, id: &LbId, name: &CertFileName, pem: &[u8]) -> Result<String, LbError> {
+        certs::validate(pem, KeyRule::Optional)?;
+        let slot = self.slot(id);
+        let _guard = slot.op.lock().await;
+        let dir = self.layout.cert_dir(id);
+        fsutil::create_dir_all(&dir, 0o700).map_err(io_error(format!("cannot create {}", dir.display())))?;
+        fsutil::write_atomic(&dir.join(name.as_str()), pem, 0o600)
+            .map_err(io_error(format!("cannot store certificate {name}")))?;
+        Ok(crate::etag::md5_hex(pem))
+    }
+
+    /// MD5 of a stored certificate file; never its content.
+    pub fn certificate_md5(&self, id: &LbId, name: &CertFileName) -> Result<String, LbError> {
+        match fs::read(self.layout.cert_dir(id).join(name.as_str())) {
+            Ok(bytes) => Ok(crate::etag::md5_hex(&bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(LbError::CertificateNotFound(name.clone())),
+            Err(e) => Err(io_error(format!("cannot read certificate {name}"))(e)),
+        }
+    }
+
+    /// Removes a certificate file, and the load balancer's certificate
+    /// directory once empty. Removing what is not there succeeds.
+    pub async fn delete_certificate(&self, id: &LbId, name: &CertFileName) -> Result<(), LbError> {
+        let slot = self.slot(id);
+        let _guard = slot.op.lock().await;
+        let dir = self.layout.cert_dir(id);
+        fsutil::remove_file_if_exists(&dir.join(name.as_str()))
+            .map_err(io_error(format!("cannot remove certificate {name}")))?;
+        match fs::remove_dir(&dir) {
+            Ok(()) => {}
+            // Not empty, or already gone: both fine.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::ENOENT)) => {}
+            Err(e) => return Err(io_error(format!("cannot remove {}", dir.display()))(e)),
+        }
+        if let Some(parent) = dir.parent() {
+            fsutil::sync_dir(parent).map_err(io_error("cannot sync the certificate directory"))?;
+        }
+        Ok(())
+    }
+
+    /// Whether certificates are kept on a memory file system (tmpfs or
+    /// ramfs), as the specification asks for secrets.
+    pub fn certificates_in_memory(&self) -> bool {
+        use nix::sys::statfs::{FsType, TMPFS_MAGIC, statfs};
+        // Not in nix's list; linux/magic.h.
+        const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
+        statfs(self.layout.cert_root())
+            .map(|st| st.filesystem_type() == TMPFS_MAGIC || st.filesystem_type() == RAMFS_MAGIC)
+            .unwrap_or(false)
     }
 
     /// Every listener of every stored load balancer with its status.
