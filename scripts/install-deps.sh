@@ -2,14 +2,21 @@
 # Installs the system packages the agent and its tests use, when missing.
 # Usage: scripts/install-deps.sh [runtime|test]
 set -euo pipefail
-
-want=(haproxy ip)
-packages=(haproxy iproute2)
+purpose=${1:-runtime}
 
 missing=()
-for i in "${!want[@]}"; do
-    command -v "${want[$i]}" >/dev/null 2>&1 || [ -x "/usr/sbin/${want[$i]}" ] || missing+=("${packages[$i]}")
-done
+need() { # command package
+    command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || missing+=("$2")
+}
+need haproxy haproxy
+need ip iproute2
+if [ "$purpose" = test ]; then
+    need python3 python3
+    need mount mount
+    if command -v python3 >/dev/null 2>&1 && ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
+        missing+=(python3-venv)
+    fi
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

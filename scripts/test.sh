@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: formatting, lints, unit and integration tests (real
-# haproxy, real mutual TLS, real network namespaces). Needs root for the
-# namespaces; installs what it needs first.
+# haproxy, real mutual TLS, real network namespaces) and the compatibility
+# tests against upstream Octavia's own code (in a virtualenv this script
+# creates under target/). Needs root for the namespaces; installs what it
+# needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +14,20 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 scripts/install-deps.sh test
+mkdir -p target
+# Upstream's virtualenv builds while cargo compiles.
+scripts/upstream-venv.sh > target/upstream-python.txt 2> target/upstream-venv.log &
+venv=$!
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace "$@"
+cargo test --workspace --no-run
+
+if ! wait "$venv"; then
+    cat target/upstream-venv.log >&2
+    echo "cannot create the upstream virtualenv" >&2
+    exit 1
+fi
+UPSTREAM_PYTHON="$(cat target/upstream-python.txt)"
+export UPSTREAM_PYTHON
+cargo test --workspace "$@" -- --include-ignored

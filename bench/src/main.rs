@@ -6,6 +6,7 @@
 //! `bench/run.sh`, which builds the release binary and the upstream
 //! virtualenv first.
 
+mod heartbeat;
 mod load;
 mod scenario;
 mod target;
@@ -35,11 +36,11 @@ struct Args {
     #[arg(long, default_value_t = 50)]
     reloads: u32,
     /// Measure only one agent.
-    #[arg(long, value_parser = ["ours", "upstream"])]
+    #[arg(long, value_parser = ["ours", "upstream", "heartbeat"])]
     only: Option<String>,
     #[arg(long, default_value = "target/release/amphora-agent")]
     agent: PathBuf,
-    #[arg(long, default_value = "bench/.venv/bin/python")]
+    #[arg(long, default_value = "target/upstream-venv/bin/python")]
     python: PathBuf,
     #[arg(long, default_value = "bench/upstream/run_upstream_agent.py")]
     upstream_launcher: PathBuf,
@@ -58,6 +59,7 @@ fn main() -> anyhow::Result<()> {
     let kinds: Vec<Kind> = match args.only.as_deref() {
         Some("ours") => vec![Kind::Ours],
         Some("upstream") => vec![Kind::Upstream],
+        Some("heartbeat") => vec![],
         _ => vec![Kind::Ours, Kind::Upstream],
     };
     let measure = Measure {
@@ -74,10 +76,54 @@ fn main() -> anyhow::Result<()> {
         eprintln!("{figures:#?}");
         results.push((kind, figures));
     }
-    let report = render(&args, &results);
+    let beats = (args.only.is_none() || args.only.as_deref() == Some("heartbeat")).then(|| {
+        eprintln!("== measuring heartbeats");
+        heartbeats(&args)
+    });
+    let mut report = render(&args, &results);
+    if let Some(beats) = beats {
+        report.push_str(&beats);
+    }
     std::fs::write(&args.output, &report)?;
     println!("{report}");
     Ok(())
+}
+
+fn heartbeats(args: &Args) -> String {
+    let stat = heartbeat::show_stat(50, 20);
+    let ours = heartbeat::ours_build_and_sign(&stat, 200);
+    let script = args.upstream_launcher.with_file_name("heartbeat_bench.py");
+    let upstream = heartbeat::upstream_build_and_sign(&args.python, &script, &stat, 200);
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    let mut out = String::from("\n## Heartbeats\n\n");
+    out.push_str("| measure | ours | upstream | ours / upstream |\n|---|---|---|---|\n");
+    match upstream {
+        Ok(up) => out.push_str(&format!(
+            "| CPU time to build and sign one message, 50 listeners x 20 members (median of 200) | {:.3} ms | {:.3} ms | {:.3} |\n",
+            ms(ours),
+            ms(up),
+            ours.as_secs_f64() / up.as_secs_f64()
+        )),
+        Err(e) => out.push_str(&format!(
+            "| CPU time to build and sign one message, 50 listeners x 20 members (median of 200) | {:.3} ms | n/a ({e}) | n/a |\n",
+            ms(ours)
+        )),
+    }
+    out.push_str(&format!(
+        "\nOne heartbeat must fit one UDP datagram ({} bytes; upstream's receiver reads one of at most 64 KiB and \
+         cannot reassemble). Largest messages that fit, with random UUIDs as ids (compression gains little on them):\n\n\
+         | listeners | most members per listener |\n|---|---|\n",
+        amphora_proto::heartbeat::MAX_DATAGRAM
+    ));
+    for listeners in [1, 10, 50, 100, 200] {
+        out.push_str(&format!("| {listeners} | {} |\n", heartbeat::max_members_fitting(listeners)));
+    }
+    out.push_str(&format!(
+        "\nWithout members, at most {} listeners fit. Beyond these sizes the agent trims member lists (every \
+         listener is still reported) and logs an error saying how many members it left out.\n",
+        heartbeat::max_listeners_fitting()
+    ));
+    out
 }
 
 fn machine() -> String {

@@ -1,8 +1,8 @@
-#!/opt/octavia-venv/bin/python
+#!/usr/bin/env python3
 """Run upstream OpenStack Octavia's amphora agent in the foreground here.
 
 Usage:
-    /opt/octavia-venv/bin/python run_upstream_agent.py --config-file PATH
+    "$(scripts/upstream-venv.sh)" bench/upstream/run_upstream_agent.py --config-file PATH
 
 This calls upstream's own entry point, octavia.cmd.agent.main(), unchanged:
 prepare_service(), the guru-meditation report hook, the multiprocessing
@@ -19,7 +19,7 @@ Only process set-up is adapted, for a machine without systemd or syslog:
 * gunicorn: errorlog '-' (stderr) and accesslog '-' (stdout) instead of
   /var/log/amphora-agent.log, and syslog off (upstream sends to
   unix:///run/rsyslog/octavia/log, which does not exist here).
-* sys.argv[0] is set to /opt/octavia-venv/bin/amphora-agent, the console
+* sys.argv[0] is set to the venv's bin/amphora-agent, the console
   script an amphora runs, so oslo.config's `prog` is the same as there.
 * PATH gets this directory's shim/ prepended, so the `systemctl` that
   upstream runs for enable/start/reload/stop is shim/systemctl.
@@ -171,7 +171,7 @@ def main():
         import pyroute2  # noqa: F401  (upstream imports it; not a dep)
     except ImportError:
         _log("pyroute2 is missing from the venv; run "
-             "/opt/octavia-venv/bin/pip install pyroute2")
+             "pip install pyroute2 (scripts/upstream-venv.sh does)")
         return 1
 
     os.environ['PATH'] = SHIM_DIR + os.pathsep + os.environ.get(

@@ -6,7 +6,7 @@
 set -uo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
-PY=/opt/octavia-venv/bin/python
+PY="${UPSTREAM_PYTHON:-$(cd "$(dirname "$0")/../.." && scripts/upstream-venv.sh)}"
 WORK="$(mktemp -d /tmp/upstream-verify.XXXXXX)"
 PORT="${1:-$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}"
 FE_PORT="$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"

@@ -10,6 +10,7 @@ pub mod config;
 pub mod etag;
 pub mod fsutil;
 pub mod haproxy;
+pub mod health;
 pub mod http;
 pub mod ids;
 pub mod info;
@@ -81,6 +82,13 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
         sampler,
         lbs.clone(),
     ));
+    let heartbeats = health::HeartbeatSender::new(
+        config.amphora_agent.amphora_id.clone(),
+        haproxy_conf.base_path.clone(),
+        lbs.clone(),
+        settings.subscribe(),
+    );
+    tokio::spawn(heartbeats.run());
     let tls = Arc::new(tls);
     let state = http::AppState { lbs, info: info.clone(), tls: tls.clone(), settings };
     let app = http::app(state, config.amphora_agent.max_request_body_size);

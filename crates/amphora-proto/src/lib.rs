@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+pub mod heartbeat;
+
 use serde::{Deserialize, Serialize};
 
 /// The API version this crate describes.

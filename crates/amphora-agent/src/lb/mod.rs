@@ -469,6 +469,16 @@ impl LbService {
         ids
     }
 
+    /// Stats sockets of the load balancers whose haproxy is running.
+    pub fn running_stats_sockets(&self) -> Vec<PathBuf> {
+        self.layout
+            .load_balancers()
+            .iter()
+            .filter(|id| process::running_pid(&self.instance(id)).is_some())
+            .filter_map(|id| self.stats_socket(id))
+            .collect()
+    }
+
     /// Load balancers whose haproxy is running.
     pub fn running_count(&self) -> usize {
         self.layout.load_balancers().iter().filter(|id| process::running_pid(&self.instance(id)).is_some()).count()
