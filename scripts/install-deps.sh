@@ -10,6 +10,7 @@ need() { # command package
 }
 need haproxy haproxy
 need ip iproute2
+need nft nftables
 if [ "$purpose" = test ]; then
     need python3 python3
     need mount mount

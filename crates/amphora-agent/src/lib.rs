@@ -15,6 +15,7 @@ pub mod http;
 pub mod ids;
 pub mod info;
 pub mod lb;
+pub mod net;
 pub mod netns;
 pub mod settings;
 pub mod system;
@@ -32,6 +33,7 @@ use crate::config::Loaded;
 use crate::haproxy::Haproxy;
 use crate::info::InfoService;
 use crate::lb::{Layout, LbService};
+use crate::net::NetService;
 use crate::netns::Netns;
 use crate::settings::{LiveConfig, LogControl};
 use crate::system::packages::Packages;
@@ -69,11 +71,14 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
     lb::ensure_user_group_config(&layout.user_group_config(), haproxy_conf.user_group.as_deref())
         .with_context(|| format!("cannot write {}", layout.user_group_config().display()))?;
     let user_group_config = layout.user_group_config();
+    let settings = Arc::new(LiveConfig::new(config.clone(), loaded.files, options.log));
+    // Interfaces come back before haproxy, which binds their addresses.
+    let net = Arc::new(NetService::new(netns.clone(), haproxy_conf.base_path.join("interfaces"), settings.clone())?);
+    net.restore().await;
     let haproxy = Haproxy::new(haproxy_conf.haproxy_cmd.clone(), user_group_config, netns.clone());
-    let lbs = LbService::new(layout, haproxy, &config.amphora_agent.amphora_id);
+    let lbs = LbService::new(layout, haproxy, &config.amphora_agent.amphora_id, Some(net.clone()));
     lbs.restore().await;
 
-    let settings = Arc::new(LiveConfig::new(config.clone(), loaded.files, options.log));
     let sampler = Sampler::start(netns).context("cannot start the statistics sampler")?;
     let info = Arc::new(InfoService::new(
         config.amphora_agent.amphora_id.clone(),
@@ -90,7 +95,7 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
     );
     tokio::spawn(heartbeats.run());
     let tls = Arc::new(tls);
-    let state = http::AppState { lbs, info: info.clone(), tls: tls.clone(), settings };
+    let state = http::AppState { lbs, info: info.clone(), tls: tls.clone(), settings, net };
     let app = http::app(state, config.amphora_agent.max_request_body_size);
 
     let bind = SocketAddr::new(haproxy_conf.bind_host, haproxy_conf.bind_port);

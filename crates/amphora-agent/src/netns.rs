@@ -53,6 +53,20 @@ impl Netns {
         nix::sched::setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
     }
 
+    /// Runs `work` on a thread inside this namespace; sockets it opens stay
+    /// in the namespace after it returns.
+    pub fn run<T: Send>(&self, work: impl FnOnce() -> std::io::Result<T> + Send) -> std::io::Result<T> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    self.enter().map_err(std::io::Error::from)?;
+                    work()
+                })
+                .join()
+                .map_err(|_| std::io::Error::other("namespace thread panicked"))?
+        })
+    }
+
     /// Makes `command` enter this namespace between fork and exec.
     pub fn enter_on_spawn(&self, command: &mut Command) {
         let fd = self.file.as_raw_fd();

@@ -39,6 +39,7 @@ pub struct AgentBuilder {
     netns: bool,
     options: BTreeMap<String, BTreeMap<String, String>>,
     overrides: Vec<String>,
+    vm: bool,
 }
 
 impl AgentBuilder {
@@ -49,6 +50,7 @@ impl AgentBuilder {
             netns: true,
             options: BTreeMap::new(),
             overrides: Vec::new(),
+            vm: false,
         }
     }
 
@@ -64,6 +66,14 @@ impl AgentBuilder {
         self
     }
 
+    /// Runs the agent itself in a namespace of its own, as if it were the
+    /// default namespace of an amphora VM: ports plugged by a test appear
+    /// there, and the agent moves them into its amphora namespace.
+    pub fn in_vm(mut self) -> Self {
+        self.vm = true;
+        self
+    }
+
     /// Adds a further configuration file, given after the main one.
     pub fn config_file(mut self, text: &str) -> Self {
         self.overrides.push(text.to_owned());
@@ -74,6 +84,11 @@ impl AgentBuilder {
         let dir = tempfile::Builder::new().prefix("amphora-agent-test.").tempdir().expect("temp dir");
         let pki = Pki::new(&self.amphora_id);
         let netns = self.netns.then(|| netns::unique_name("amptest"));
+        let vm = self.vm.then(|| {
+            let name = netns::unique_name("ampvm");
+            netns::create(&name);
+            name
+        });
         let state = dir.path().join("state");
         std::fs::write(dir.path().join("client_ca.pem"), pki.client_ca.cert_pem()).expect("write CA");
         std::fs::write(dir.path().join("server.pem"), pki.server.combined_pem()).expect("write server cert");
@@ -123,6 +138,7 @@ impl AgentBuilder {
             netns,
             config_path,
             config_files,
+            vm,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             child: None,
         };
@@ -151,6 +167,8 @@ pub struct Agent {
     pub netns: Option<String>,
     pub config_path: PathBuf,
     config_files: Vec<PathBuf>,
+    /// The namespace the agent process runs in, when not the host's.
+    pub vm: Option<String>,
     /// Where the agent listens.
     pub addr: SocketAddr,
     child: Option<Child>,
@@ -176,6 +194,22 @@ impl Agent {
         let mut command = Command::new(&self.binary);
         for path in &self.config_files {
             command.arg("--config-file").arg(path);
+        }
+        if let Some(vm) = &self.vm {
+            let file = std::fs::File::open(format!("/run/netns/{vm}")).expect("vm namespace");
+            let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+            // SAFETY: the closure runs between fork and exec and only makes
+            // async-signal-safe system calls on a descriptor we own.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
+                        libc::close(fd);
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
         }
         let child = command
             .arg("--ready-file")
@@ -253,6 +287,7 @@ impl Agent {
     /// A client with the controller's certificate.
     pub fn client(&self) -> AgentClient {
         AgentClient::new(self.addr, self.tls_config(Some(&self.pki.client), TlsVersions::Any), &self.amphora_id)
+            .in_netns(self.vm.as_deref())
     }
 
     /// Kills the haproxy processes this agent's state directory records.
@@ -276,7 +311,7 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
         self.kill_haproxies();
-        if let Some(name) = &self.netns {
+        for name in [&self.netns, &self.vm].into_iter().flatten() {
             netns::delete(name);
         }
         if std::thread::panicking() {

@@ -88,7 +88,20 @@ pub async fn connect_tls(
     config: Arc<ClientConfig>,
     server_name: &str,
 ) -> std::io::Result<TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr).await?;
+    connect_tls_in(None, addr, config, server_name).await
+}
+
+/// Opens a TLS connection from inside a namespace when one is given.
+pub async fn connect_tls_in(
+    netns: Option<&str>,
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    server_name: &str,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = match netns {
+        Some(name) => crate::netns::tcp_connect_in(name, addr).await?,
+        None => TcpStream::connect(addr).await?,
+    };
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from(server_name.to_owned()).map_err(std::io::Error::other)?;
     TlsConnector::from(config).connect(name, tcp).await
@@ -101,6 +114,7 @@ pub struct AgentClient {
     config: Arc<ClientConfig>,
     connection: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
     opened: AtomicUsize,
+    netns: Option<String>,
 }
 
 impl AgentClient {
@@ -111,7 +125,14 @@ impl AgentClient {
             config,
             connection: tokio::sync::Mutex::new(None),
             opened: AtomicUsize::new(0),
+            netns: None,
         }
+    }
+
+    /// Connects from inside a namespace (an agent running in one).
+    pub fn in_netns(mut self, name: Option<&str>) -> Self {
+        self.netns = name.map(str::to_owned);
+        self
     }
 
     /// How many connections (TLS handshakes) this client has made.
@@ -120,7 +141,7 @@ impl AgentClient {
     }
 
     async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
-        let stream = connect_tls(self.addr, self.config.clone(), &self.server_name).await?;
+        let stream = connect_tls_in(self.netns.as_deref(), self.addr, self.config.clone(), &self.server_name).await?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = connection.await;

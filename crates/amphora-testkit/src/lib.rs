@@ -4,6 +4,7 @@
 //! namespace. Nothing here is used by the agent itself.
 
 pub mod agent;
+pub mod capture;
 pub mod client;
 pub mod netns;
 pub mod pki;

@@ -6,10 +6,69 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nix::sched::CloneFlags;
 
+fn ip(args: &[&str]) {
+    let status = std::process::Command::new("ip").args(args).status().expect("run ip");
+    assert!(status.success(), "ip {} failed", args.join(" "));
+}
+
 /// A name no other test (or test process) uses.
 pub fn unique_name(prefix: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst))
+}
+
+/// Creates a namespace with loopback up.
+pub fn create(name: &str) {
+    ip(&["netns", "add", name]);
+    ip(&["-n", name, "link", "set", "lo", "up"]);
+}
+
+/// Runs `ip -n {name} {args}`, panicking on failure.
+pub fn ip_in(name: &str, args: &[&str]) {
+    let mut all = vec!["-n", name];
+    all.extend_from_slice(args);
+    ip(&all);
+}
+
+/// Sets a sysctl inside a namespace.
+pub fn sysctl_in(name: &str, key: &str, value: &str) {
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", name, "sysctl", "-q", "-w", &format!("{key}={value}")])
+        .status()
+        .expect("run sysctl");
+    assert!(status.success(), "sysctl {key}={value} in {name}");
+}
+
+/// A veth pair: `outer` in namespace `outer_ns`, `inner` in `inner_ns`
+/// with MAC `inner_mac` (left down: whoever plugs it configures it).
+pub fn veth(outer_ns: &str, outer: &str, inner_ns: &str, inner: &str, inner_mac: &str) {
+    ip_in(
+        outer_ns,
+        &["link", "add", outer, "type", "veth", "peer", "name", inner, "address", inner_mac, "netns", inner_ns],
+    );
+    ip_in(outer_ns, &["link", "set", outer, "up"]);
+}
+
+/// Opens a TCP connection from inside a namespace (the socket stays there).
+pub async fn tcp_connect_in(name: &str, addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let path = format!("/run/netns/{name}");
+    let stream = tokio::task::spawn_blocking(move || {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let file = File::open(&path)?;
+                    nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)?;
+                    let stream = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10))?;
+                    stream.set_nonblocking(true)?;
+                    Ok::<_, std::io::Error>(stream)
+                })
+                .join()
+                .map_err(|_| std::io::Error::other("thread panicked"))?
+        })
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    tokio::net::TcpStream::from_std(stream)
 }
 
 /// Removes a namespace; missing is fine.
@@ -59,11 +118,6 @@ impl Drop for NsRuntime {
             runtime.shutdown_background();
         }
     }
-}
-
-fn ip(args: &[&str]) {
-    let status = std::process::Command::new("ip").args(args).status().expect("run ip");
-    assert!(status.success(), "ip {} failed", args.join(" "));
 }
 
 /// A second namespace joined to an existing one by a veth pair, with

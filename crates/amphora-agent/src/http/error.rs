@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use crate::certs::{BadFileName, PemError};
 use crate::ids::InvalidId;
 use crate::lb::{Action, LbError};
+use crate::net::NetError;
 use crate::settings::UpdateError;
 use crate::tls::RotateError;
 
@@ -119,6 +120,40 @@ impl From<UpdateError> for ApiError {
             "Unable to update amphora-agent configuration.",
             error.to_string(),
         )
+    }
+}
+
+impl ApiError {
+    /// A network failure; `failure` is the message of a 500 for this call
+    /// (the specification's "Error plugging VIP" and the like).
+    pub fn from_net(error: NetError, failure: &str) -> Self {
+        match &error {
+            NetError::Plug(plug) => {
+                Self::with_details(StatusCode::BAD_REQUEST, plug.to_string(), plug.details().to_owned())
+            }
+            // Upstream's controller retries while the details say this.
+            NetError::NoInterface(mac) => Self::with_details(
+                StatusCode::NOT_FOUND,
+                error.to_string(),
+                format!("No suitable network interface found (no interface has MAC {mac})"),
+            ),
+            NetError::AlreadyPlugged(name) => Self::with_details(
+                StatusCode::CONFLICT,
+                error.to_string(),
+                format!("the interface is already plugged as {name}"),
+            ),
+            NetError::InvalidIp(raw) => {
+                Self::with_details(StatusCode::BAD_REQUEST, error.to_string(), format!("{raw:?} is not an IP address"))
+            }
+            NetError::InterfaceNotFound(ip) => {
+                Self::with_details(StatusCode::NOT_FOUND, error.to_string(), format!("no interface holds {ip}"))
+            }
+            NetError::Rules(details) => Self::with_details(StatusCode::BAD_REQUEST, error.to_string(), details.clone()),
+            NetError::NoNamespace | NetError::Netlink(_) | NetError::Firewall(_) | NetError::Persist { .. } => {
+                tracing::error!(error = %error, "{failure}");
+                Self::with_details(StatusCode::INTERNAL_SERVER_ERROR, failure, error.to_string())
+            }
+        }
     }
 }
 

@@ -25,6 +25,7 @@ pub use error::ApiError;
 
 use crate::info::InfoService;
 use crate::lb::LbService;
+use crate::net::NetService;
 use crate::settings::LiveConfig;
 use crate::tls::TlsState;
 
@@ -35,6 +36,7 @@ pub struct AppState {
     pub info: Arc<InfoService>,
     pub tls: Arc<TlsState>,
     pub settings: Arc<LiveConfig>,
+    pub net: Arc<NetService>,
 }
 
 /// The complete application: every API surface over one state.

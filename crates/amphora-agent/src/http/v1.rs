@@ -7,7 +7,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, put};
+use axum::routing::{delete, get, post, put};
 
 use super::AppState;
 use super::error::ApiError;
@@ -15,6 +15,8 @@ use super::extract::{PathParams, RawBody};
 use crate::certs::CertFileName;
 use crate::ids::{AmphoraId, LbId};
 use crate::lb::{Action, Outcome};
+use crate::net::model::{PlugNetworkRequest, PlugVipRequest};
+use crate::net::nft::RuleRequest;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -28,6 +30,11 @@ pub fn router() -> Router<AppState> {
         .route("/1.0/loadbalancer/{first}/{second}", put(act))
         .route("/1.0/loadbalancer/{first}/{second}/haproxy", put(upload_config))
         .route("/1.0/certificate", put(rotate_certificate))
+        .route("/1.0/plug/vip/{vip}", post(plug_vip))
+        .route("/1.0/plug/network", post(plug_network))
+        .route("/1.0/plug/network/", post(plug_network))
+        .route("/1.0/interface/{ip}", get(interface))
+        .route("/1.0/interface/{ip}/rules", put(interface_rules))
         .route("/1.0/config", put(update_config))
         .route(
             "/1.0/loadbalancer/{first}/certificates/{filename}",
@@ -144,4 +151,41 @@ async fn rotate_certificate(State(state): State<AppState>, RawBody(body): RawBod
 async fn update_config(State(state): State<AppState>, RawBody(body): RawBody) -> Result<Response, ApiError> {
     let report = state.settings.update(&body).await?;
     Ok((StatusCode::ACCEPTED, Json(Message::with_details("OK", report.to_string()))).into_response())
+}
+
+/// A JSON body; a malformed one is a 400 with `message`.
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], message: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::with_details(StatusCode::BAD_REQUEST, message, e.to_string()))
+}
+
+async fn plug_vip(
+    State(state): State<AppState>,
+    PathParams(vip): PathParams<String>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let request: PlugVipRequest = json_body(&body, "Invalid subnet information")?;
+    let details = state.net.plug_vip(&vip, &request).await.map_err(|e| ApiError::from_net(e, "Error plugging VIP"))?;
+    Ok((StatusCode::ACCEPTED, Json(Message::with_details("OK", details))).into_response())
+}
+
+async fn plug_network(State(state): State<AppState>, RawBody(body): RawBody) -> Result<Response, ApiError> {
+    let request: PlugNetworkRequest = json_body(&body, "Invalid port information")?;
+    let details = state.net.plug_network(&request).await.map_err(|e| ApiError::from_net(e, "Error plugging Port"))?;
+    Ok((StatusCode::ACCEPTED, Json(Message::with_details("OK", details))).into_response())
+}
+
+async fn interface(State(state): State<AppState>, PathParams(ip): PathParams<String>) -> Result<Response, ApiError> {
+    let name =
+        state.net.interface_of(&ip).await.map_err(|e| ApiError::from_net(e, "Error looking up the interface"))?;
+    Ok(Json(serde_json::json!({"message": "OK", "interface": name})).into_response())
+}
+
+async fn interface_rules(
+    State(state): State<AppState>,
+    PathParams(ip): PathParams<String>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let rules: Vec<RuleRequest> = json_body(&body, "Invalid rules information")?;
+    state.net.set_rules(&ip, &rules).await.map_err(|e| ApiError::from_net(e, "Error loading the firewall rules"))?;
+    Ok(Json(Message::ok()).into_response())
 }

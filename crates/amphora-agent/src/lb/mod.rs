@@ -28,6 +28,7 @@ use crate::certs::{self, CertFileName, KeyRule, PemError};
 use crate::fsutil;
 use crate::haproxy::{self, Haproxy, HaproxyError, Instance, cfg, cli, process};
 use crate::ids::{AmphoraId, LbId};
+use crate::net::NetService;
 
 /// First delay before restarting an haproxy that died.
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
@@ -132,18 +133,30 @@ pub struct LbService {
     /// Peer name for configurations the agent did not receive itself.
     default_peer: String,
     slots: Mutex<HashMap<LbId, Arc<Slot>>>,
+    /// Advertises VIPs after haproxy starts or reloads.
+    net: Option<Arc<NetService>>,
     me: Weak<LbService>,
 }
 
 impl LbService {
-    pub fn new(layout: Layout, haproxy: Haproxy, amphora_id: &str) -> Arc<Self> {
+    pub fn new(layout: Layout, haproxy: Haproxy, amphora_id: &str, net: Option<Arc<NetService>>) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             layout,
             haproxy,
             default_peer: haproxy::peer_name(amphora_id),
             slots: Mutex::new(HashMap::new()),
+            net,
             me: me.clone(),
         })
+    }
+
+    /// Tells the network the load balancer's VIPs are served here.
+    async fn advertise(&self, id: &LbId) {
+        if let Some(net) = &self.net
+            && let Ok(config) = fs::read_to_string(self.layout.config(id))
+        {
+            net.advertise_vips(&crate::net::bind_addresses(&config)).await;
+        }
     }
 
     pub fn layout(&self) -> &Layout {
@@ -266,7 +279,7 @@ impl LbService {
         let slot = self.slot(id);
         let mut generation = slot.op.lock().await;
         self.require_config(id)?;
-        match action {
+        let outcome = match action {
             Action::Start => self.start_locked(id, &mut generation).await.map(|()| Outcome::Started),
             Action::Stop => self.stop_locked(id, &mut generation).await.map(|()| Outcome::Stopped),
             Action::Reload => {
@@ -286,7 +299,11 @@ impl LbService {
                     }
                 }
             }
+        }?;
+        if outcome != Outcome::Stopped {
+            self.advertise(id).await;
         }
+        Ok(outcome)
     }
 
     async fn start_locked(&self, id: &LbId, generation: &mut u64) -> Result<(), LbError> {
