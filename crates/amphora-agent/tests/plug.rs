@@ -221,6 +221,26 @@ async fn a_plugged_vip_and_member_network_carry_real_traffic() {
 }
 
 #[tokio::test]
+async fn another_subnet_on_the_vip_port_updates_it() {
+    let (agent, _hyp) = plugged_amphora();
+    let client = agent.client();
+    assert_eq!(client.post("/1.0/plug/vip/10.0.0.10", vip_body()).await.status, 202);
+    // The controller's post_network_plug for the VIP port itself.
+    let body = format!(
+        r#"{{"mac_address": "{VIP_MAC}", "mtu": 1450,
+            "fixed_ips": [{{"ip_address": "10.5.0.7", "subnet_cidr": "10.5.0.0/24", "gateway": null, "host_routes": []}}],
+            "vip_net_info": {{"vip": "10.0.0.10", "subnet_cidr": "10.0.0.0/24", "gateway": "10.0.0.1",
+                              "mac_address": "{VIP_MAC}", "vrrp_ip": "10.0.0.11", "mtu": 1450, "host_routes": [],
+                              "additional_vips": [], "is_sriov": false}}}}"#
+    );
+    let reply = client.post("/1.0/plug/network", body).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert_eq!(reply.json::<Message>(), Message::with_details("OK", "Updated existing interface eth1"));
+    let amphora_ns = agent.netns.clone().expect("namespace");
+    assert_eq!(addresses_of(&amphora_ns, "eth1"), vec!["10.0.0.11/24", "10.0.0.10/32", "10.5.0.7/24"]);
+}
+
+#[tokio::test]
 async fn firewall_rules_drop_what_they_should() {
     let (agent, hyp) = plugged_amphora();
     plug_and_serve(&agent, &hyp).await;
