@@ -11,6 +11,7 @@ need() { # command package
 need haproxy haproxy
 need ip iproute2
 need nft nftables
+need keepalived keepalived
 if [ "$purpose" = test ]; then
     need python3 python3
     need mount mount

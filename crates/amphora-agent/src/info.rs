@@ -5,11 +5,14 @@ use std::sync::Arc;
 
 use amphora_proto::{API_VERSION, Details, Disk, Info};
 
+use crate::config::Topology;
 use crate::lb::LbService;
+use crate::net::NetService;
 use crate::settings::LiveConfig;
 use crate::system::packages::{Packages, TRACKED};
 use crate::system::procfs;
 use crate::system::sampler::Sampler;
+use crate::vrrp::Vrrp;
 
 #[derive(Debug)]
 pub struct InfoService {
@@ -18,6 +21,8 @@ pub struct InfoService {
     packages: Packages,
     sampler: Arc<Sampler>,
     lbs: Arc<LbService>,
+    net: Arc<NetService>,
+    vrrp: Arc<Vrrp>,
 }
 
 impl InfoService {
@@ -27,8 +32,10 @@ impl InfoService {
         packages: Packages,
         sampler: Arc<Sampler>,
         lbs: Arc<LbService>,
+        net: Arc<NetService>,
+        vrrp: Arc<Vrrp>,
     ) -> Self {
-        Self { amphora_id, settings, packages, sampler, lbs }
+        Self { amphora_id, settings, packages, sampler, lbs, net, vrrp }
     }
 
     /// Reads the package database now rather than on the first request.
@@ -48,8 +55,24 @@ impl InfoService {
         }
     }
 
-    pub fn details(&self) -> Details {
+    /// ACTIVE_STANDBY when configured so or when keepalived has a
+    /// configuration; the VRRP role is MASTER while keepalived has put its
+    /// virtual addresses on this amphora.
+    async fn topology(&self) -> (Topology, Option<&'static str>) {
+        let configured = self.settings.current().controller_worker.loadbalancer_topology;
+        if !self.vrrp.configured() {
+            return (configured, None);
+        }
+        let virtual_addresses = self.vrrp.virtual_addresses();
+        let master = !virtual_addresses.is_empty()
+            && self.vrrp.running_pid().is_some()
+            && !self.net.present(&virtual_addresses).await.is_empty();
+        (Topology::ActiveStandby, Some(if master { "MASTER" } else { "BACKUP" }))
+    }
+
+    pub async fn details(&self) -> Details {
         let info = self.info();
+        let (topology, role) = self.topology().await;
         let versions = self.packages.versions();
         let rates = self.sampler.rates();
         let memory = procfs::parse_meminfo(&read("/proc/meminfo"));
@@ -63,7 +86,7 @@ impl InfoService {
             network_tx: rates.network_tx,
             network_rx: rates.network_rx,
             networks: rates.networks,
-            active: true,
+            active: role.is_none_or(|r| r == "MASTER"),
             haproxy_count: self.lbs.running_count() as u32,
             lvs_listener_process_count: 0,
             cpu_count: cpu_count(),
@@ -72,7 +95,8 @@ impl InfoService {
             disk: root_disk(),
             load: procfs::parse_loadavg(&read("/proc/loadavg")),
             active_tuned_profiles: read("/etc/tuned/active_profile").trim().to_owned(),
-            topology: self.settings.current().controller_worker.loadbalancer_topology.as_str().into(),
+            topology: topology.as_str().into(),
+            vrrp_role: role.map(str::to_owned),
             topology_status: "OK".into(),
             listeners: self.lbs.listener_ids(),
             packages: TRACKED

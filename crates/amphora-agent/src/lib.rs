@@ -20,6 +20,7 @@ pub mod netns;
 pub mod settings;
 pub mod system;
 pub mod tls;
+pub mod vrrp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,6 +40,7 @@ use crate::settings::{LiveConfig, LogControl};
 use crate::system::packages::Packages;
 use crate::system::sampler::Sampler;
 use crate::tls::{TlsFiles, TlsState};
+use crate::vrrp::Vrrp;
 
 /// Run-time options that are not part of the configuration files.
 #[derive(Debug, Default)]
@@ -76,8 +78,13 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
     let net = Arc::new(NetService::new(netns.clone(), haproxy_conf.base_path.join("interfaces"), settings.clone())?);
     net.restore().await;
     let haproxy = Haproxy::new(haproxy_conf.haproxy_cmd.clone(), user_group_config, netns.clone());
-    let lbs = LbService::new(layout, haproxy, &config.amphora_agent.amphora_id, Some(net.clone()));
+    let checker = std::env::current_exe()
+        .map(|exe| exe.with_file_name("amphora-vrrp-check"))
+        .unwrap_or_else(|_| PathBuf::from("amphora-vrrp-check"));
+    let vrrp = Vrrp::new(&haproxy_conf.base_path, PathBuf::from("keepalived"), checker, netns.clone());
+    let lbs = LbService::new(layout, haproxy, &config.amphora_agent.amphora_id, Some(net.clone()), Some(vrrp.clone()));
     lbs.restore().await;
+    vrrp.restore(&lbs.wanted_stats_sockets()).await;
 
     let sampler = Sampler::start(netns).context("cannot start the statistics sampler")?;
     let info = Arc::new(InfoService::new(
@@ -86,6 +93,8 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
         Packages::new(haproxy_conf.haproxy_cmd.clone()),
         sampler,
         lbs.clone(),
+        net.clone(),
+        vrrp.clone(),
     ));
     let heartbeats = health::HeartbeatSender::new(
         config.amphora_agent.amphora_id.clone(),
@@ -95,7 +104,7 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
     );
     tokio::spawn(heartbeats.run());
     let tls = Arc::new(tls);
-    let state = http::AppState { lbs, info: info.clone(), tls: tls.clone(), settings, net };
+    let state = http::AppState { lbs, info: info.clone(), tls: tls.clone(), settings, net, vrrp };
     let app = http::app(state, config.amphora_agent.max_request_body_size);
 
     let bind = SocketAddr::new(haproxy_conf.bind_host, haproxy_conf.bind_port);

@@ -41,7 +41,27 @@ impl Netns {
             tracing::info!(namespace = name, "created network namespace");
         }
         let file = File::open(&path).map_err(|source| NetnsError::Open { path, source })?;
-        Ok(Self { name: name.to_owned(), file })
+        let netns = Self { name: name.to_owned(), file };
+        netns.tune();
+        Ok(netns)
+    }
+
+    /// The kernel settings an amphora image gives the namespace (upstream's
+    /// sysctl.d): haproxy must be able to bind a VIP that keepalived has
+    /// not (yet) put on this amphora.
+    fn tune(&self) {
+        const SETTINGS: &[(&str, &str)] =
+            &[("/proc/sys/net/ipv4/ip_nonlocal_bind", "1"), ("/proc/sys/net/ipv6/ip_nonlocal_bind", "1")];
+        let applied = self.run(|| {
+            // /proc/sys/net belongs to the namespace of the thread opening it.
+            for (path, value) in SETTINGS {
+                std::fs::write(path, value)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = applied {
+            tracing::warn!(namespace = self.name, error = %e, "cannot tune the namespace's kernel settings");
+        }
     }
 
     pub fn name(&self) -> &str {

@@ -193,13 +193,24 @@ async fn a_plugged_vip_and_member_network_carry_real_traffic() {
     assert_eq!(reply.status, 400);
     assert_eq!(reply.json::<Message>().message, "Invalid IP address");
 
+    // The management address lives in the VM's own namespace.
+    let vm = agent.vm.clone().expect("vm");
+    netns::ip_in(&vm, &["link", "add", "mgmt0", "type", "veth", "peer", "name", "mgmt1"]);
+    netns::ip_in(&vm, &["addr", "add", "172.31.0.5/24", "dev", "mgmt0"]);
+    let reply = client.get("/1.0/interface/172.31.0.5").await;
+    assert_eq!(reply.json::<serde_json::Value>()["interface"], "mgmt0");
+
     start_backend(&hyp, "10.1.0.1:8081").await;
     assert_eq!(
         client.put(&upload_path(&agent, LB), vip_config(&agent, "10.0.0.10:8080", "10.1.0.1:8081")).await.status,
         202
     );
+    let arp = ArpListener::open(&hyp.name, "hv-vip");
     let reply = client.put(&format!("/1.0/loadbalancer/{LB}/start"), "").await;
     assert_eq!(reply.status, 202, "{}", reply.text());
+    let garp =
+        tokio::task::spawn_blocking(move || arp.wait_for_garp(Ipv4Addr::new(10, 0, 0, 10), WAIT)).await.expect("join");
+    assert!(garp.is_some(), "haproxy's start is announced with a gratuitous ARP for its VIP");
 
     let vip = SocketAddr::from(([10, 0, 0, 10], 8080));
     let response = request_from(&hyp, ip("10.0.0.1"), vip).await.expect("from the VIP subnet");

@@ -136,6 +136,9 @@ pub struct Details {
     pub load: [f64; 3],
     pub active_tuned_profiles: String,
     pub topology: String,
+    /// MASTER or BACKUP when keepalived runs VRRP here, else null.
+    #[serde(default)]
+    pub vrrp_role: Option<String>,
     pub topology_status: String,
     pub listeners: Vec<String>,
     /// One single-entry object per package: `[{"haproxy": "2.6.12"}, ...]`.

@@ -304,8 +304,14 @@ fn read_pid_file(path: &Path) -> Option<Pid> {
 /// be an haproxy running this instance's configuration, so a recycled pid
 /// is never mistaken for it.
 pub fn running_pid(instance: &Instance) -> Option<Pid> {
-    let pid = read_pid_file(&instance.pid_file)?;
-    is_alive(pid, &instance.config).then_some(pid)
+    running_daemon(&instance.pid_file, &instance.config)
+}
+
+/// The pid recorded in `pid_file`, if that process is alive and has
+/// `argument` (its configuration file) on its command line.
+pub fn running_daemon(pid_file: &Path, argument: &Path) -> Option<Pid> {
+    let pid = read_pid_file(pid_file)?;
+    is_alive(pid, argument).then_some(pid)
 }
 
 fn is_alive(pid: Pid, config: &Path) -> bool {

@@ -28,6 +28,7 @@ use crate::lb::LbService;
 use crate::net::NetService;
 use crate::settings::LiveConfig;
 use crate::tls::TlsState;
+use crate::vrrp::Vrrp;
 
 /// What handlers reach.
 #[derive(Debug, Clone)]
@@ -37,6 +38,7 @@ pub struct AppState {
     pub tls: Arc<TlsState>,
     pub settings: Arc<LiveConfig>,
     pub net: Arc<NetService>,
+    pub vrrp: Arc<Vrrp>,
 }
 
 /// The complete application: every API surface over one state.

@@ -17,6 +17,7 @@ use crate::ids::{AmphoraId, LbId};
 use crate::lb::{Action, Outcome};
 use crate::net::model::{PlugNetworkRequest, PlugVipRequest};
 use crate::net::nft::RuleRequest;
+use crate::vrrp;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -35,6 +36,8 @@ pub fn router() -> Router<AppState> {
         .route("/1.0/plug/network/", post(plug_network))
         .route("/1.0/interface/{ip}", get(interface))
         .route("/1.0/interface/{ip}/rules", put(interface_rules))
+        .route("/1.0/vrrp/upload", put(upload_vrrp))
+        .route("/1.0/vrrp/{action}", put(vrrp_action))
         .route("/1.0/config", put(update_config))
         .route(
             "/1.0/loadbalancer/{first}/certificates/{filename}",
@@ -51,7 +54,7 @@ async fn info(State(state): State<AppState>) -> Response {
 }
 
 async fn details(State(state): State<AppState>) -> Response {
-    Json(state.info.details()).into_response()
+    Json(state.info.details().await).into_response()
 }
 
 async fn listeners(State(state): State<AppState>) -> Response {
@@ -188,4 +191,39 @@ async fn interface_rules(
     let rules: Vec<RuleRequest> = json_body(&body, "Invalid rules information")?;
     state.net.set_rules(&ip, &rules).await.map_err(|e| ApiError::from_net(e, "Error loading the firewall rules"))?;
     Ok(Json(Message::ok()).into_response())
+}
+
+async fn upload_vrrp(State(state): State<AppState>, RawBody(body): RawBody) -> Result<Response, ApiError> {
+    let etag = state.vrrp.upload(&body, &state.lbs.wanted_stats_sockets()).await.map_err(|e| {
+        tracing::error!(error = %e, "keepalived configuration refused");
+        ApiError::with_details(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Failed to upload keepalived configuration.",
+            e.to_string(),
+        )
+    })?;
+    Ok(with_etag(Json(Message::ok()).into_response(), &etag))
+}
+
+async fn vrrp_action(
+    State(state): State<AppState>,
+    PathParams(action): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let action = vrrp::Action::parse(&action).map_err(|_| {
+        ApiError::with_details(StatusCode::BAD_REQUEST, "Invalid Request", format!("Unknown action: {action}"))
+    })?;
+    let done = state.vrrp.act(action).await.map_err(|e| {
+        let verb = match action {
+            vrrp::Action::Start => "start",
+            vrrp::Action::Stop => "stop",
+            vrrp::Action::Reload => "reload",
+        };
+        tracing::error!(error = %e, "keepalived {verb} failed");
+        ApiError::with_details(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("Failed to {verb} keepalived service: {e}"),
+            e.to_string(),
+        )
+    })?;
+    Ok((StatusCode::ACCEPTED, Json(Message::with_details("OK", format!("keepalived {}", done.done())))).into_response())
 }

@@ -29,6 +29,7 @@ use crate::fsutil;
 use crate::haproxy::{self, Haproxy, HaproxyError, Instance, cfg, cli, process};
 use crate::ids::{AmphoraId, LbId};
 use crate::net::NetService;
+use crate::vrrp::Vrrp;
 
 /// First delay before restarting an haproxy that died.
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
@@ -135,19 +136,45 @@ pub struct LbService {
     slots: Mutex<HashMap<LbId, Arc<Slot>>>,
     /// Advertises VIPs after haproxy starts or reloads.
     net: Option<Arc<NetService>>,
+    /// Keeps keepalived's track script in step with the load balancers.
+    vrrp: Option<Arc<Vrrp>>,
     me: Weak<LbService>,
 }
 
 impl LbService {
-    pub fn new(layout: Layout, haproxy: Haproxy, amphora_id: &str, net: Option<Arc<NetService>>) -> Arc<Self> {
+    pub fn new(
+        layout: Layout,
+        haproxy: Haproxy,
+        amphora_id: &str,
+        net: Option<Arc<NetService>>,
+        vrrp: Option<Arc<Vrrp>>,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             layout,
             haproxy,
             default_peer: haproxy::peer_name(amphora_id),
             slots: Mutex::new(HashMap::new()),
             net,
+            vrrp,
             me: me.clone(),
         })
+    }
+
+    /// Stats sockets of the load balancers that should run: what
+    /// keepalived's track script must find answering.
+    pub fn wanted_stats_sockets(&self) -> Vec<PathBuf> {
+        self.layout
+            .load_balancers()
+            .iter()
+            .filter(|id| self.record(id).desired == Desired::Running)
+            .filter_map(|id| self.stats_socket(id))
+            .collect()
+    }
+
+    fn load_balancers_changed(&self) {
+        if let Some(vrrp) = &self.vrrp {
+            vrrp.load_balancers_changed(&self.wanted_stats_sockets());
+        }
     }
 
     /// Tells the network the load balancer's VIPs are served here.
@@ -299,7 +326,10 @@ impl LbService {
                     }
                 }
             }
-        }?;
+        };
+        // Whatever happened, what should run may have changed.
+        self.load_balancers_changed();
+        let outcome = outcome?;
         if outcome != Outcome::Stopped {
             self.advertise(id).await;
         }
@@ -383,6 +413,7 @@ impl LbService {
             .map_err(io_error("cannot remove the certificates"))?;
         fsutil::remove_dir_all_if_exists(&dir).map_err(io_error(format!("cannot remove {}", dir.display())))?;
         fsutil::sync_dir(self.layout.base_path()).map_err(io_error("cannot sync the state directory"))?;
+        self.load_balancers_changed();
         tracing::info!(lb = %id, "load balancer deleted");
         Ok(())
     }

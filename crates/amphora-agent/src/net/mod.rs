@@ -236,6 +236,18 @@ impl NetService {
         }
     }
 
+    /// Which of `addresses` are on an interface of the amphora namespace.
+    pub async fn present(&self, addresses: &[IpAddr]) -> Vec<IpAddr> {
+        let Some(amphora) = &self.amphora else { return Vec::new() };
+        match amphora.addresses().await {
+            Ok(all) => addresses.iter().filter(|a| all.iter().any(|(_, b)| b == *a)).copied().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the amphora's addresses");
+                Vec::new()
+            }
+        }
+    }
+
     /// `GET /1.0/interface/{ip}`: the amphora namespace first, then the
     /// agent's own (the management interface).
     pub async fn interface_of(&self, raw: &str) -> Result<String, NetError> {
