@@ -255,15 +255,23 @@ async fn after_a_reboot_running_load_balancers_start_again_and_stopped_ones_do_n
 async fn a_start_failure_is_reported_and_the_listener_shows_error() {
     let agent = agent();
     let client = agent.client();
-    // Valid for `haproxy -c`, but the address does not exist in the namespace.
-    let config = lb_config_with(&agent, LB, LISTENER, 1, "192.0.2.10:80", 1000);
+    // Valid for `haproxy -c`, but another program holds the port (without
+    // SO_REUSEPORT, so haproxy cannot share it).
+    let ns = NsRuntime::new(agent.netns.as_deref().expect("namespace"));
+    let occupied = ns
+        .spawn(async { std::net::TcpListener::bind(("127.0.0.1", FRONTEND_PORT)).expect("occupy the port") })
+        .await
+        .expect("join");
+    let config = lb_config(&agent, LB, LISTENER, 1);
     assert_eq!(client.put(&upload_path(&agent, LB), config).await.status, 202);
     let reply = client.put(&format!("/1.0/loadbalancer/{LB}/start"), "").await;
     assert_eq!(reply.status, 500);
     let message: Message = reply.json();
     assert_eq!(message.message, "Error starting haproxy");
-    assert!(message.details.expect("details").contains("192.0.2.10"));
+    let details = message.details.expect("details");
+    assert!(details.contains(&format!("127.0.0.1:{FRONTEND_PORT}")), "{details}");
     assert_eq!(listener_status(&client).await[0].status, ListenerState::Error);
+    drop(occupied);
 }
 
 #[tokio::test]
