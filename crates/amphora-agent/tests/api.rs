@@ -13,6 +13,9 @@ async fn version_discovery_and_info() {
 
     let version: VersionDiscovery = client.get("/").await.json();
     assert_eq!(version.api_version, "1.0");
+    // Upstream's controller asks at "//" (its base URL ends in a slash).
+    let version: VersionDiscovery = client.get("//").await.json();
+    assert_eq!(version.api_version, "1.0");
 
     for path in ["/info", "/1.0/info"] {
         let reply = client.get(path).await;

@@ -83,6 +83,33 @@ async fn log_request(request: Request, next: Next) -> Response {
     response
 }
 
+/// Collapses runs of slashes in the path before routing, as upstream's
+/// Flask does: its controller asks for version discovery at `//`.
+fn merge_slashes<B>(mut request: hyper::Request<B>) -> hyper::Request<B> {
+    let path = request.uri().path();
+    if !path.contains("//") {
+        return request;
+    }
+    let mut merged = String::with_capacity(path.len());
+    for c in path.chars() {
+        if !(c == '/' && merged.ends_with('/')) {
+            merged.push(c);
+        }
+    }
+    if let Some(query) = request.uri().query() {
+        merged.push('?');
+        merged.push_str(query);
+    }
+    let mut parts = request.uri().clone().into_parts();
+    if let Ok(path_and_query) = merged.parse() {
+        parts.path_and_query = Some(path_and_query);
+        if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
+    request
+}
+
 /// Time limits of client connections.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -130,7 +157,8 @@ pub async fn serve(
                     return;
                 }
             };
-            let service = TowerToHyperService::new(app);
+            let service =
+                TowerToHyperService::new(tower::ServiceBuilder::new().map_request(merge_slashes).service(app));
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .keep_alive(true)
@@ -141,5 +169,23 @@ pub async fn serve(
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path_after(uri: &str) -> String {
+        let request = hyper::Request::builder().uri(uri).body(()).expect("request");
+        merge_slashes(request).uri().to_string()
+    }
+
+    #[test]
+    fn repeated_slashes_are_merged() {
+        assert_eq!(path_after("//"), "/");
+        assert_eq!(path_after("/1.0//info"), "/1.0/info");
+        assert_eq!(path_after("///1.0/details?x=1"), "/1.0/details?x=1");
+        assert_eq!(path_after("/1.0/info"), "/1.0/info");
     }
 }
