@@ -61,7 +61,11 @@ class UpstreamClient(unittest.TestCase):
 
     def test_01_api_version(self):
         # get_api_version resets the amphora's api_version: use a fresh one.
-        self.assertEqual(self.base.get_api_version(amphora()), {'api_version': '1.0'})
+        # The driver reads only 'api_version'; 'versions' is ours (see
+        # docs/compatibility.md).
+        discovered = self.base.get_api_version(amphora())
+        self.assertEqual(discovered['api_version'], '1.0')
+        self.assertEqual(discovered['versions'], ['0.1', '1.0', 'appliance'])
 
     def test_02_info_and_driver_version_checks(self):
         info = self.client.get_info(self.amp)
@@ -134,6 +138,9 @@ class UpstreamClient(unittest.TestCase):
         self.assertEqual(self.client.reload_listener(self.amp, LB).status_code, 202)
         listeners = self.client.get_all_listeners(self.amp)
         self.assertEqual(listeners, [{'status': 'ACTIVE', 'uuid': ENV['LISTENER_ID'], 'type': 'HTTP'}])
+        status = self.client.get_listener_status(self.amp, ENV['LISTENER_ID'])
+        self.assertEqual((status['uuid'], status['status'], status['type']), (ENV['LISTENER_ID'], 'ACTIVE', 'HTTP'))
+        self.assertEqual([p['uuid'] for p in status['pools']], ['pool'])
         with self.assertRaises(driver_exceptions.NotFound):
             self.client.start_listener(self.amp, '00000000-0000-4000-8000-000000000000')
 

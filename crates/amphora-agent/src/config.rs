@@ -64,7 +64,12 @@ pub struct AmphoraAgent {
     pub network_namespace: Option<String>,
     /// Our extension: the largest request body accepted, in bytes.
     pub max_request_body_size: usize,
+    /// Our extension: which APIs are served ("0.1", "1.0", "appliance").
+    pub api_versions: Vec<String>,
 }
+
+/// Every API the agent can serve.
+pub const API_VERSIONS: &[&str] = &["0.1", "1.0", "appliance"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControllerWorker {
@@ -130,6 +135,7 @@ const KNOWN_OPTIONS: &[(&str, &[&str])] = &[
             "amphora_udp_driver",
             "network_namespace",
             "max_request_body_size",
+            "api_versions",
             "admin_log_targets",
             "tenant_log_targets",
             "user_log_facility",
@@ -427,6 +433,23 @@ pub fn parse<'a>(sources: impl IntoIterator<Item = (&'a Path, &'a str)>) -> Resu
         max_request_body_size: layers.get("amphora_agent", "max_request_body_size", 16 * 1024 * 1024, |v| {
             parse_int(v, 1024, 1 << 32).map(|n| n as usize)
         })?,
+        api_versions: layers.get(
+            "amphora_agent",
+            "api_versions",
+            API_VERSIONS.iter().map(|v| v.to_string()).collect(),
+            |v| {
+                let list = parse_list(v);
+                if list.is_empty() {
+                    return Err("at least one API version must be served".into());
+                }
+                match list.iter().find(|v| !API_VERSIONS.contains(&v.as_str())) {
+                    Some(unknown) => {
+                        Err(format!("unknown API version {unknown:?} (known: {})", API_VERSIONS.join(", ")))
+                    }
+                    None => Ok(list),
+                }
+            },
+        )?,
     };
 
     let controller_worker = ControllerWorker {
@@ -486,6 +509,16 @@ mod tests {
         assert_eq!(c.amphora_agent.network_namespace.as_deref(), Some("amphora-haproxy"));
         assert_eq!(c.controller_worker.loadbalancer_topology, Topology::Single);
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    }
+
+    #[test]
+    fn api_versions_are_checked() {
+        let c = parse_one(&format!("{MINIMAL}api_versions = 1.0\n")).expect("valid").config;
+        assert_eq!(c.amphora_agent.api_versions, vec!["1.0"]);
+        let defaults = parse_one(MINIMAL).expect("valid").config;
+        assert_eq!(defaults.amphora_agent.api_versions, vec!["0.1", "1.0", "appliance"]);
+        let err = parse_one(&format!("{MINIMAL}api_versions = 1.0, 2.0\n")).expect_err("unknown").to_string();
+        assert!(err.contains("unknown API version \"2.0\""), "{err}");
     }
 
     #[test]

@@ -12,7 +12,17 @@ use crate::settings::LiveConfig;
 use crate::system::packages::{Packages, TRACKED};
 use crate::system::procfs;
 use crate::system::sampler::Sampler;
+use crate::topology::TopologyService;
 use crate::vrrp::Vrrp;
+
+/// The services whose state the amphora describes.
+#[derive(Debug)]
+pub struct Sources {
+    pub lbs: Arc<LbService>,
+    pub net: Arc<NetService>,
+    pub vrrp: Arc<Vrrp>,
+    pub topology: Arc<TopologyService>,
+}
 
 #[derive(Debug)]
 pub struct InfoService {
@@ -23,6 +33,7 @@ pub struct InfoService {
     lbs: Arc<LbService>,
     net: Arc<NetService>,
     vrrp: Arc<Vrrp>,
+    topology: Arc<TopologyService>,
 }
 
 impl InfoService {
@@ -31,11 +42,10 @@ impl InfoService {
         settings: Arc<LiveConfig>,
         packages: Packages,
         sampler: Arc<Sampler>,
-        lbs: Arc<LbService>,
-        net: Arc<NetService>,
-        vrrp: Arc<Vrrp>,
+        sources: Sources,
     ) -> Self {
-        Self { amphora_id, settings, packages, sampler, lbs, net, vrrp }
+        let Sources { lbs, net, vrrp, topology } = sources;
+        Self { amphora_id, settings, packages, sampler, lbs, net, vrrp, topology }
     }
 
     /// Reads the package database now rather than on the first request.
@@ -97,7 +107,7 @@ impl InfoService {
             active_tuned_profiles: read("/etc/tuned/active_profile").trim().to_owned(),
             topology: topology.as_str().into(),
             vrrp_role: role.map(str::to_owned),
-            topology_status: "OK".into(),
+            topology_status: self.topology.status().into(),
             listeners: self.lbs.listener_ids(),
             packages: TRACKED
                 .iter()

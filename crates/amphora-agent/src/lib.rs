@@ -20,6 +20,7 @@ pub mod netns;
 pub mod settings;
 pub mod system;
 pub mod tls;
+pub mod topology;
 pub mod vrrp;
 
 use std::net::SocketAddr;
@@ -40,6 +41,7 @@ use crate::settings::{LiveConfig, LogControl};
 use crate::system::packages::Packages;
 use crate::system::sampler::Sampler;
 use crate::tls::{TlsFiles, TlsState};
+use crate::topology::TopologyService;
 use crate::vrrp::Vrrp;
 
 /// Run-time options that are not part of the configuration files.
@@ -86,15 +88,14 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
     lbs.restore().await;
     vrrp.restore(&lbs.wanted_stats_sockets()).await;
 
+    let topology = Arc::new(TopologyService::new(haproxy_conf.base_path.join("topology.json"), lbs.clone()));
     let sampler = Sampler::start(netns).context("cannot start the statistics sampler")?;
     let info = Arc::new(InfoService::new(
         config.amphora_agent.amphora_id.clone(),
         settings.clone(),
         Packages::new(haproxy_conf.haproxy_cmd.clone()),
         sampler,
-        lbs.clone(),
-        net.clone(),
-        vrrp.clone(),
+        info::Sources { lbs: lbs.clone(), net: net.clone(), vrrp: vrrp.clone(), topology: topology.clone() },
     ));
     let heartbeats = health::HeartbeatSender::new(
         config.amphora_agent.amphora_id.clone(),
@@ -104,7 +105,8 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
     );
     tokio::spawn(heartbeats.run());
     let tls = Arc::new(tls);
-    let state = http::AppState { lbs, info: info.clone(), tls: tls.clone(), settings, net, vrrp };
+    let versions = Arc::new(config.amphora_agent.api_versions.clone());
+    let state = http::AppState { lbs, info: info.clone(), tls: tls.clone(), settings, net, vrrp, topology, versions };
     let app = http::app(state, config.amphora_agent.max_request_body_size);
 
     let bind = SocketAddr::new(haproxy_conf.bind_host, haproxy_conf.bind_port);

@@ -163,6 +163,7 @@ fn option_values(c: &Config) -> Vec<(&'static str, &'static str, String)> {
         ("amphora_agent", "amphora_udp_driver", a.amphora_udp_driver.clone()),
         ("amphora_agent", "network_namespace", format!("{:?}", a.network_namespace)),
         ("amphora_agent", "max_request_body_size", a.max_request_body_size.to_string()),
+        ("amphora_agent", "api_versions", a.api_versions.join(", ")),
         ("controller_worker", "loadbalancer_topology", c.controller_worker.loadbalancer_topology.as_str().to_owned()),
     ]
 }

@@ -104,27 +104,6 @@ async fn request_from(hyp: &Hypervisor, source: IpAddr, target: SocketAddr) -> s
 fn ip(raw: &str) -> IpAddr {
     raw.parse().expect("ip")
 }
-
-/// `ip -j` output of a namespace, parsed.
-fn ip_json(namespace: &str, args: &[&str]) -> serde_json::Value {
-    let output = std::process::Command::new("ip").args(["-j", "-n", namespace]).args(args).output().expect("ip");
-    serde_json::from_slice(&output.stdout).expect("ip -j output")
-}
-
-/// Addresses of an interface, without the kernel's own link-local ones.
-fn addresses_of(namespace: &str, interface: &str) -> Vec<String> {
-    let json = ip_json(namespace, &["addr", "show", "dev", interface]);
-    json[0]["addr_info"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|i| i["scope"] != "link")
-                .map(|i| format!("{}/{}", i["local"].as_str().unwrap_or(""), i["prefixlen"]))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 async fn start_backend(hyp: &Hypervisor, addr: &str) {
     let addr: SocketAddr = addr.parse().expect("addr");
     let (tx, rx) = tokio::sync::oneshot::channel();

@@ -74,6 +74,34 @@ pub struct ListenerStatus {
     pub kind: String,
 }
 
+/// One pool in a listener's detailed status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub uuid: String,
+    /// UP, DOWN or DEGRADED (up, with members down).
+    pub status: String,
+    /// One single-entry object per member: `[{"<member>": "UP"}, ...]`.
+    pub members: Vec<BTreeMap<String, String>>,
+}
+
+/// `GET /1.0/listeners/{id}` and `GET /v0.1/listeners/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerDetail {
+    pub status: ListenerState,
+    pub uuid: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub pools: Vec<PoolStatus>,
+}
+
+/// `GET /`: every API version served, plus upstream's field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versions {
+    /// What upstream's controller reads: "1.0" when served.
+    pub api_version: String,
+    pub versions: Vec<String>,
+}
+
 /// CPU usage in percent over the sampling window.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Cpu {

@@ -83,6 +83,9 @@ impl From<LbError> for ApiError {
                 format!("No certificate with file name: {name}"),
             ),
             LbError::Pem(error) => error.into(),
+            LbError::ListenerNotFound(id) => {
+                Self::with_details(StatusCode::NOT_FOUND, "Listener Not Found", format!("No listener with UUID: {id}"))
+            }
             LbError::Io { .. } => {
                 tracing::error!(error = %error, "internal error");
                 Self::with_details(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", error.to_string())
@@ -149,6 +152,16 @@ impl ApiError {
                 Self::with_details(StatusCode::NOT_FOUND, error.to_string(), format!("no interface holds {ip}"))
             }
             NetError::Rules(details) => Self::with_details(StatusCode::BAD_REQUEST, error.to_string(), details.clone()),
+            NetError::NothingToPlug => Self::with_details(
+                StatusCode::NOT_FOUND,
+                error.to_string(),
+                "No suitable network interface found (no unplugged port)",
+            ),
+            NetError::Ambiguous(names) => Self::with_details(
+                StatusCode::BAD_REQUEST,
+                error.to_string(),
+                format!("unplugged ports: {}; use the 1.0 API, which names the MAC", names.join(", ")),
+            ),
             NetError::NoNamespace | NetError::Netlink(_) | NetError::Firewall(_) | NetError::Persist { .. } => {
                 tracing::error!(error = %error, "{failure}");
                 Self::with_details(StatusCode::INTERNAL_SERVER_ERROR, failure, error.to_string())

@@ -3,19 +3,25 @@
 //! methods (upstream's controller takes a non-JSON 404 for "agent not
 //! ready" and keeps retrying).
 
+mod appliance;
 mod error;
 mod extract;
+mod v0_1;
 mod v1;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use amphora_proto::Versions;
+use axum::Json;
 use axum::Router;
+use axum::extract::State;
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -28,6 +34,7 @@ use crate::lb::LbService;
 use crate::net::NetService;
 use crate::settings::LiveConfig;
 use crate::tls::TlsState;
+use crate::topology::TopologyService;
 use crate::vrrp::Vrrp;
 
 /// What handlers reach.
@@ -39,16 +46,56 @@ pub struct AppState {
     pub settings: Arc<LiveConfig>,
     pub net: Arc<NetService>,
     pub vrrp: Arc<Vrrp>,
+    pub topology: Arc<TopologyService>,
+    /// The API versions served (configuration `api_versions`).
+    pub versions: Arc<Vec<String>>,
 }
 
-/// The complete application: every API surface over one state.
+/// The complete application: the enabled API surfaces over one state.
 pub fn app(state: AppState, max_body: usize) -> Router {
-    v1::router()
+    let enabled = |v: &str| state.versions.iter().any(|e| e == v);
+    let mut router = Router::new().route("/", get(version_discovery));
+    if enabled("1.0") || enabled("0.1") {
+        // Both specifications call /info the one unversioned route.
+        router = router.route("/info", get(v1::info));
+    }
+    if enabled("1.0") {
+        router = router.merge(v1::router());
+    }
+    if enabled("0.1") {
+        router = router.merge(v0_1::router());
+    }
+    if enabled("appliance") {
+        router = router.merge(appliance::router());
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), topology_gate))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// `GET /`: upstream's controller reads `api_version`; `versions` lists
+/// everything served.
+async fn version_discovery(State(state): State<AppState>) -> Json<Versions> {
+    let api_version = ["1.0", "0.1", "appliance"]
+        .into_iter()
+        .find(|v| state.versions.iter().any(|e| e == v))
+        .unwrap_or("1.0")
+        .to_owned();
+    Json(Versions { api_version, versions: state.versions.as_ref().clone() })
+}
+
+/// While the topology changes, every mutating call of every API waits its
+/// turn: 503, as the specification says.
+async fn topology_gate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let mutating = matches!(*request.method(), Method::PUT | Method::POST | Method::DELETE | Method::PATCH);
+    if mutating && state.topology.changing() {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Topology transition in progress").into_response();
+    }
+    next.run(request).await
 }
 
 async fn not_found(request: Request) -> ApiError {

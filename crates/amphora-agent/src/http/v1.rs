@@ -1,18 +1,18 @@
 //! The 1.0 API router: each handler extracts and validates its inputs,
 //! makes one call on a domain service and shapes the answer.
 
-use amphora_proto::{API_VERSION, CertificateMd5, Message, VersionDiscovery};
+use amphora_proto::{CertificateMd5, Message};
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{get, post, put};
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{PathParams, RawBody};
-use crate::certs::CertFileName;
+use crate::certs::{CertFileName, KeyRule};
 use crate::ids::{AmphoraId, LbId};
 use crate::lb::{Action, Outcome};
 use crate::net::model::{PlugNetworkRequest, PlugVipRequest};
@@ -21,12 +21,10 @@ use crate::vrrp;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/", get(version))
-        .route("/info", get(info))
         .route("/1.0/info", get(info))
         .route("/1.0/details", get(details))
         .route("/1.0/listeners", get(listeners))
-        .route("/1.0/listeners/{id}", delete(delete_lb))
+        .route("/1.0/listeners/{id}", get(listener).delete(delete_lb))
         .route("/1.0/loadbalancer/{first}/haproxy", get(get_config))
         .route("/1.0/loadbalancer/{first}/{second}", put(act))
         .route("/1.0/loadbalancer/{first}/{second}/haproxy", put(upload_config))
@@ -45,11 +43,7 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-async fn version() -> Json<VersionDiscovery> {
-    Json(VersionDiscovery { api_version: API_VERSION.into() })
-}
-
-async fn info(State(state): State<AppState>) -> Response {
+pub(super) async fn info(State(state): State<AppState>) -> Response {
     Json(state.info.info()).into_response()
 }
 
@@ -61,7 +55,13 @@ async fn listeners(State(state): State<AppState>) -> Response {
     Json(state.lbs.listeners().await).into_response()
 }
 
-fn with_etag(mut response: Response, etag: &str) -> Response {
+/// `GET /1.0/listeners/{id}`: one listener with its pools and members
+/// (upstream's client has `get_listener_status` for it).
+async fn listener(State(state): State<AppState>, PathParams(id): PathParams<String>) -> Result<Response, ApiError> {
+    Ok(Json(state.lbs.listener_detail(&id).await?).into_response())
+}
+
+pub(super) fn with_etag(mut response: Response, etag: &str) -> Response {
     if let Ok(value) = HeaderValue::from_str(etag) {
         response.headers_mut().insert(header::ETAG, value);
     }
@@ -120,7 +120,7 @@ async fn upload_certificate(
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let (lb_id, name) = certificate_path(&lb_id, &filename)?;
-    let md5 = state.lbs.put_certificate(&lb_id, &name, &body).await?;
+    let md5 = state.lbs.put_certificate(&lb_id, &name, &body, KeyRule::Optional).await?;
     Ok(with_etag(Json(Message::ok()).into_response(), &md5))
 }
 
@@ -157,7 +157,7 @@ async fn update_config(State(state): State<AppState>, RawBody(body): RawBody) ->
 }
 
 /// A JSON body; a malformed one is a 400 with `message`.
-fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], message: &str) -> Result<T, ApiError> {
+pub(super) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], message: &str) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::with_details(StatusCode::BAD_REQUEST, message, e.to_string()))
 }
 

@@ -10,7 +10,7 @@
 
 mod layout;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use amphora_proto::{ListenerState, ListenerStatus};
+use amphora_proto::{ListenerDetail, ListenerState, ListenerStatus, PoolStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +53,8 @@ pub enum LbError {
     Action { action: Action, detail: String },
     #[error("no certificate {0}")]
     CertificateNotFound(CertFileName),
+    #[error("no listener {0}")]
+    ListenerNotFound(String),
     #[error(transparent)]
     Pem(#[from] PemError),
     #[error("{what}: {source}")]
@@ -421,8 +423,14 @@ impl LbService {
     /// Validates and stores a certificate file for haproxy (mode 0600,
     /// atomically); returns the MD5 of the stored bytes. A rejected upload
     /// leaves any previous file untouched.
-    pub async fn put_certificate(&self, id: &LbId, name: &CertFileName, pem: &[u8]) -> Result<String, LbError> {
-        certs::validate(pem, KeyRule::Optional)?;
+    pub async fn put_certificate(
+        &self,
+        id: &LbId,
+        name: &CertFileName,
+        pem: &[u8],
+        rule: KeyRule,
+    ) -> Result<String, LbError> {
+        certs::validate(pem, rule)?;
         let slot = self.slot(id);
         let _guard = slot.op.lock().await;
         let dir = self.layout.cert_dir(id);
@@ -503,6 +511,117 @@ impl LbService {
             }
         }
         all
+    }
+
+    /// A listener with its pools and members, read live from haproxy. `id`
+    /// is a listener (frontend) id, or, as in the 0.1 API where each
+    /// listener had its own haproxy, a load balancer id.
+    pub async fn listener_detail(&self, id: &str) -> Result<ListenerDetail, LbError> {
+        let not_found = || LbError::ListenerNotFound(id.to_owned());
+        let mut found = None;
+        for lb in self.layout.load_balancers() {
+            let summary = self.summary(&lb);
+            if let Some(frontend) = summary.frontends.iter().find(|f| f.name == id) {
+                found = Some((lb.clone(), frontend.clone(), true));
+                break;
+            }
+        }
+        if found.is_none()
+            && let Ok(lb) = LbId::parse(id)
+            && self.layout.config(&lb).is_file()
+        {
+            let frontend = self
+                .summary(&lb)
+                .frontends
+                .into_iter()
+                .next()
+                .unwrap_or(cfg::Frontend { name: id.to_owned(), kind: "TCP".into() });
+            found = Some((lb, frontend, false));
+        }
+        let (lb, frontend, by_listener) = found.ok_or_else(not_found)?;
+        let status = self
+            .listeners()
+            .await
+            .into_iter()
+            .find(|l| l.uuid == frontend.name)
+            .map(|l| l.status)
+            .unwrap_or(ListenerState::Stopped);
+        let mut pools = Vec::new();
+        let socket = self.stats_socket(&lb);
+        if let (Some(socket), true) = (socket, process::running_pid(&self.instance(&lb)).is_some())
+            && let Ok(text) = cli::query(&socket, "show stat -1 6 -1").await
+        {
+            let rows = crate::health::parse_show_stat(&text);
+            let suffix = format!(":{}", frontend.name);
+            let mut names: Vec<&str> = rows.iter().map(|r| r.pxname.as_str()).collect();
+            names.dedup();
+            for name in names {
+                if by_listener && !name.ends_with(&suffix) {
+                    continue;
+                }
+                let backend = rows.iter().find(|r| r.pxname == name && r.svname == "BACKEND");
+                let members: Vec<(String, String)> = rows
+                    .iter()
+                    .filter(|r| r.pxname == name && r.svname != "BACKEND")
+                    .map(|r| (r.svname.clone(), member_state(&r.status).to_owned()))
+                    .collect();
+                let up = backend.is_some_and(|b| b.status == "UP");
+                let degraded = up && members.iter().any(|(_, s)| s == "DOWN");
+                pools.push(PoolStatus {
+                    uuid: name.split(':').next().unwrap_or(name).to_owned(),
+                    status: if degraded {
+                        "DEGRADED"
+                    } else if up {
+                        "UP"
+                    } else {
+                        "DOWN"
+                    }
+                    .to_owned(),
+                    members: members.into_iter().map(|(k, v)| BTreeMap::from([(k, v)])).collect(),
+                });
+            }
+        }
+        Ok(ListenerDetail { status, uuid: id.to_owned(), kind: frontend.kind, pools })
+    }
+
+    /// Reloads every running load balancer (a topology transition).
+    /// Reloads one load balancer if its haproxy runs; a stopped one stays
+    /// stopped. Returns whether it was reloaded.
+    pub async fn reload_if_running(&self, id: &LbId) -> Result<bool, LbError> {
+        if process::running_pid(&self.instance(id)).is_none() {
+            return Ok(false);
+        }
+        self.act(id, Action::Reload).await.map(|_| true)
+    }
+
+    pub async fn reload_running(&self) {
+        for id in self.layout.load_balancers() {
+            if process::running_pid(&self.instance(&id)).is_some()
+                && let Err(e) = self.act(&id, Action::Reload).await
+            {
+                tracing::error!(lb = %id, error = %e, "reload during the topology transition failed");
+            }
+        }
+    }
+
+    /// Whether any file of this load balancer exists (configuration or
+    /// certificates), as the appliance API counts instances.
+    pub fn has_files(&self, id: &LbId) -> bool {
+        self.layout.lb_dir(id).exists() || self.layout.cert_dir(id).exists()
+    }
+
+    /// Every stored load balancer with its haproxy pid and whether it
+    /// should run.
+    pub fn processes(&self) -> Vec<(LbId, Option<Pid>, bool)> {
+        self.layout
+            .load_balancers()
+            .into_iter()
+            .map(|id| {
+                let pid = process::running_pid(&self.instance(&id));
+                let wanted = self.record(&id).desired == Desired::Running;
+                (id, pid, wanted)
+            })
+            .collect()
     }
 
     /// Listener ids of every stored load balancer, sorted.
@@ -599,6 +718,18 @@ impl LbService {
         let slot = self.slot(id);
         let current = slot.op.lock().await;
         *current == generation && self.layout.config(id).is_file() && self.record(id).desired == Desired::Running
+    }
+}
+
+/// A member's state as the 0.1 listener detail reports it: UP or DOWN
+/// (haproxy's transitional "UP 1/3" and unchecked members count as UP).
+fn member_state(status: &str) -> &str {
+    if status.starts_with("UP") || status == "no check" {
+        "UP"
+    } else if status.starts_with("DOWN") || status.starts_with("MAINT") {
+        "DOWN"
+    } else {
+        status
     }
 }
 

@@ -39,6 +39,10 @@ pub enum NetError {
     InterfaceNotFound(IpAddr),
     #[error("Invalid rules information")]
     Rules(String),
+    #[error("No suitable network interface found")]
+    NothingToPlug,
+    #[error("More than one interface could be plugged")]
+    Ambiguous(Vec<String>),
     #[error("the agent runs without an amphora network namespace (network_namespace is empty)")]
     NoNamespace,
     #[error("{0}")]
@@ -185,6 +189,64 @@ impl NetService {
         self.advertise_on(&def, index);
         tracing::info!(interface = name, %mac, from = link.name, "member network plugged");
         Ok(format!("Plugged interface {name}"))
+    }
+
+    /// The one port waiting to be plugged (the 0.1 API names none): a
+    /// link of the agent's namespace with a MAC and no address but
+    /// link-local ones.
+    async fn unplugged_port(&self) -> Result<rtnl::Link, NetError> {
+        let addresses = self.host.addresses().await?;
+        let mut candidates: Vec<rtnl::Link> = self
+            .host
+            .links()
+            .await?
+            .into_iter()
+            .filter(|l| l.name != "lo" && l.mac.is_some_and(|m| m.0 != [0; 6]))
+            .filter(|l| {
+                !addresses.iter().any(|(index, ip)| {
+                    *index == l.index
+                        && match ip {
+                            IpAddr::V4(_) => true,
+                            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+                        }
+                })
+            })
+            .collect();
+        match candidates.len() {
+            0 => Err(NetError::NothingToPlug),
+            1 => Ok(candidates.remove(0)),
+            _ => Err(NetError::Ambiguous(candidates.into_iter().map(|l| l.name).collect())),
+        }
+    }
+
+    /// `POST /v0.1/plug/vip/{ip}`: the 0.1 API sends no body, so the VIP
+    /// goes as a host address on the single unplugged port.
+    pub async fn plug_discovered_vip(&self, vip: &str) -> Result<String, NetError> {
+        let ip: IpAddr = vip.parse().map_err(|_| PlugError::Vip(format!("{vip:?} is not an IP address")))?;
+        let port = self.unplugged_port().await?;
+        let request = PlugVipRequest {
+            subnet_cidr: format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 }),
+            gateway: None,
+            mac_address: port.mac.expect("filtered").to_string(),
+            mtu: None,
+            vrrp_ip: None,
+            host_routes: Vec::new(),
+            additional_vips: Vec::new(),
+        };
+        self.plug_vip(vip, &request).await
+    }
+
+    /// `POST /v0.1/plug/network/`: the single unplugged port becomes a
+    /// member interface, up, without addresses.
+    pub async fn plug_discovered_network(&self) -> Result<String, NetError> {
+        let port = self.unplugged_port().await?;
+        let request = PlugNetworkRequest {
+            mac_address: port.mac.expect("filtered").to_string(),
+            fixed_ips: None,
+            mtu: None,
+            vip_net_info: None,
+        };
+        self.plug_network(&request).await
     }
 
     /// Applies a definition to the link with its MAC in the namespace.

@@ -67,3 +67,23 @@ backend pool:{listener}
 pub fn upload_path(agent: &Agent, lb: &str) -> String {
     format!("/1.0/loadbalancer/{}/{lb}/haproxy", agent.amphora_id)
 }
+
+/// `ip -j` output of a command in a namespace.
+pub fn ip_json(namespace: &str, args: &[&str]) -> serde_json::Value {
+    let output = std::process::Command::new("ip").args(["-j", "-n", namespace]).args(args).output().expect("ip");
+    serde_json::from_slice(&output.stdout).expect("ip -j output")
+}
+
+/// Addresses of an interface, without the kernel's own link-local ones.
+pub fn addresses_of(namespace: &str, interface: &str) -> Vec<String> {
+    let json = ip_json(namespace, &["addr", "show", "dev", interface]);
+    json[0]["addr_info"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|i| i["scope"] != "link")
+                .map(|i| format!("{}/{}", i["local"].as_str().unwrap_or(""), i["prefixlen"]))
+                .collect()
+        })
+        .unwrap_or_default()
+}

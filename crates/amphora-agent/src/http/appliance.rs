@@ -1,0 +1,131 @@
+//! The original appliance API (`appliance-api.md`): unversioned paths,
+//! plain-text answers, an "instance" being a load balancer. A thin router
+//! over the same domain services; its error conventions are its own (409
+//! for a bad certificate file, 403 for a method it does not know).
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use super::AppState;
+use super::extract::{PathParams, RawBody};
+use crate::certs::{CertFileName, KeyRule};
+use crate::ids::LbId;
+use crate::lb::LbError;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/status", get(status).fallback(invalid))
+        .route("/service_status", get(service_status).fallback(invalid))
+        .route("/instances", get(instances).fallback(invalid))
+        .route("/instances/{instance}", get(instance).delete(delete_instance).fallback(invalid))
+        .route(
+            "/instances/{instance}/certificates/{filename}",
+            axum::routing::put(upload_certificate).fallback(invalid),
+        )
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body.into()).into_response()
+}
+
+/// "403 Invalid Request - API script does not recognize the specified URL
+/// or HTTP method."
+async fn invalid(request: Request) -> Response {
+    text(StatusCode::FORBIDDEN, format!("Invalid Request: {} {}\n", request.method(), request.uri().path()))
+}
+
+/// An instance id, or the appliance's 404 for one that cannot exist.
+fn instance_id(raw: &str) -> Result<LbId, Box<Response>> {
+    LbId::parse(raw).map_err(|e| Box::new(text(StatusCode::NOT_FOUND, format!("Not Found\n{e}\n"))))
+}
+
+async fn status(State(state): State<AppState>) -> Response {
+    let details = state.info.details().await;
+    let processes = state.lbs.processes();
+    Json(serde_json::json!({
+        "hostname": details.hostname,
+        "network_tx": details.network_tx,
+        "network_rx": details.network_rx,
+        "active_node": u8::from(details.active),
+        "haproxy_count": processes.iter().filter(|(_, pid, _)| pid.is_some()).count().to_string(),
+        "stunnel_count": "0",
+        "fencing_daemon_status": if state.vrrp.running_pid().is_some() { "OK" } else { "N/A" },
+        "user_cpu": details.cpu.user,
+        "system_cpu": details.cpu.system,
+        "software_irq": details.cpu.soft_irq,
+        "load": details.load.iter().map(|l| format!("{l:.2}")).collect::<Vec<_>>(),
+    }))
+    .into_response()
+}
+
+async fn service_status(State(state): State<AppState>) -> Response {
+    let mut out = String::new();
+    for (id, pid, wanted) in state.lbs.processes() {
+        let (overall, line) = match (pid, wanted) {
+            (Some(pid), _) => ("OK", format!("running (pid {pid})")),
+            (None, true) => ("ERROR", "not running".to_owned()),
+            (None, false) => ("STOPPED", "stopped".to_owned()),
+        };
+        out.push_str(&format!("{:<52}{overall}\n  {:<17}{line}\n", id.as_str(), "haproxy"));
+    }
+    text(StatusCode::OK, out)
+}
+
+async fn instances(State(state): State<AppState>) -> Response {
+    let list: String = state.lbs.layout().load_balancers().iter().map(|id| format!("{id}\n")).collect();
+    text(StatusCode::OK, list)
+}
+
+async fn instance(State(state): State<AppState>, PathParams(instance): PathParams<String>) -> Response {
+    let id = match instance_id(&instance) {
+        Ok(id) => id,
+        Err(response) => return *response,
+    };
+    if state.lbs.has_files(&id) { text(StatusCode::OK, "OK\n") } else { text(StatusCode::NOT_FOUND, "Not Found\n") }
+}
+
+async fn delete_instance(State(state): State<AppState>, PathParams(instance): PathParams<String>) -> Response {
+    let id = match instance_id(&instance) {
+        Ok(id) => id,
+        Err(response) => return *response,
+    };
+    if !state.lbs.has_files(&id) {
+        return text(StatusCode::NOT_FOUND, "Not Found\n");
+    }
+    let was_running = state.lbs.processes().iter().any(|(lb, pid, _)| *lb == id && pid.is_some());
+    match state.lbs.delete(&id).await {
+        Ok(()) if was_running => text(StatusCode::OK, format!("OK\nhaproxy daemon {id} killed.\n")),
+        Ok(()) => text(StatusCode::OK, "OK\n"),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
+
+async fn upload_certificate(
+    State(state): State<AppState>,
+    PathParams((instance, filename)): PathParams<(String, String)>,
+    RawBody(body): RawBody,
+) -> Response {
+    let id = match instance_id(&instance) {
+        Ok(id) => id,
+        Err(response) => return *response,
+    };
+    let Ok(name) = CertFileName::parse(&filename) else {
+        return text(StatusCode::CONFLICT, "Filename has wrong format\n");
+    };
+    // The appliance takes a key, certificate and chain in one file, and
+    // restarts the instance's haproxy to serve it.
+    let stored = state.lbs.put_certificate(&id, &name, &body, KeyRule::Required).await;
+    match stored {
+        Ok(_) => match state.lbs.reload_if_running(&id).await {
+            Ok(true) => text(StatusCode::CREATED, format!("OK\nhaproxy daemon {id} reloaded.\n")),
+            Ok(false) => text(StatusCode::CREATED, "OK\n"),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("Certificate stored; reloading failed\n{e}\n")),
+        },
+        Err(LbError::Pem(e)) => text(StatusCode::CONFLICT, format!("{e}\n")),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}

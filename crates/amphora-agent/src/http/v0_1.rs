@@ -1,0 +1,203 @@
+//! The 0.1 API (`amphora-api-0.1.rst`): one haproxy per listener in that
+//! model, so a listener id plays the part of the 1.0 load balancer id. A
+//! thin router over the same domain services as 1.0; where the two APIs'
+//! specifications differ (201 for uploads, 404 for deleting what is not
+//! there), each follows its own.
+
+use amphora_proto::{CertificateMd5, Message};
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{PathParams, RawBody};
+use super::v1::{json_body, with_etag};
+use crate::certs::{CertFileName, KeyRule};
+use crate::ids::{AmphoraId, LbId};
+use crate::lb::{Action, LbError, Outcome};
+use crate::topology;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v0.1/topology", get(get_topology).post(set_topology))
+        .route("/v0.1/info", get(info))
+        .route("/v0.1/details", get(details))
+        .route("/v0.1/listeners", get(listeners))
+        .route("/v0.1/listeners/{listener}", get(listener).delete(delete_listener))
+        .route("/v0.1/listeners/{listener}/{action}", put(act))
+        .route("/v0.1/listeners/{listener}/haproxy", put(upload_config).get(get_config))
+        .route(
+            "/v0.1/listeners/{listener}/certificates/{filename}",
+            put(upload_certificate).get(certificate_md5).delete(delete_certificate),
+        )
+        .route("/v0.1/plug/vip/{vip}", post(plug_vip))
+        .route("/v0.1/plug/network", post(plug_network))
+        .route("/v0.1/plug/network/", post(plug_network))
+}
+
+/// 0.1 words a missing listener as "Listener Not Found" everywhere.
+fn listener_error(error: LbError) -> ApiError {
+    match error {
+        LbError::NotFound(id) => LbError::ListenerNotFound(id.to_string()).into(),
+        other => other.into(),
+    }
+}
+
+fn listener_id(raw: &str) -> Result<LbId, ApiError> {
+    Ok(LbId::parse(raw)?)
+}
+
+fn require_listener(state: &AppState, id: &LbId) -> Result<(), ApiError> {
+    if state.lbs.layout().config(id).is_file() { Ok(()) } else { Err(LbError::ListenerNotFound(id.to_string()).into()) }
+}
+
+async fn get_topology(State(state): State<AppState>) -> Response {
+    let record = state.topology.record().unwrap_or_default();
+    let info = state.info.info();
+    Json(serde_json::json!({
+        "hostname": info.hostname,
+        "uuid": info.uuid,
+        "topology": record.topology.as_str(),
+        "role": match record.role { topology::Role::Active => "ACTIVE", topology::Role::Standby => "STANDBY" },
+        "ha_ip": record.ha_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        "topology_status": state.topology.status(),
+    }))
+    .into_response()
+}
+
+async fn set_topology(State(state): State<AppState>, RawBody(body): RawBody) -> Result<Response, ApiError> {
+    let request: topology::Request = json_body(&body, "Invalid request")?;
+    let record = topology::validate(&request)
+        .map_err(|details| ApiError::with_details(StatusCode::BAD_REQUEST, "Invalid request", details))?;
+    let outcome = state.topology.set(record).map_err(|e| {
+        ApiError::with_details(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", e.to_string())
+    })?;
+    let status = match outcome {
+        topology::SetOutcome::Unchanged => StatusCode::OK,
+        topology::SetOutcome::Transition => StatusCode::ACCEPTED,
+    };
+    Ok((status, Json(Message::ok())).into_response())
+}
+
+async fn info(State(state): State<AppState>) -> Response {
+    let mut info = state.info.info();
+    info.api_version = "0.1".into();
+    Json(info).into_response()
+}
+
+async fn details(State(state): State<AppState>) -> Response {
+    let mut details = state.info.details().await;
+    details.api_version = "0.1".into();
+    if let Some(record) = state.topology.record() {
+        details.topology = record.topology.as_str().into();
+    }
+    Json(details).into_response()
+}
+
+async fn listeners(State(state): State<AppState>) -> Response {
+    Json(state.lbs.listeners().await).into_response()
+}
+
+async fn listener(
+    State(state): State<AppState>,
+    PathParams(listener): PathParams<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.lbs.listener_detail(&listener).await?).into_response())
+}
+
+async fn delete_listener(
+    State(state): State<AppState>,
+    PathParams(listener): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let id = listener_id(&listener)?;
+    require_listener(&state, &id)?;
+    state.lbs.delete(&id).await?;
+    Ok(Json(Message::ok()).into_response())
+}
+
+async fn act(
+    State(state): State<AppState>,
+    PathParams((listener, action)): PathParams<(String, String)>,
+) -> Result<Response, ApiError> {
+    let id = listener_id(&listener)?;
+    let action = Action::parse(&action)?;
+    let outcome = state.lbs.act(&id, action).await.map_err(listener_error)?;
+    let details = match outcome {
+        Outcome::Started => format!("Configuration file is valid\nhaproxy daemon for {id} started"),
+        Outcome::Stopped => format!("Listener {id} stopped"),
+        Outcome::Reloaded => format!("Listener {id} reloaded"),
+    };
+    Ok((StatusCode::ACCEPTED, Json(Message::with_details("OK", details))).into_response())
+}
+
+async fn upload_config(
+    State(state): State<AppState>,
+    PathParams(listener): PathParams<String>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let id = listener_id(&listener)?;
+    let amphora = AmphoraId::parse(&state.settings.current().amphora_agent.amphora_id)?;
+    let etag = state.lbs.upload_config(&amphora, &id, &body).await?;
+    Ok(with_etag((StatusCode::CREATED, Json(Message::ok())).into_response(), &etag))
+}
+
+async fn get_config(
+    State(state): State<AppState>,
+    PathParams(listener): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let id = listener_id(&listener)?;
+    let (config, etag) = state.lbs.config(&id).map_err(listener_error)?;
+    let response = ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], config).into_response();
+    Ok(with_etag(response, &etag))
+}
+
+fn certificate_path(listener: &str, filename: &str) -> Result<(LbId, CertFileName), ApiError> {
+    Ok((listener_id(listener)?, CertFileName::parse(filename)?))
+}
+
+async fn upload_certificate(
+    State(state): State<AppState>,
+    PathParams((listener, filename)): PathParams<(String, String)>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let (id, name) = certificate_path(&listener, &filename)?;
+    require_listener(&state, &id)?;
+    let md5 = state.lbs.put_certificate(&id, &name, &body, KeyRule::Optional).await?;
+    Ok(with_etag((StatusCode::CREATED, Json(Message::ok())).into_response(), &md5))
+}
+
+async fn certificate_md5(
+    State(state): State<AppState>,
+    PathParams((listener, filename)): PathParams<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (id, name) = certificate_path(&listener, &filename)?;
+    require_listener(&state, &id)?;
+    let md5sum = state.lbs.certificate_md5(&id, &name)?;
+    Ok(with_etag(Json(CertificateMd5 { md5sum: md5sum.clone() }).into_response(), &md5sum))
+}
+
+async fn delete_certificate(
+    State(state): State<AppState>,
+    PathParams((listener, filename)): PathParams<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (id, name) = certificate_path(&listener, &filename)?;
+    // 0.1 reports a missing certificate; 1.0 deletes idempotently.
+    state.lbs.certificate_md5(&id, &name)?;
+    state.lbs.delete_certificate(&id, &name).await?;
+    Ok(Json(Message::ok()).into_response())
+}
+
+async fn plug_vip(State(state): State<AppState>, PathParams(vip): PathParams<String>) -> Result<Response, ApiError> {
+    let details = state.net.plug_discovered_vip(&vip).await.map_err(|e| ApiError::from_net(e, "Error plugging VIP"))?;
+    Ok((StatusCode::ACCEPTED, Json(Message::with_details("OK", details))).into_response())
+}
+
+async fn plug_network(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let details =
+        state.net.plug_discovered_network().await.map_err(|e| ApiError::from_net(e, "Error plugging Port"))?;
+    Ok((StatusCode::ACCEPTED, Json(Message::with_details("OK", details))).into_response())
+}

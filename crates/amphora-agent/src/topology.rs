@@ -1,0 +1,221 @@
+//! The 0.1 API's amphora topology: SINGLE, ACTIVE-STANDBY or ACTIVE-ACTIVE,
+//! with a role and the HA address. Setting a different topology starts a
+//! transition (every running load balancer is reloaded so haproxy runs under
+//! the new arrangement); while it lasts the amphora is in TOPOLOGY-CHANGE
+//! and every mutating call of every API answers 503.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil;
+use crate::lb::LbService;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    #[serde(rename = "SINGLE")]
+    Single,
+    #[serde(rename = "ACTIVE-STANDBY")]
+    ActiveStandby,
+    #[serde(rename = "ACTIVE-ACTIVE")]
+    ActiveActive,
+}
+
+impl Kind {
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "SINGLE" => Some(Kind::Single),
+            "ACTIVE-STANDBY" | "ACTIVE_STANDBY" => Some(Kind::ActiveStandby),
+            "ACTIVE-ACTIVE" | "ACTIVE_ACTIVE" => Some(Kind::ActiveActive),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Single => "SINGLE",
+            Kind::ActiveStandby => "ACTIVE-STANDBY",
+            Kind::ActiveActive => "ACTIVE-ACTIVE",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Role {
+    Active,
+    Standby,
+}
+
+/// The stored topology. The secret is kept (mode 0600) but never shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub topology: Kind,
+    pub role: Role,
+    pub ha_ip: Option<IpAddr>,
+    pub secret: Option<String>,
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Self { topology: Kind::Single, role: Role::Active, ha_ip: None, secret: None }
+    }
+}
+
+/// The body of `POST /v0.1/topology`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Request {
+    pub topology: String,
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub ha_ip: Option<String>,
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+/// Validates a request into a record; the error names every problem.
+pub fn validate(request: &Request) -> Result<Record, String> {
+    let mut problems = Vec::new();
+    let topology = Kind::parse(request.topology.trim());
+    if topology.is_none() {
+        problems.push(format!("Unknown topology: {}", request.topology));
+    }
+    let role = match request.role.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some("ACTIVE") => Some(Role::Active),
+        Some("STANDBY") => Some(Role::Standby),
+        Some(other) => {
+            problems.push(format!("Unknown role: {other}"));
+            None
+        }
+    };
+    let ha_ip = match request.ha_ip.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(raw) => match raw.parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                problems.push(format!("Invalid ha_ip: {raw}"));
+                None
+            }
+        },
+    };
+    let secret = request.secret.clone().filter(|s| !s.is_empty());
+    if topology == Some(Kind::ActiveStandby) {
+        if request.role.as_deref().is_none_or(|r| r.trim().is_empty()) {
+            problems.push("ACTIVE-STANDBY needs a role (ACTIVE or STANDBY)".into());
+        }
+        if request.ha_ip.as_deref().is_none_or(|r| r.trim().is_empty()) {
+            problems.push("ACTIVE-STANDBY needs an ha_ip".into());
+        }
+        if secret.is_none() {
+            problems.push("ACTIVE-STANDBY needs a secret".into());
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    let topology = topology.expect("checked");
+    Ok(Record {
+        topology,
+        role: if topology == Kind::ActiveStandby { role.unwrap_or(Role::Active) } else { Role::Active },
+        ha_ip: if topology == Kind::ActiveStandby { ha_ip } else { None },
+        secret: if topology == Kind::ActiveStandby { secret } else { None },
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetOutcome {
+    /// Nothing changed.
+    Unchanged,
+    /// A transition started; the amphora is in TOPOLOGY-CHANGE until done.
+    Transition,
+}
+
+#[derive(Debug)]
+pub struct TopologyService {
+    path: PathBuf,
+    record: Mutex<Option<Record>>,
+    changing: Arc<AtomicBool>,
+    lbs: Arc<LbService>,
+}
+
+impl TopologyService {
+    /// `path` is where the record is kept (`{base_path}/topology.json`).
+    pub fn new(path: PathBuf, lbs: Arc<LbService>) -> Self {
+        let record = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        Self { path, record: Mutex::new(record), changing: Arc::new(AtomicBool::new(false)), lbs }
+    }
+
+    /// The record set through the 0.1 API, if any.
+    pub fn record(&self) -> Option<Record> {
+        self.record.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn changing(&self) -> bool {
+        self.changing.load(Ordering::SeqCst)
+    }
+
+    pub fn status(&self) -> &'static str {
+        if self.changing() { "TOPOLOGY-CHANGE" } else { "OK" }
+    }
+
+    /// Stores a validated topology; a different one starts a transition.
+    pub fn set(&self, record: Record) -> Result<SetOutcome, std::io::Error> {
+        let mut current = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = current.clone().unwrap_or_default();
+        let bytes = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+        fsutil::write_atomic(&self.path, &bytes, 0o600)?;
+        *current = Some(record.clone());
+        if previous.topology == record.topology && previous.role == record.role && previous.ha_ip == record.ha_ip {
+            return Ok(SetOutcome::Unchanged);
+        }
+        self.changing.store(true, Ordering::SeqCst);
+        let (changing, lbs) = (self.changing.clone(), self.lbs.clone());
+        tokio::spawn(async move {
+            tracing::info!(topology = record.topology.as_str(), "topology transition started");
+            lbs.reload_running().await;
+            changing.store(false, Ordering::SeqCst);
+            tracing::info!(topology = record.topology.as_str(), "topology transition complete");
+        });
+        Ok(SetOutcome::Transition)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(topology: &str, role: Option<&str>, ha_ip: Option<&str>, secret: Option<&str>) -> Request {
+        Request {
+            topology: topology.into(),
+            role: role.map(Into::into),
+            ha_ip: ha_ip.map(Into::into),
+            secret: secret.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn valid_topologies() {
+        assert_eq!(validate(&request("SINGLE", None, None, None)), Ok(Record::default()));
+        let record =
+            validate(&request("ACTIVE-STANDBY", Some("STANDBY"), Some(" 203.0.113.2"), Some("s"))).expect("valid");
+        assert_eq!(record.role, Role::Standby);
+        assert_eq!(record.ha_ip, Some("203.0.113.2".parse().expect("ip")));
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        assert_eq!(
+            validate(&request("BAD_TEST_DATA", None, None, None)),
+            Err("Unknown topology: BAD_TEST_DATA".into())
+        );
+        let err = validate(&request("ACTIVE-STANDBY", Some("BOSS"), Some("x"), None)).expect_err("invalid");
+        for part in ["Unknown role: BOSS", "Invalid ha_ip: x", "needs a secret"] {
+            assert!(err.contains(part), "{err}");
+        }
+    }
+}
