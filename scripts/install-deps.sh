@@ -12,9 +12,15 @@ need haproxy haproxy
 need ip iproute2
 need nft nftables
 need keepalived keepalived
+need ipvsadm ipvsadm
 if [ "$purpose" = test ]; then
     need python3 python3
     need mount mount
+    # A throwaway VM for what this kernel lacks (scripts/vm-image.sh).
+    need qemu-system-x86_64 qemu-system-x86
+    need busybox busybox-static
+    need cpio cpio
+    need depmod kmod
     if command -v python3 >/dev/null 2>&1 && ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
         missing+=(python3-venv)
     fi

@@ -2,7 +2,8 @@
 # Runs every test: formatting, lints, unit and integration tests (real
 # haproxy, real mutual TLS, real network namespaces) and the compatibility
 # tests against upstream Octavia's own code (in a virtualenv this script
-# creates under target/). Needs root for the namespaces; installs what it
+# creates under target/), and the tests that need IPVS in a throwaway VM
+# (scripts/vm-image.sh). Needs root for the namespaces; installs what it
 # needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,9 @@ mkdir -p target
 # Upstream's virtualenv builds while cargo compiles.
 scripts/upstream-venv.sh > target/upstream-python.txt 2> target/upstream-venv.log &
 venv=$!
+# So does the VM image (Debian's kernel, for tests that need IPVS).
+scripts/vm-image.sh > target/vm-dir.txt 2> target/vm-image.log &
+vm=$!
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
@@ -30,4 +34,11 @@ if ! wait "$venv"; then
 fi
 UPSTREAM_PYTHON="$(cat target/upstream-python.txt)"
 export UPSTREAM_PYTHON
+if ! wait "$vm"; then
+    cat target/vm-image.log >&2
+    echo "cannot prepare the VM image" >&2
+    exit 1
+fi
+AMPHORA_VM_DIR="$(cat target/vm-dir.txt)"
+export AMPHORA_VM_DIR
 cargo test --workspace "$@" -- --include-ignored

@@ -1,7 +1,8 @@
 //! Support for tests and development: a throwaway PKI, a harness that runs
 //! the real agent binary in a temporary state directory and its own network
-//! namespace, an mTLS HTTP client, and helpers to run traffic inside a
-//! namespace. Nothing here is used by the agent itself.
+//! namespace, an mTLS HTTP client, helpers to run traffic inside a
+//! namespace, and throwaway virtual machines for what this kernel lacks.
+//! Nothing here is used by the agent itself.
 
 pub mod agent;
 pub mod capture;
@@ -9,6 +10,7 @@ pub mod client;
 pub mod netns;
 pub mod pki;
 pub mod traffic;
+pub mod vm;
 pub mod wait;
 
 pub use agent::{Agent, AgentBuilder};
