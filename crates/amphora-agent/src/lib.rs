@@ -14,6 +14,7 @@ pub mod health;
 pub mod http;
 pub mod ids;
 pub mod info;
+pub mod keepalived;
 pub mod lb;
 pub mod net;
 pub mod netns;

@@ -1,0 +1,448 @@
+//! One keepalived process run and supervised by the agent: the VRRP
+//! instance of an ACTIVE_STANDBY amphora, or the LVS instance of one UDP or
+//! SCTP listener. Started in the foreground of a session of its own (it
+//! outlives the agent and is found again through its pid file), restarted
+//! with backoff if it dies while it should run, adopted after an agent
+//! restart, and started at boot when it was running.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::process::Command;
+
+use crate::fsutil;
+use crate::haproxy::process;
+use crate::netns::Netns;
+
+/// Longest keepalived may take to record its pid after being started.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Grace given to keepalived to stop on SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// `keepalived --config-test` output that does not make a configuration
+/// unusable.
+const BENIGN_TEST_WARNINGS: &[&str] =
+    &["SECURITY VIOLATION - scripts are being executed but script_security not enabled."];
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeepalivedError {
+    #[error("the configuration is not valid UTF-8")]
+    NotUtf8,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("unknown action {0:?}")]
+    UnknownAction(String),
+    #[error("{0}")]
+    Failed(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+pub fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> KeepalivedError {
+    let what = what.into();
+    move |source| KeepalivedError::Io { what, source }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Stop,
+    Reload,
+}
+
+impl Action {
+    pub fn parse(raw: &str) -> Result<Self, KeepalivedError> {
+        match raw.to_ascii_lowercase().as_str() {
+            "start" => Ok(Action::Start),
+            "stop" => Ok(Action::Stop),
+            "reload" => Ok(Action::Reload),
+            _ => Err(KeepalivedError::UnknownAction(raw.to_owned())),
+        }
+    }
+
+    pub fn verb(self) -> &'static str {
+        match self {
+            Action::Start => "start",
+            Action::Stop => "stop",
+            Action::Reload => "reload",
+        }
+    }
+
+    /// The past tense for the answer: "keepalived started".
+    pub fn done(self) -> &'static str {
+        match self {
+            Action::Start => "started",
+            Action::Stop => "stopped",
+            Action::Reload => "reloaded",
+        }
+    }
+}
+
+/// Which of keepalived's subsystems the instance runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subsystem {
+    /// VRRP only; a reload is SIGHUP.
+    Vrrp,
+    /// Health checkers and IPVS only; a reload restarts the process,
+    /// because keepalived's own reload does not restore real servers that
+    /// were taken out (upstream does the same).
+    Checkers,
+}
+
+/// The files of one instance.
+#[derive(Debug, Clone)]
+pub struct Files {
+    /// The configuration keepalived runs (`-f`); its path identifies the
+    /// process on its command line.
+    pub config: PathBuf,
+    /// The main process's pid file (`-p`).
+    pub pid: PathBuf,
+    /// The subsystem's pid file (`-r` for VRRP, `-c` for checkers).
+    pub subsystem_pid: PathBuf,
+    /// What keepalived writes to its console.
+    pub log: PathBuf,
+    /// The agent's record of whether it should run.
+    pub record: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Desired {
+    Running,
+    Stopped,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    desired: Desired,
+}
+
+#[derive(Debug)]
+pub struct Keepalived {
+    label: String,
+    binary: PathBuf,
+    netns: Option<Arc<Netns>>,
+    files: Files,
+    subsystem: Subsystem,
+    /// Serialises actions; counts deliberate starts and stops so a
+    /// supervisor of an older process stands down.
+    lock: tokio::sync::Mutex<u64>,
+    me: Weak<Keepalived>,
+}
+
+impl Keepalived {
+    /// `label` names the instance in logs and errors.
+    pub fn new(
+        label: impl Into<String>,
+        binary: PathBuf,
+        netns: Option<Arc<Netns>>,
+        files: Files,
+        subsystem: Subsystem,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            label: label.into(),
+            binary,
+            netns,
+            files,
+            subsystem,
+            lock: tokio::sync::Mutex::new(0),
+            me: me.clone(),
+        })
+    }
+
+    pub fn files(&self) -> &Files {
+        &self.files
+    }
+
+    pub fn configured(&self) -> bool {
+        self.files.config.is_file()
+    }
+
+    pub fn running_pid(&self) -> Option<Pid> {
+        process::running_daemon(&self.files.pid, &self.files.config)
+    }
+
+    /// Whether the agent should keep it running. A configuration without
+    /// the agent's record was left by upstream's agent, whose unit starts
+    /// keepalived at boot.
+    pub fn wants_running(&self) -> bool {
+        std::fs::read(&self.files.record)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+            .is_none_or(|r| r.desired == Desired::Running)
+    }
+
+    fn set_desired(&self, desired: Desired) -> Result<(), KeepalivedError> {
+        let bytes = serde_json::to_vec(&Record { desired }).map_err(|e| io_error("cannot encode")(e.into()))?;
+        fsutil::write_atomic(&self.files.record, &bytes, 0o600).map_err(io_error("cannot record keepalived's state"))
+    }
+
+    /// Records "stopped" for a configuration that has no record yet, so a
+    /// fresh upload does not start at boot before it was ever started.
+    pub fn mark_new(&self) -> Result<(), KeepalivedError> {
+        if self.files.record.exists() { Ok(()) } else { self.set_desired(Desired::Stopped) }
+    }
+
+    /// Holds the instance's lock (while its files change).
+    pub async fn exclusive(&self) -> tokio::sync::MutexGuard<'_, u64> {
+        self.lock.lock().await
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.binary);
+        if let Some(netns) = &self.netns {
+            netns.enter_on_spawn(&mut command);
+        }
+        command
+    }
+
+    /// `keepalived --config-test` on a configuration, in the namespace (it
+    /// checks the interfaces the configuration names).
+    pub async fn config_test(&self, path: &Path) -> Result<(), KeepalivedError> {
+        let output = self
+            .command()
+            .arg("-f")
+            .arg(path)
+            .arg("--config-test")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| KeepalivedError::Failed(format!("cannot run {}: {e}", self.binary.display())))?;
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        if output.status.success() {
+            return Ok(());
+        }
+        // keepalived fails its test on warnings too; the controller's
+        // template always draws this one (it runs scripts as root, as
+        // upstream's amphorae do), so it alone does not reject a file.
+        let problems: Vec<&str> =
+            text.lines().map(str::trim).filter(|l| !l.is_empty() && !BENIGN_TEST_WARNINGS.contains(l)).collect();
+        if problems.is_empty() {
+            tracing::debug!(output = text.trim(), "keepalived configuration test passed with warnings");
+            Ok(())
+        } else {
+            Err(KeepalivedError::Invalid(problems.join("\n")))
+        }
+    }
+
+    /// Starts, stops or reloads. Starting a running instance reloads it,
+    /// as upstream.
+    pub async fn act(&self, action: Action) -> Result<Action, KeepalivedError> {
+        let mut generation = self.lock.lock().await;
+        if !self.configured() && action != Action::Stop {
+            return Err(KeepalivedError::Failed(format!("no configuration for {}", self.label)));
+        }
+        match (action, self.running_pid()) {
+            (Action::Start | Action::Reload, Some(pid)) => {
+                self.set_desired(Desired::Running)?;
+                match self.subsystem {
+                    Subsystem::Vrrp => signal::kill(pid, Signal::SIGHUP)
+                        .map_err(|e| KeepalivedError::Failed(format!("cannot signal {} {pid}: {e}", self.label)))?,
+                    Subsystem::Checkers => {
+                        *generation += 1;
+                        stop(pid, &self.label).await?;
+                        let pid = self.start().await?;
+                        self.supervise(pid, *generation);
+                    }
+                }
+                tracing::info!(%pid, instance = self.label, "keepalived reloaded");
+                Ok(Action::Reload)
+            }
+            (Action::Start | Action::Reload, None) => {
+                self.set_desired(Desired::Running)?;
+                let pid = self.start().await?;
+                *generation += 1;
+                self.supervise(pid, *generation);
+                tracing::info!(%pid, instance = self.label, "keepalived started");
+                Ok(Action::Start)
+            }
+            (Action::Stop, running) => {
+                if self.configured() {
+                    self.set_desired(Desired::Stopped)?;
+                }
+                *generation += 1;
+                if let Some(pid) = running {
+                    stop(pid, &self.label).await?;
+                    tracing::info!(%pid, instance = self.label, "keepalived stopped");
+                }
+                Ok(Action::Stop)
+            }
+        }
+    }
+
+    /// Stops it for good and forgets its record and pid files (the
+    /// configuration is the caller's).
+    pub async fn remove(&self) -> Result<(), KeepalivedError> {
+        let mut generation = self.lock.lock().await;
+        *generation += 1;
+        if let Some(pid) = self.running_pid() {
+            stop(pid, &self.label).await?;
+            tracing::info!(%pid, instance = self.label, "keepalived stopped");
+        }
+        for path in [&self.files.record, &self.files.pid, &self.files.subsystem_pid] {
+            fsutil::remove_file_if_exists(path).map_err(io_error(format!("cannot remove {}", path.display())))?;
+        }
+        Ok(())
+    }
+
+    async fn start(&self) -> Result<Pid, KeepalivedError> {
+        let _ = fsutil::remove_file_if_exists(&self.files.pid);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.files.log)
+            .map_err(io_error("cannot open the keepalived log"))?;
+        let err = log.try_clone().map_err(io_error("cannot open the keepalived log"))?;
+        let mut command = self.command();
+        command.args(["--dont-fork", "--log-console", "--log-detail", "--no-syslog"]);
+        match self.subsystem {
+            Subsystem::Vrrp => command.arg("--vrrp").arg("-r"),
+            Subsystem::Checkers => command.arg("--check").arg("-c"),
+        };
+        command
+            .arg(&self.files.subsystem_pid)
+            .arg("-f")
+            .arg(&self.files.config)
+            .arg("-p")
+            .arg(&self.files.pid)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .process_group(0);
+        let child = command
+            .spawn()
+            .map_err(|e| KeepalivedError::Failed(format!("cannot run {}: {e}", self.binary.display())))?;
+        // Dropping the handle leaves reaping to tokio; exit is watched
+        // through the pid like an adopted process.
+        drop(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(pid) = self.running_pid() {
+                return Ok(pid);
+            }
+            if Instant::now() >= deadline {
+                return Err(KeepalivedError::Failed(format!(
+                    "{} did not start: {}",
+                    self.label,
+                    tail(&self.files.log).trim()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Restarts keepalived with backoff if it dies while it should run.
+    fn supervise(&self, pid: Pid, generation: u64) {
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            let mut pid = pid;
+            let mut backoff = MIN_BACKOFF;
+            loop {
+                let since = Instant::now();
+                process::wait_exit(pid).await;
+                if since.elapsed() >= MAX_BACKOFF {
+                    backoff = MIN_BACKOFF;
+                }
+                let Some(daemon) = me.upgrade() else { return };
+                {
+                    let current = daemon.lock.lock().await;
+                    if *current != generation || !daemon.wants_running() {
+                        return;
+                    }
+                }
+                tracing::warn!(%pid, instance = daemon.label, retry_in = ?backoff, "keepalived exited unexpectedly");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                let current = daemon.lock.lock().await;
+                if *current != generation || !daemon.wants_running() || !daemon.configured() {
+                    return;
+                }
+                if let Some(running) = daemon.running_pid() {
+                    pid = running;
+                    continue;
+                }
+                match daemon.start().await {
+                    Ok(new_pid) => {
+                        tracing::info!(pid = %new_pid, instance = daemon.label, "keepalived restarted");
+                        pid = new_pid;
+                    }
+                    Err(e) => tracing::error!(instance = daemon.label, error = %e, "cannot restart keepalived"),
+                }
+            }
+        });
+    }
+
+    /// At agent start: adopts a running keepalived or starts it if it
+    /// should run.
+    pub async fn restore(&self) {
+        if !self.configured() {
+            return;
+        }
+        let mut generation = self.lock.lock().await;
+        if let Some(pid) = self.running_pid() {
+            *generation += 1;
+            self.supervise(pid, *generation);
+            tracing::info!(%pid, instance = self.label, "adopted running keepalived");
+        } else if self.wants_running() {
+            match self.start().await {
+                Ok(pid) => {
+                    *generation += 1;
+                    self.supervise(pid, *generation);
+                    tracing::info!(%pid, instance = self.label, "started keepalived that should be running");
+                }
+                Err(e) => {
+                    tracing::error!(instance = self.label, error = %e, "cannot start keepalived that should be running")
+                }
+            }
+        }
+    }
+}
+
+async fn stop(pid: Pid, label: &str) -> Result<(), KeepalivedError> {
+    match signal::kill(pid, Signal::SIGTERM) {
+        Err(nix::errno::Errno::ESRCH) => return Ok(()),
+        Err(e) => return Err(KeepalivedError::Failed(format!("cannot signal {label} {pid}: {e}"))),
+        Ok(()) => {}
+    }
+    if tokio::time::timeout(STOP_GRACE, process::wait_exit(pid)).await.is_ok() {
+        return Ok(());
+    }
+    let _ = signal::killpg(pid, Signal::SIGKILL);
+    tokio::time::timeout(STOP_GRACE, process::wait_exit(pid))
+        .await
+        .map_err(|_| KeepalivedError::Failed(format!("{label} {pid} survived SIGKILL")))
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let start = text.len().saturating_sub(4096);
+    text.get(start..).unwrap_or("").to_owned()
+}
+
+pub fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions() {
+        assert_eq!(Action::parse("START").ok(), Some(Action::Start));
+        assert!(matches!(Action::parse("BAD_TEST_DATA"), Err(KeepalivedError::UnknownAction(_))));
+        assert_eq!(Action::Stop.done(), "stopped");
+        assert_eq!(Action::Reload.verb(), "reload");
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
+    }
+}
