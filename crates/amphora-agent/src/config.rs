@@ -7,12 +7,11 @@
 //! can fix the image without reading code; options we do not know are
 //! ignored with a warning, as oslo.config ignores them silently.
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use ini::{Ini, ParseOption};
+pub use oslo_ini::{ConfigError, ConfigWarning, FileList, parse_bool};
+use oslo_ini::{Layers, parse_absolute_path, parse_int, parse_list};
 
 /// Default location of the agent configuration, as upstream's image has it.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/octavia/amphora-agent.conf";
@@ -101,7 +100,7 @@ impl Topology {
 
 /// Options we read, plus upstream options the agent template writes that we
 /// accept without acting on them (so they do not draw warnings).
-const KNOWN_OPTIONS: &[(&str, &[&str])] = &[
+const KNOWN_OPTIONS: &oslo_ini::KnownOptions = &[
     (
         "DEFAULT",
         &["debug", "use_syslog", "syslog_log_facility", "log_file", "log_dir", "use_stderr", "use_journal", "host"],
@@ -151,180 +150,6 @@ const KNOWN_OPTIONS: &[(&str, &[&str])] = &[
     ),
     ("controller_worker", &["loadbalancer_topology"]),
 ];
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read configuration file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}:{line}:{column}: malformed configuration: {message}")]
-    Syntax { path: PathBuf, line: usize, column: usize, message: String },
-    #[error("{path}: [{section}] {key} = {value:?}: {reason}")]
-    Invalid { path: PathBuf, section: String, key: String, value: String, reason: String },
-    #[error("missing required option [{section}] {key} (read {files})")]
-    Missing { section: &'static str, key: &'static str, files: FileList },
-}
-
-/// The files a configuration was read from, for error messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileList(pub Vec<PathBuf>);
-
-impl fmt::Display for FileList {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
-            return f.write_str("no files");
-        }
-        for (i, path) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            write!(f, "{}", path.display())?;
-        }
-        Ok(())
-    }
-}
-
-/// Something worth telling the operator that does not stop the agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigWarning(pub String);
-
-impl fmt::Display for ConfigWarning {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// One option's value and the file it came from.
-#[derive(Debug, Clone)]
-struct Setting {
-    value: String,
-    file: PathBuf,
-}
-
-/// All options of all files, later files winning.
-#[derive(Debug, Default)]
-struct Layers {
-    settings: BTreeMap<(String, String), Setting>,
-    files: Vec<PathBuf>,
-    warnings: Vec<ConfigWarning>,
-}
-
-impl Layers {
-    fn add(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
-        let options = ParseOption {
-            enabled_quote: false,
-            enabled_escape: false,
-            enabled_indented_mutiline_value: true,
-            enabled_preserve_key_leading_whitespace: false,
-        };
-        let ini = Ini::load_from_str_opt(text, options).map_err(|e| ConfigError::Syntax {
-            path: path.to_owned(),
-            line: e.line + 1,
-            column: e.col + 1,
-            message: e.msg.into_owned(),
-        })?;
-        self.files.push(path.to_owned());
-        for (section, props) in ini.iter() {
-            let section = section.unwrap_or("DEFAULT");
-            let known = KNOWN_OPTIONS.iter().find(|(name, _)| *name == section);
-            if known.is_none() && props.iter().next().is_some() {
-                self.warnings.push(ConfigWarning(format!("{}: ignoring unknown section [{section}]", path.display())));
-            }
-            for (key, value) in props.iter() {
-                if let Some((_, keys)) = known
-                    && !keys.contains(&key)
-                {
-                    self.warnings
-                        .push(ConfigWarning(format!("{}: ignoring unknown option [{section}] {key}", path.display())));
-                }
-                self.settings.insert(
-                    (section.to_owned(), key.to_owned()),
-                    Setting { value: unquote(value.trim()).to_owned(), file: path.to_owned() },
-                );
-            }
-        }
-        Ok(())
-    }
-
-    fn setting(&self, section: &str, key: &str) -> Option<&Setting> {
-        self.settings.get(&(section.to_owned(), key.to_owned()))
-    }
-
-    /// The option parsed by `parse`, or `default` when absent.
-    fn get<T>(
-        &self,
-        section: &str,
-        key: &str,
-        default: T,
-        parse: impl FnOnce(&str) -> Result<T, String>,
-    ) -> Result<T, ConfigError> {
-        match self.setting(section, key) {
-            None => Ok(default),
-            Some(setting) => parse(&setting.value).map_err(|reason| ConfigError::Invalid {
-                path: setting.file.clone(),
-                section: section.to_owned(),
-                key: key.to_owned(),
-                value: setting.value.clone(),
-                reason,
-            }),
-        }
-    }
-
-    fn string(&self, section: &str, key: &str, default: &str) -> Result<String, ConfigError> {
-        self.get(section, key, default.to_owned(), |v| Ok(v.to_owned()))
-    }
-
-    fn optional_string(&self, section: &str, key: &str) -> Result<Option<String>, ConfigError> {
-        self.get(section, key, None, |v| Ok((!v.is_empty()).then(|| v.to_owned())))
-    }
-
-    fn path(&self, section: &str, key: &str, default: &str) -> Result<PathBuf, ConfigError> {
-        self.get(section, key, PathBuf::from(default), parse_absolute_path)
-    }
-
-    fn required(&self, section: &'static str, key: &'static str) -> Result<String, ConfigError> {
-        match self.optional_string(section, key)? {
-            Some(value) => Ok(value),
-            None => Err(ConfigError::Missing { section, key, files: FileList(self.files.clone()) }),
-        }
-    }
-}
-
-/// oslo.config strips one pair of matching quotes around a value.
-fn unquote(value: &str) -> &str {
-    let bytes = value.as_bytes();
-    if bytes.len() >= 2 && bytes[0] == bytes[bytes.len() - 1] && (bytes[0] == b'"' || bytes[0] == b'\'') {
-        &value[1..value.len() - 1]
-    } else {
-        value
-    }
-}
-
-/// oslo.config's boolean spellings.
-pub fn parse_bool(value: &str) -> Result<bool, String> {
-    match value.to_ascii_lowercase().as_str() {
-        "1" | "t" | "true" | "on" | "y" | "yes" => Ok(true),
-        "0" | "f" | "false" | "off" | "n" | "no" => Ok(false),
-        _ => Err("expected a boolean (true/false, yes/no, on/off, 1/0)".into()),
-    }
-}
-
-fn parse_int(value: &str, min: u64, max: u64) -> Result<u64, String> {
-    let n: u64 = value.parse().map_err(|_| format!("expected an integer from {min} to {max}"))?;
-    if n < min || n > max {
-        return Err(format!("expected an integer from {min} to {max}"));
-    }
-    Ok(n)
-}
-
-fn parse_absolute_path(value: &str) -> Result<PathBuf, String> {
-    let path = PathBuf::from(value);
-    if path.is_absolute() { Ok(path) } else { Err("expected an absolute path".into()) }
-}
-
-/// oslo.config ListOpt: comma separated, blanks dropped.
-fn parse_list(value: &str) -> Vec<String> {
-    value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
-}
 
 fn parse_tls_protocol(value: &str, warnings: &mut Vec<ConfigWarning>) -> Result<TlsProtocol, String> {
     match value {
@@ -377,11 +202,11 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded, ConfigError> {
 
 /// Parses configuration texts, each labelled with the path it came from.
 pub fn parse<'a>(sources: impl IntoIterator<Item = (&'a Path, &'a str)>) -> Result<Loaded, ConfigError> {
-    let mut layers = Layers::default();
+    let mut layers = Layers::new(KNOWN_OPTIONS);
     for (path, text) in sources {
         layers.add(path, text)?;
     }
-    let mut warnings = std::mem::take(&mut layers.warnings);
+    let mut warnings = layers.take_warnings();
 
     let haproxy_amphora = HaproxyAmphora {
         base_path: layers.path("haproxy_amphora", "base_path", "/var/lib/octavia")?,
@@ -468,7 +293,7 @@ pub fn parse<'a>(sources: impl IntoIterator<Item = (&'a Path, &'a str)>) -> Resu
         amphora_agent,
         controller_worker,
     };
-    Ok(Loaded { config, warnings, files: layers.files })
+    Ok(Loaded { config, warnings, files: layers.files().to_vec() })
 }
 
 fn is_namespace_name(name: &str) -> bool {
