@@ -1,0 +1,82 @@
+//! The jobs table: work the API queues in the same transaction as the state
+//! change that asks for it, so an accepted request always has its job (and
+//! a job never exists for a change that was rolled back). The worker claims
+//! them (`worker.rs`).
+
+use serde_json::Value;
+
+use crate::db::{WriteTx, new_id, now_text};
+
+/// What a job does; stored as text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    CreateLoadBalancer,
+    /// Render and push a load balancer's configuration after a change to it
+    /// or its children, then settle their provisioning statuses.
+    UpdateLoadBalancer,
+    DeleteLoadBalancer,
+    FailoverLoadBalancer,
+    FailoverAmphora,
+    DeleteAmphora,
+    ConfigureAmphora,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 7] = [
+        JobKind::CreateLoadBalancer,
+        JobKind::UpdateLoadBalancer,
+        JobKind::DeleteLoadBalancer,
+        JobKind::FailoverLoadBalancer,
+        JobKind::FailoverAmphora,
+        JobKind::DeleteAmphora,
+        JobKind::ConfigureAmphora,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::CreateLoadBalancer => "create_load_balancer",
+            JobKind::UpdateLoadBalancer => "update_load_balancer",
+            JobKind::DeleteLoadBalancer => "delete_load_balancer",
+            JobKind::FailoverLoadBalancer => "failover_load_balancer",
+            JobKind::FailoverAmphora => "failover_amphora",
+            JobKind::DeleteAmphora => "delete_amphora",
+            JobKind::ConfigureAmphora => "configure_amphora",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobKind> {
+        JobKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// Job states.
+pub mod state {
+    pub const QUEUED: &str = "QUEUED";
+    pub const RUNNING: &str = "RUNNING";
+    pub const DONE: &str = "DONE";
+    pub const FAILED: &str = "FAILED";
+}
+
+/// Queues a job inside the caller's transaction; returns its id.
+pub async fn enqueue(
+    tx: &mut WriteTx<'_>,
+    kind: JobKind,
+    target_id: &str,
+    payload: Value,
+) -> Result<String, sqlx::Error> {
+    let id = new_id();
+    sqlx::query(
+        "INSERT INTO job (id, kind, target_id, payload, state, step, reverting, lease_until, attempts, created_at) \
+         VALUES ($1, $2, $3, $4, $5, 0, $6, 0, 0, $7)",
+    )
+    .bind(id.as_str())
+    .bind(kind.as_str())
+    .bind(target_id)
+    .bind(payload.to_string())
+    .bind(state::QUEUED)
+    .bind(false)
+    .bind(now_text())
+    .execute(&mut *tx.tx)
+    .await?;
+    Ok(id)
+}
