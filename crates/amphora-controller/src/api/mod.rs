@@ -30,6 +30,11 @@ use listing::ListSettings;
 /// Turns a request's headers into a caller (noauth or Keystone).
 pub trait Authenticate: Send + Sync + std::fmt::Debug {
     fn authenticate<'a>(&'a self, headers: &'a HeaderMap) -> BoxFuture<'a, ApiResult<Context>>;
+
+    /// The `WWW-Authenticate` value sent with a 401.
+    fn challenge(&self) -> Option<axum::http::HeaderValue> {
+        None
+    }
 }
 
 /// upstream's `noauth`: everyone is an administrator.
@@ -127,6 +132,17 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         Ok(ctx) => {
             request.extensions_mut().insert(ctx);
             next.run(request).await
+        }
+        Err(ApiError::Unauthorized) => {
+            // keystonemiddleware's rejection, which clients recognise.
+            let body = serde_json::json!({"error": {
+                "code": 401, "title": "Unauthorized",
+                "message": "The request you have made requires authentication."}});
+            let mut response = (axum::http::StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+            if let Some(challenge) = state.auth.challenge() {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+            }
+            response
         }
         Err(e) => e.into_response(),
     }
