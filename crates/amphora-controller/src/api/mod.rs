@@ -8,6 +8,7 @@
 pub mod amphora;
 pub mod error;
 pub mod listing;
+pub mod network;
 pub mod root;
 
 use std::sync::Arc;
@@ -87,6 +88,7 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let v2 = Router::new()
         .merge(amphora::routes())
+        .merge(network::routes())
         .route("/", axum::routing::get(|| async { axum::Json(Value::String("v2".into())) }))
         .fallback(no_route)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
