@@ -1,5 +1,7 @@
 //! The worker role: claims jobs and runs their flows.
 
+pub mod drivers;
+
 use std::sync::Arc;
 
 use tokio::sync::{Notify, watch};
