@@ -137,7 +137,7 @@ impl Worker {
              AND NOT EXISTS (SELECT 1 FROM job o WHERE o.target_id = j.target_id AND o.id <> j.id \
              AND o.state = $1 AND o.lease_until >= $6) \
              ORDER BY j.created_at, j.id LIMIT 1{}) \
-             RETURNING id, kind, target_id, payload, step, CAST(reverting AS BIGINT), attempts, error",
+             RETURNING id, kind, target_id, payload, step, CASE WHEN reverting THEN CAST(1 AS BIGINT) ELSE CAST(0 AS BIGINT) END, attempts, error",
             self.db.skip_locked()
         );
         let mut tx = self.db.write().await?;
