@@ -146,3 +146,42 @@ async fn shutdown_hands_the_job_back_and_a_new_worker_finishes_it() {
         second.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_job_that_stops_on_a_panic_is_retried_from_its_progress() {
+    for db in common::databases().await {
+        let e = env(&db, config(&db, 0, Topology::Single)).await;
+        let driver = TestDriver::new(&e.db, &e.config);
+        driver.panic_once_on(Some("plug_vip"));
+        let w = e.worker(Some(driver.drivers()));
+        let lb = e.insert_lb("PENDING_CREATE").await;
+        let job = e.enqueue(JobKind::CreateLoadBalancer, &lb, json!({})).await;
+        e.wait_job(&job, "DONE").await;
+        assert_eq!(e.lb_status(&lb).await, "ACTIVE");
+        assert_eq!(e.job(&job).await.3, 2, "claimed twice");
+        assert_eq!(driver.calls("compute_create"), 1);
+        assert_eq!(driver.calls("plug_vip"), 1);
+        w.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_job_that_keeps_stopping_its_worker_is_given_up_and_reverted() {
+    for db in common::databases().await {
+        let e = env(&db, config(&db, 0, Topology::Single)).await;
+        let lb = e.insert_lb("PENDING_CREATE").await;
+        let job = e.enqueue(JobKind::CreateLoadBalancer, &lb, json!({})).await;
+        e.exec(&format!(
+            "UPDATE job SET attempts = {} WHERE id = '{job}'",
+            amphora_controller::worker::flow::MAX_ATTEMPTS
+        ))
+        .await;
+        let w = e.worker(None);
+        e.wait_job(&job, "FAILED").await;
+        assert_eq!(e.lb_status(&lb).await, "ERROR");
+        let error = e.job(&job).await.4.unwrap_or_default();
+        assert!(error.contains("gave up after 11 attempts"), "{error}");
+        assert_eq!(e.live_amphorae(&lb).await, 0);
+        w.stop().await;
+    }
+}

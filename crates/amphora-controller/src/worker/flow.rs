@@ -62,7 +62,11 @@ pub struct Cx {
     next_step: i64,
     reverting: bool,
     saved: bool,
+    attempts: i64,
 }
+
+/// Claims of one job after which it is reverted instead of resumed.
+pub const MAX_ATTEMPTS: i64 = 10;
 
 impl Cx {
     /// Writes the progress (the step just done) and the payload inside the
@@ -156,6 +160,7 @@ pub async fn run_job(
         next_step: job.step,
         reverting: job.reverting,
         saved: false,
+        attempts: job.attempts,
     };
     match run_inner(&mut cx, job.step, job.reverting, job.error, &shutdown).await {
         Ok(outcome) => Ok(outcome),
@@ -174,7 +179,13 @@ async fn run_inner(
     mut error: Option<String>,
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<Outcome> {
-    if !reverting && step == 0 {
+    let attempts = cx.attempts;
+    let give_up = !reverting && attempts > MAX_ATTEMPTS;
+    if reverting && attempts > 2 * MAX_ATTEMPTS {
+        let text = error.unwrap_or_else(|| format!("{} failed", cx.kind.as_str()));
+        return fail(cx, format!("{text}; revert abandoned after {attempts} attempts")).await;
+    }
+    if !reverting && step == 0 && !give_up {
         // Decide the flow's shape once (topology, amphorae involved) and
         // keep it in the payload, so a resumed flow has the same steps.
         if let Err(e) = flows::plan(cx).await {
@@ -188,6 +199,16 @@ async fn run_inner(
         cx.save_alone().await?;
     }
     let steps = flows::build(cx.kind, &cx.payload);
+    if give_up {
+        // A job that keeps stopping its worker (crashes, errors) is given
+        // up: its done steps, and the one it was in, are reverted.
+        let text = format!("{} gave up after {attempts} attempts", cx.kind.as_str());
+        tracing::error!(job = %cx.job_id, "{text}; reverting");
+        reverting = true;
+        step = (step + 1).min(steps.len() as i64);
+        start_revert(cx, step, &text).await?;
+        error = Some(text);
+    }
     if !reverting {
         while (step as usize) < steps.len() {
             let s = &steps[step as usize];
@@ -321,7 +342,7 @@ async fn release(cx: &mut Cx) -> anyhow::Result<Outcome> {
     let db = cx.db.clone();
     let mut tx = db.write().await?;
     sqlx::query(
-        "UPDATE job SET state = $1, owner = NULL, lease_until = 0, updated_at = $2 \
+        "UPDATE job SET state = $1, owner = NULL, lease_until = 0, attempts = attempts - 1, updated_at = $2 \
          WHERE id = $3 AND owner = $4 AND state = $5",
     )
     .bind(state::QUEUED)

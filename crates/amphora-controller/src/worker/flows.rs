@@ -366,7 +366,17 @@ fn need_amp(cx: &Cx, a: Amp) -> anyhow::Result<String> {
 }
 
 fn lb_id(cx: &Cx) -> Option<String> {
-    cx.payload.get("lb_id").and_then(Value::as_str).map(str::to_owned)
+    if let Some(id) = cx.payload.get("lb_id").and_then(Value::as_str) {
+        return Some(id.to_owned());
+    }
+    // Not planned (yet): a load balancer job's target is its load balancer.
+    match cx.kind {
+        JobKind::CreateLoadBalancer
+        | JobKind::UpdateLoadBalancer
+        | JobKind::DeleteLoadBalancer
+        | JobKind::FailoverLoadBalancer => Some(cx.target_id.clone()),
+        JobKind::FailoverAmphora | JobKind::DeleteAmphora | JobKind::ConfigureAmphora => None,
+    }
 }
 
 fn need_lb(cx: &Cx) -> anyhow::Result<String> {

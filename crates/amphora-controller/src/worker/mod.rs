@@ -12,8 +12,12 @@ pub mod drivers;
 pub mod flow;
 pub mod flows;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures_util::FutureExt;
 
 use sqlx::Row;
 use tokio::sync::{Notify, Semaphore, watch};
@@ -29,6 +33,10 @@ use flow::{Claimed, Outcome};
 /// another process, leases that ran out).
 const POLL: Duration = Duration::from_secs(1);
 
+/// How long a job that stopped on an error (not a flow failure: e.g. the
+/// database went away) waits before it is claimed again.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
 #[derive(Debug)]
 pub struct Worker {
     db: Db,
@@ -36,17 +44,19 @@ pub struct Worker {
     wake: Arc<Notify>,
     drivers: Option<Drivers>,
     id: String,
+    /// The jobs this worker is running (whose leases it renews).
+    running: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Worker {
     pub fn new(db: Db, config: Arc<Config>, wake: Arc<Notify>) -> Worker {
-        Worker { db, config, wake, drivers: None, id: new_id() }
+        Worker { db, config, wake, drivers: None, id: new_id(), running: Arc::default() }
     }
 
     /// A worker with the given drivers instead of the configured ones
     /// (tests, and the real drivers' own wiring).
     pub fn with_drivers(db: Db, config: Arc<Config>, wake: Arc<Notify>, drivers: Drivers) -> Worker {
-        Worker { db, config, wake, drivers: Some(drivers), id: new_id() }
+        Worker { db, config, wake, drivers: Some(drivers), id: new_id(), running: Arc::default() }
     }
 
     /// This worker's id, as the job rows' `owner` shows it.
@@ -81,13 +91,25 @@ impl Worker {
                             attempts = job.attempts, "claimed job");
                         let (db, drivers, config) = (self.db.clone(), drivers.clone(), self.config.clone());
                         let (owner, stop) = (self.id.clone(), shutdown.clone());
-                        let wake = self.wake.clone();
+                        let (wake, mine) = (self.wake.clone(), self.running.clone());
+                        mine.lock().unwrap_or_else(|e| e.into_inner()).insert(job.id.clone());
                         running.spawn(async move {
                             let id = job.id.clone();
-                            match flow::run_job(db, drivers, config, owner, job, stop).await {
-                                Ok(Outcome::Done | Outcome::Failed | Outcome::Released | Outcome::Lost) => {}
-                                Err(e) => tracing::error!(job = %id, "job stopped on an error: {e:#}"),
+                            let run = flow::run_job(db.clone(), drivers, config, owner.clone(), job, stop);
+                            let trouble = match AssertUnwindSafe(run).catch_unwind().await {
+                                Ok(Ok(Outcome::Done | Outcome::Failed | Outcome::Released | Outcome::Lost)) => None,
+                                Ok(Err(e)) => Some(format!("{e:#}")),
+                                Err(_) => Some("the flow panicked".to_owned()),
+                            };
+                            if let Some(trouble) = trouble {
+                                // The job is not lost: it goes back to the
+                                // queue with its progress, after a pause.
+                                tracing::error!(job = %id, "job stopped: {trouble}; retrying later");
+                                if let Err(e) = release_after_error(&db, &id, &owner).await {
+                                    tracing::error!(job = %id, "cannot release the job: {e:#}");
+                                }
                             }
+                            mine.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
                             drop(permit);
                             // A slot is free: look at the queue again.
                             wake.notify_one();
@@ -129,11 +151,13 @@ impl Worker {
     async fn claim(&self) -> anyhow::Result<Option<Claimed>> {
         let now = now_millis();
         let lease = now + self.config.worker.job_lease.as_millis() as i64;
-        // A job whose target has a live job already waits for it (the API's
-        // PENDING states make that rare; this makes it impossible).
+        // Runnable: QUEUED (lease_until is 0, or a retry time), or RUNNING
+        // with a lease that ran out (its worker died). A job whose target
+        // has a live job already waits for it (the API's PENDING states make
+        // that rare; this makes it impossible).
         let sql = format!(
             "UPDATE job SET state = $1, owner = $2, lease_until = $3, attempts = attempts + 1, updated_at = $4 \
-             WHERE id = (SELECT j.id FROM job j WHERE (j.state = $5 OR (j.state = $1 AND j.lease_until < $6)) \
+             WHERE id = (SELECT j.id FROM job j WHERE j.state IN ($5, $1) AND j.lease_until < $6 \
              AND NOT EXISTS (SELECT 1 FROM job o WHERE o.target_id = j.target_id AND o.id <> j.id \
              AND o.state = $1 AND o.lease_until >= $6) \
              ORDER BY j.created_at, j.id LIMIT 1{}) \
@@ -182,17 +206,44 @@ impl Worker {
         Ok(Some(job))
     }
 
-    /// Extends the leases of every job this worker runs.
+    /// Extends the leases of the jobs this worker runs.
     async fn renew(&self) -> anyhow::Result<()> {
+        let ids: Vec<String> = self.running.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
         let lease = now_millis() + self.config.worker.job_lease.as_millis() as i64;
         let mut tx = self.db.write().await?;
-        sqlx::query("UPDATE job SET lease_until = $1 WHERE owner = $2 AND state = $3")
-            .bind(lease)
-            .bind(self.id.as_str())
-            .bind(state::RUNNING)
-            .execute(&mut **tx)
-            .await?;
+        for id in ids {
+            sqlx::query("UPDATE job SET lease_until = $1 WHERE id = $2 AND owner = $3 AND state = $4")
+                .bind(lease)
+                .bind(id)
+                .bind(self.id.as_str())
+                .bind(state::RUNNING)
+                .execute(&mut **tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Puts a job that stopped on an error back in the queue, claimable again
+/// after `RETRY_AFTER`.
+async fn release_after_error(db: &Db, id: &str, owner: &str) -> anyhow::Result<()> {
+    let mut tx = db.write().await?;
+    sqlx::query(
+        "UPDATE job SET state = $1, owner = NULL, lease_until = $2, updated_at = $3 \
+         WHERE id = $4 AND owner = $5 AND state = $6",
+    )
+    .bind(state::QUEUED)
+    .bind(now_millis() + RETRY_AFTER.as_millis() as i64)
+    .bind(now_text())
+    .bind(id)
+    .bind(owner)
+    .bind(state::RUNNING)
+    .execute(&mut **tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }

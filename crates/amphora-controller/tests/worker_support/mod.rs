@@ -203,6 +203,7 @@ pub struct TestDriver {
     counts: Mutex<HashMap<String, usize>>,
     fail: Mutex<Option<&'static str>>,
     hang: Mutex<Option<&'static str>>,
+    panic_once: Mutex<Option<&'static str>>,
     pub hanging: Notify,
 }
 
@@ -213,6 +214,7 @@ impl TestDriver {
             counts: Mutex::default(),
             fail: Mutex::default(),
             hang: Mutex::default(),
+            panic_once: Mutex::default(),
             hanging: Notify::new(),
         })
     }
@@ -227,6 +229,11 @@ impl TestDriver {
 
     pub fn hang_on(&self, call: Option<&'static str>) {
         *self.hang.lock().unwrap() = call;
+    }
+
+    /// The next call of `call` panics (a bug in a driver).
+    pub fn panic_once_on(&self, call: Option<&'static str>) {
+        *self.panic_once.lock().unwrap() = call;
     }
 
     /// Calls of `call` (any object).
@@ -245,6 +252,13 @@ impl TestDriver {
         if *self.hang.lock().unwrap() == Some(call) {
             self.hanging.notify_one();
             std::future::pending::<()>().await;
+        }
+        let panics = {
+            let mut p = self.panic_once.lock().unwrap();
+            if *p == Some(call) { p.take().is_some() } else { false }
+        };
+        if panics {
+            panic!("test driver: {call} panics");
         }
         if *self.fail.lock().unwrap() == Some(call) {
             anyhow::bail!("test driver: {call} fails");
