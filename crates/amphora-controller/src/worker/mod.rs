@@ -154,14 +154,16 @@ impl Worker {
         let now = now_millis();
         let lease = now + self.config.worker.job_lease.as_millis() as i64;
         // Runnable: QUEUED (lease_until is 0, or a retry time), or RUNNING
-        // with a lease that ran out (its worker died). A job whose target
-        // has a live job already waits for it (the API's PENDING states make
-        // that rare; this makes it impossible).
+        // with a lease that ran out (its worker died). The jobs of one
+        // target run one at a time, in the order they were queued (the
+        // API's PENDING states make a second one rare; this makes running
+        // them at once or out of order impossible).
         let sql = format!(
             "UPDATE job SET state = $1, owner = $2, lease_until = $3, attempts = attempts + 1, updated_at = $4 \
              WHERE id = (SELECT j.id FROM job j WHERE j.state IN ($5, $1) AND j.lease_until < $6 \
              AND NOT EXISTS (SELECT 1 FROM job o WHERE o.target_id = j.target_id AND o.id <> j.id \
-             AND o.state = $1 AND o.lease_until >= $6) \
+             AND ((o.state = $1 AND o.lease_until >= $6) OR (o.state IN ($5, $1) \
+             AND (o.created_at < j.created_at OR (o.created_at = j.created_at AND o.id < j.id))))) \
              ORDER BY j.created_at, j.id LIMIT 1{}) \
              RETURNING id, kind, target_id, payload, step, CASE WHEN reverting THEN CAST(1 AS BIGINT) ELSE CAST(0 AS BIGINT) END, attempts, error",
             self.db.skip_locked()
