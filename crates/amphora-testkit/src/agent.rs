@@ -1,7 +1,8 @@
 //! Runs the real `amphora-agent` binary for a test: its own temporary state
 //! directory, throwaway certificates, an OS-chosen port and, by default, its
 //! own network namespace. Dropping the harness kills the agent and every
-//! haproxy it started and removes the namespace, also when the test failed.
+//! haproxy and keepalived it started and removes the namespace, also when
+//! the test failed.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -290,27 +291,43 @@ impl Agent {
             .in_netns(self.vm.as_deref())
     }
 
-    /// Kills the haproxy processes this agent's state directory records.
-    fn kill_haproxies(&self) {
-        let Ok(entries) = std::fs::read_dir(self.base_path()) else { return };
-        for entry in entries.filter_map(Result::ok) {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(pid) = self.haproxy_pid(&name) else { continue };
-            // Only ours: its command line names our state directory.
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let base = self.base_path().display().to_string();
-            if String::from_utf8_lossy(&cmdline).contains(&base) {
-                let _ = signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
-                let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
+    /// Every live process whose command line names this agent's temporary
+    /// directory: the haproxy masters and workers and the keepalived
+    /// processes it started (keepalived runs in a session of its own, so
+    /// killing the agent does not end it), whether or not their pid files
+    /// still exist.
+    pub fn leftover_processes(&self) -> Vec<Pid> {
+        let mut needle = self.dir.path().as_os_str().as_encoded_bytes().to_vec();
+        needle.push(b'/');
+        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                cmdline.split(|b| *b == 0).any(|arg| arg.starts_with(&needle))
+            })
+            .filter(|pid| !is_zombie(*pid))
+            .map(Pid::from_raw)
+            .collect()
+    }
+
+    fn kill_leftovers(&self) {
+        for pid in self.leftover_processes() {
+            let _ = signal::kill(pid, Signal::SIGKILL);
         }
     }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').is_none_or(|(_, rest)| matches!(rest.split_whitespace().next(), Some("Z" | "X")))
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
-        self.kill_haproxies();
+        self.kill_leftovers();
         for name in [&self.netns, &self.vm].into_iter().flatten() {
             netns::delete(name);
         }
