@@ -78,7 +78,7 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
     let user_group_config = layout.user_group_config();
     let settings = Arc::new(LiveConfig::new(config.clone(), loaded.files, options.log));
     // Interfaces come back before haproxy, which binds their addresses.
-    let net = Arc::new(NetService::new(netns.clone(), haproxy_conf.base_path.join("interfaces"), settings.clone())?);
+    let net = Arc::new(NetService::new(netns.clone(), layout.interfaces_dir(), settings.clone())?);
     net.restore().await;
     let haproxy = Haproxy::new(haproxy_conf.haproxy_cmd.clone(), user_group_config, netns.clone());
     let checker = std::env::current_exe()

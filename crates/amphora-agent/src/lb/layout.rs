@@ -11,6 +11,19 @@ use std::path::{Path, PathBuf};
 use crate::haproxy::Instance;
 use crate::ids::LbId;
 
+/// `{base_path}/interfaces/`: the stored network interface definitions and
+/// firewall rules.
+pub const INTERFACES_DIR: &str = "interfaces";
+/// `{base_path}/vrrp/`: keepalived's files.
+pub const VRRP_DIR: &str = "vrrp";
+/// `{base_path}/lvs/`: keepalived instances of UDP and SCTP listeners.
+pub const LVS_DIR: &str = "lvs";
+/// `{base_path}/certs/`: upstream's default `base_cert_dir`.
+pub const CERTS_DIR: &str = "certs";
+/// Entries of `base_path` that are the agent's own: no load balancer id may
+/// name them.
+pub const RESERVED_NAMES: &[&str] = &[INTERFACES_DIR, VRRP_DIR, LVS_DIR, CERTS_DIR];
+
 #[derive(Debug, Clone)]
 pub struct Layout {
     base_path: PathBuf,
@@ -28,6 +41,20 @@ impl Layout {
 
     pub fn lb_dir(&self, id: &LbId) -> PathBuf {
         self.base_path.join(id.as_str())
+    }
+
+    pub fn interfaces_dir(&self) -> PathBuf {
+        self.base_path.join(INTERFACES_DIR)
+    }
+
+    /// Whether the load balancer's directory holds anything the agent wrote
+    /// there for a load balancer (a configuration, staged or rejected, or
+    /// the agent's record). Only such a directory may be removed as the
+    /// load balancer's.
+    pub fn holds_load_balancer(&self, id: &LbId) -> bool {
+        [self.config(id), self.new_config(id), self.failed_config(id), self.agent_state(id)]
+            .iter()
+            .any(|path| path.symlink_metadata().is_ok_and(|m| m.is_file()))
     }
 
     pub fn config(&self, id: &LbId) -> PathBuf {

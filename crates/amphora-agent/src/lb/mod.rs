@@ -22,7 +22,7 @@ use amphora_proto::{ListenerDetail, ListenerState, ListenerStatus, PoolStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-pub use layout::Layout;
+pub use layout::{Layout, RESERVED_NAMES, VRRP_DIR};
 
 use crate::certs::{self, CertFileName, KeyRule, PemError};
 use crate::fsutil;
@@ -402,6 +402,12 @@ impl LbService {
         let mut generation = slot.op.lock().await;
         let dir = self.layout.lb_dir(id);
         if !dir.exists() {
+            return Ok(());
+        }
+        if !self.layout.holds_load_balancer(id) {
+            // Whatever it is, the agent did not put it there for a load
+            // balancer: there is no load balancer to delete.
+            tracing::warn!(lb = %id, path = %dir.display(), "not removing a directory that holds no load balancer");
             return Ok(());
         }
         let summary = self.summary(id);
