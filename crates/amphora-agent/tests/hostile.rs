@@ -5,8 +5,32 @@
 
 mod common;
 
-use amphora_proto::Message;
+use std::io::Write;
+
+use amphora_proto::{ListenerState, ListenerStatus, Message};
+use amphora_testkit::wait;
 use common::*;
+
+fn alive(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty() && !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+}
+
+async fn wait_dead(pid: i32) {
+    wait::until(&format!("process {pid} to exit"), WAIT, || async { (!alive(pid)).then_some(()) }).await;
+}
+
+/// Writes to `path` until the file system refuses more.
+fn fill(path: &std::path::Path) {
+    let mut file = std::fs::File::create(path).expect("create the filler");
+    let chunk = vec![0u8; 64 * 1024];
+    loop {
+        if let Err(e) = file.write_all(&chunk).and_then(|()| file.sync_all()) {
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+            return;
+        }
+    }
+}
 
 #[tokio::test]
 async fn the_agents_own_directories_are_no_load_balancers() {
@@ -35,4 +59,36 @@ async fn the_agents_own_directories_are_no_load_balancers() {
     let reply = client.delete("/1.0/listeners/stray-directory").await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert!(stray.join("precious").exists(), "a directory without a load balancer survives DELETE");
+}
+
+#[tokio::test]
+async fn load_balancers_stop_and_go_on_a_full_disk() {
+    const OTHER: &str = "7f0e2c4d-1111-4a2b-9c3d-2e5f6a7b8c9d";
+    let mut agent = builder().state_on_tmpfs(8 << 20).start();
+    let client = agent.client();
+    for (lb, port) in [(LB, FRONTEND_PORT), (OTHER, 9090)] {
+        let config = lb_config_with(&agent, lb, lb, 1, &format!("127.0.0.1:{port}"), 100);
+        assert_eq!(client.put(&upload_path(&agent, lb), config).await.status, 202);
+        assert_eq!(client.put(&format!("/1.0/loadbalancer/{lb}/start"), "").await.status, 202);
+    }
+    let stopped = agent.haproxy_pid(LB).expect("pid");
+    let deleted = agent.haproxy_pid(OTHER).expect("pid");
+    fill(&agent.base_path().join("filler"));
+
+    let reply = client.put(&format!("/1.0/loadbalancer/{LB}/stop"), "").await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    wait_dead(stopped).await;
+    let reply = client.delete(&format!("/1.0/listeners/{OTHER}")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    wait_dead(deleted).await;
+    assert!(!agent.base_path().join(OTHER).exists());
+
+    // Both are remembered: an agent restart (or a reboot) brings neither
+    // back.
+    drop(client);
+    agent.kill();
+    agent.restart();
+    let statuses: Vec<ListenerStatus> = agent.client().get("/1.0/listeners").await.json();
+    assert_eq!(statuses, vec![ListenerStatus { status: ListenerState::Stopped, uuid: LB.into(), kind: "HTTP".into() }]);
+    assert_eq!(agent.haproxy_pid(LB), None);
 }

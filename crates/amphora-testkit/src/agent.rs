@@ -41,6 +41,7 @@ pub struct AgentBuilder {
     options: BTreeMap<String, BTreeMap<String, String>>,
     overrides: Vec<String>,
     vm: bool,
+    state_tmpfs: Option<u64>,
 }
 
 impl AgentBuilder {
@@ -52,6 +53,7 @@ impl AgentBuilder {
             options: BTreeMap::new(),
             overrides: Vec::new(),
             vm: false,
+            state_tmpfs: None,
         }
     }
 
@@ -75,6 +77,13 @@ impl AgentBuilder {
         self
     }
 
+    /// Puts the state directory (`base_path`, and the certificates in it) on
+    /// a tmpfs of `bytes`, so a test can fill it up. Unmounted on drop.
+    pub fn state_on_tmpfs(mut self, bytes: u64) -> Self {
+        self.state_tmpfs = Some(bytes);
+        self
+    }
+
     /// Adds a further configuration file, given after the main one.
     pub fn config_file(mut self, text: &str) -> Self {
         self.overrides.push(text.to_owned());
@@ -91,6 +100,17 @@ impl AgentBuilder {
             name
         });
         let state = dir.path().join("state");
+        if let Some(bytes) = self.state_tmpfs {
+            std::fs::create_dir(&state).expect("state directory");
+            nix::mount::mount(
+                Some("tmpfs"),
+                &state,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some(format!("size={bytes},mode=0755").as_str()),
+            )
+            .expect("mount a tmpfs for the state directory");
+        }
         std::fs::write(dir.path().join("client_ca.pem"), pki.client_ca.cert_pem()).expect("write CA");
         std::fs::write(dir.path().join("server.pem"), pki.server.combined_pem()).expect("write server cert");
 
@@ -140,6 +160,7 @@ impl AgentBuilder {
             config_path,
             config_files,
             vm,
+            state_tmpfs: self.state_tmpfs.is_some(),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             child: None,
         };
@@ -170,6 +191,8 @@ pub struct Agent {
     config_files: Vec<PathBuf>,
     /// The namespace the agent process runs in, when not the host's.
     pub vm: Option<String>,
+    /// Whether the state directory is a tmpfs of the harness's.
+    state_tmpfs: bool,
     /// Where the agent listens.
     pub addr: SocketAddr,
     child: Option<Child>,
@@ -328,6 +351,9 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
         self.kill_leftovers();
+        if self.state_tmpfs {
+            let _ = nix::mount::umount2(&self.base_path(), nix::mount::MntFlags::MNT_DETACH);
+        }
         for name in [&self.netns, &self.vm].into_iter().flatten() {
             netns::delete(name);
         }

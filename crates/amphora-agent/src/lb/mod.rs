@@ -209,8 +209,16 @@ impl LbService {
     fn save_record(&self, id: &LbId, record: &LbRecord) -> Result<(), LbError> {
         let bytes = serde_json::to_vec(record)
             .map_err(|e| LbError::Io { what: "cannot encode the load balancer record".into(), source: e.into() })?;
-        fsutil::write_atomic(&self.layout.agent_state(id), &bytes, 0o600)
-            .map_err(io_error(format!("cannot record the state of {id}")))
+        let path = self.layout.agent_state(id);
+        match fsutil::write_atomic(&path, &bytes, 0o600) {
+            // A full disk must not stop a stop: the record keeps its length
+            // when only `desired` changes, so it can be rewritten in place.
+            Err(e) if fsutil::is_full(&e) && fsutil::overwrite_in_place(&path, &bytes).is_ok() => {
+                tracing::warn!(lb = %id, error = %e, "state file system full; load balancer record rewritten in place");
+                Ok(())
+            }
+            written => written.map_err(io_error(format!("cannot record the state of {id}"))),
+        }
     }
 
     fn set_desired(&self, id: &LbId, desired: Desired) -> Result<(), LbError> {
@@ -411,8 +419,20 @@ impl LbService {
             return Ok(());
         }
         let summary = self.summary(id);
-        if self.layout.config(id).is_file() {
-            self.stop_locked(id, &mut generation).await?;
+        let instance = self.instance(id);
+        // Supervisors stand down, and the configuration goes before the
+        // process: without it nothing starts this load balancer again (not
+        // a supervisor, not a reboot), and removing it, unlike rewriting
+        // the record, needs no free space.
+        *generation += 1;
+        fsutil::remove_file_if_exists(&self.layout.config(id)).map_err(io_error("cannot remove the configuration"))?;
+        fsutil::sync_dir(&dir).map_err(io_error(format!("cannot sync {}", dir.display())))?;
+        if let Some(pid) = process::running_pid(&instance) {
+            self.haproxy
+                .stop(pid)
+                .await
+                .map_err(|e| LbError::Action { action: Action::Stop, detail: e.to_string() })?;
+            tracing::info!(lb = %id, %pid, "haproxy stopped");
         }
         if let Some(socket) = summary.stats_socket.filter(|s| self.layout.owns(s)) {
             fsutil::remove_file_if_exists(&socket).map_err(io_error("cannot remove the stats socket"))?;
