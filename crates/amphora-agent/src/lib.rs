@@ -120,13 +120,24 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
     tracing::info!(address = %local, "amphora agent ready");
     tokio::task::spawn_blocking(move || info.warm_up());
 
-    let timeouts = http::Timeouts {
+    let limits = http::Limits {
         handshake: Duration::from_secs(10),
         read: Duration::from_secs(config.amphora_agent.agent_request_read_timeout),
+        max_connections: max_connections(),
     };
-    http::serve(listener, tls, app, timeouts, shutdown_signal()).await;
+    http::serve(listener, tls, app, limits, shutdown_signal()).await;
     tracing::info!("amphora agent stopping; haproxy processes keep running");
     Ok(())
+}
+
+/// Client connections served at once: a quarter of the open-file limit
+/// (each takes a descriptor; files, haproxy's sockets, netlink and process
+/// watches need the rest), at most 1024.
+fn max_connections() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    usize::try_from(soft / 4).unwrap_or(usize::MAX).clamp(4, 1024)
 }
 
 async fn shutdown_signal() {

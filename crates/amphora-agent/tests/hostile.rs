@@ -6,10 +6,13 @@
 mod common;
 
 use std::io::Write;
+use std::time::Duration;
 
 use amphora_proto::{ListenerState, ListenerStatus, Message};
+use amphora_testkit::client::{TlsVersions, connect_tls};
 use amphora_testkit::wait;
 use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn alive(pid: i32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -91,4 +94,44 @@ async fn load_balancers_stop_and_go_on_a_full_disk() {
     let statuses: Vec<ListenerStatus> = agent.client().get("/1.0/listeners").await.json();
     assert_eq!(statuses, vec![ListenerStatus { status: ListenerState::Stopped, uuid: LB.into(), kind: "HTTP".into() }]);
     assert_eq!(agent.haproxy_pid(LB), None);
+}
+
+#[tokio::test]
+async fn a_request_body_that_never_arrives_times_out() {
+    let agent = builder().option("amphora_agent", "agent_request_read_timeout", "2").start();
+    let tls = agent.tls_config(Some(&agent.pki.client), TlsVersions::Any);
+    let mut stream = connect_tls(agent.addr, tls, &agent.amphora_id).await.expect("connect");
+    let head =
+        format!("PUT {} HTTP/1.1\r\nHost: agent\r\nContent-Length: 1000\r\n\r\nglobal\n", upload_path(&agent, LB));
+    stream.write_all(head.as_bytes()).await.expect("send");
+    stream.flush().await.expect("flush");
+    // The rest of the body never comes: the agent answers and hangs up.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(WAIT, async {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n @ 1..) = stream.read(&mut buffer).await {
+            answer.extend_from_slice(&buffer[..n]);
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(read.is_ok(), "the connection is still open after {WAIT:?}; read so far: {text}");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"message\":\"Request Timeout\""), "{text}");
+    assert!(!agent.base_path().join(LB).join("haproxy.cfg").exists());
+}
+
+#[tokio::test]
+async fn clients_that_hold_connections_open_cannot_lock_the_controller_out() {
+    // 128 open files: the agent serves 32 connections at once.
+    let agent = builder().open_files_limit(128).start();
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        held.push(tokio::net::TcpStream::connect(agent.addr).await.expect("connect"));
+    }
+    // Served long before the held connections' handshakes time out (10 s).
+    let client = agent.client();
+    let reply = tokio::time::timeout(Duration::from_secs(5), client.get("/1.0/info")).await.expect("served in time");
+    assert_eq!(reply.status, 200);
+    drop(held);
 }

@@ -42,6 +42,7 @@ pub struct AgentBuilder {
     overrides: Vec<String>,
     vm: bool,
     state_tmpfs: Option<u64>,
+    open_files: Option<u64>,
 }
 
 impl AgentBuilder {
@@ -54,6 +55,7 @@ impl AgentBuilder {
             overrides: Vec::new(),
             vm: false,
             state_tmpfs: None,
+            open_files: None,
         }
     }
 
@@ -81,6 +83,12 @@ impl AgentBuilder {
     /// a tmpfs of `bytes`, so a test can fill it up. Unmounted on drop.
     pub fn state_on_tmpfs(mut self, bytes: u64) -> Self {
         self.state_tmpfs = Some(bytes);
+        self
+    }
+
+    /// Lowers the agent's soft limit of open files (RLIMIT_NOFILE).
+    pub fn open_files_limit(mut self, limit: u64) -> Self {
+        self.open_files = Some(limit);
         self
     }
 
@@ -161,6 +169,7 @@ impl AgentBuilder {
             config_files,
             vm,
             state_tmpfs: self.state_tmpfs.is_some(),
+            open_files: self.open_files,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             child: None,
         };
@@ -193,6 +202,7 @@ pub struct Agent {
     pub vm: Option<String>,
     /// Whether the state directory is a tmpfs of the harness's.
     state_tmpfs: bool,
+    open_files: Option<u64>,
     /// Where the agent listens.
     pub addr: SocketAddr,
     child: Option<Child>,
@@ -232,6 +242,18 @@ impl Agent {
                     } else {
                         Err(std::io::Error::last_os_error())
                     }
+                });
+            }
+        }
+        if let Some(limit) = self.open_files {
+            let (_, hard) =
+                nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).expect("open files limit");
+            // SAFETY: the closure runs between fork and exec and only makes
+            // one async-signal-safe system call.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit, hard)
+                        .map_err(std::io::Error::from)
                 });
             }
         }

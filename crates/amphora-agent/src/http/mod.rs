@@ -2,6 +2,12 @@
 //! routers, request logging, and JSON answers for unknown routes and
 //! methods (upstream's controller takes a non-JSON 404 for "agent not
 //! ready" and keeps retrying).
+//!
+//! Every stage of a request has a time limit (handshake, headers, body), and
+//! the number of open connections is capped: at the cap, a new client takes
+//! the slot of the oldest connection that is not having a request served
+//! (one still in its handshake, idle between requests, or sending a body),
+//! so clients that hold connections open cannot lock the controller out.
 
 mod appliance;
 mod error;
@@ -9,23 +15,30 @@ mod extract;
 mod v0_1;
 mod v1;
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use amphora_proto::Versions;
 use axum::Json;
 use axum::Router;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::State;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 
 pub use error::ApiError;
 
@@ -157,13 +170,106 @@ fn merge_slashes<B>(mut request: hyper::Request<B>) -> hyper::Request<B> {
     request
 }
 
-/// Time limits of client connections.
+/// Limits of client connections.
 #[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
+pub struct Limits {
     /// For the TLS handshake.
     pub handshake: Duration,
-    /// For a request's headers, and for an idle keep-alive connection.
+    /// For a request's headers, for its body (counted from the end of the
+    /// headers), and for an idle keep-alive connection.
     pub read: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
+}
+
+/// A request body that did not arrive in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0:?}")]
+pub struct BodyTimeout(Duration);
+
+/// One client connection, as the connection table sees it.
+#[derive(Debug, Default)]
+struct Connection {
+    /// A complete request is being handled: the connection must not be
+    /// cut, or the operation would stop half-way.
+    working: AtomicBool,
+    /// Asks the connection to make room for a new client.
+    evict: Notify,
+}
+
+/// Open connections, oldest first.
+#[derive(Debug, Default)]
+struct Connections {
+    open: Mutex<BTreeMap<u64, Arc<Connection>>>,
+}
+
+impl Connections {
+    /// Admits a new connection, evicting the oldest one that is not
+    /// working when all `max` slots are taken. `None` when every
+    /// connection is working.
+    fn admit(&self, id: u64, max: usize) -> Option<Arc<Connection>> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.len() >= max {
+            let victim = open.iter().find(|(_, c)| !c.working.load(Ordering::SeqCst)).map(|(id, _)| *id)?;
+            if let Some(evicted) = open.remove(&victim) {
+                evicted.evict.notify_one();
+            }
+        }
+        let connection = Arc::new(Connection::default());
+        open.insert(id, connection.clone());
+        Some(connection)
+    }
+
+    fn release(&self, id: u64) {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+}
+
+/// A request body with a deadline; it marks the connection working once
+/// the body is complete.
+struct DeadlineBody {
+    inner: Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    limit: Duration,
+    connection: Arc<Connection>,
+}
+
+impl DeadlineBody {
+    fn new(inner: Incoming, limit: Duration, connection: Arc<Connection>) -> Self {
+        if inner.is_end_stream() {
+            connection.working.store(true, Ordering::SeqCst);
+        }
+        Self { inner, deadline: Box::pin(tokio::time::sleep(limit)), limit, connection }
+    }
+}
+
+impl HttpBody for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if frame.is_none() || this.inner.is_end_stream() {
+                    this.connection.working.store(true, Ordering::SeqCst);
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending if this.deadline.as_mut().poll(cx).is_ready() => {
+                Poll::Ready(Some(Err(BodyTimeout(this.limit).into())))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Accepts connections until `shutdown` resolves. Each connection is
@@ -172,10 +278,12 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<TlsState>,
     app: Router,
-    timeouts: Timeouts,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let connections = Arc::new(Connections::default());
+    let mut next_id = 0u64;
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -189,33 +297,80 @@ pub async fn serve(
             },
             () = &mut shutdown => return,
         };
+        next_id += 1;
+        let id = next_id;
+        let Some(connection) = connections.admit(id, limits.max_connections) else {
+            tracing::warn!(%peer, max = limits.max_connections, "every connection is busy; refusing a new one");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = TlsAcceptor::from(tls.current());
         let app = app.clone();
+        let connections = connections.clone();
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(timeouts.handshake, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::warn!(%peer, error = %e, "TLS handshake refused");
-                    return;
-                }
-                Err(_) => {
-                    tracing::warn!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let service =
-                TowerToHyperService::new(tower::ServiceBuilder::new().map_request(merge_slashes).service(app));
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .keep_alive(true)
-                .header_read_timeout(timeouts.read)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            serve_connection(tcp, peer, acceptor, app, limits, connection).await;
+            connections.release(id);
         });
+    }
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: std::net::SocketAddr,
+    acceptor: TlsAcceptor,
+    app: Router,
+    limits: Limits,
+    connection: Arc<Connection>,
+) {
+    let stream = tokio::select! {
+        handshake = tokio::time::timeout(limits.handshake, acceptor.accept(tcp)) => match handshake {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, error = %e, "TLS handshake refused");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+        () = connection.evict.notified() => {
+            tracing::info!(%peer, "connection closed during its handshake to make room for a new one");
+            return;
+        }
+    };
+    let state = connection.clone();
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let app = app.clone();
+        let connection = state.clone();
+        async move {
+            let (parts, body) = merge_slashes(request).into_parts();
+            let body = Body::new(DeadlineBody::new(body, limits.read, connection.clone()));
+            let response = app.oneshot(Request::from_parts(parts, body)).await;
+            connection.working.store(false, Ordering::SeqCst);
+            response
+        }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(limits.read)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(served);
+    let outcome = tokio::select! {
+        outcome = served.as_mut() => outcome,
+        () = connection.evict.notified() => {
+            if !connection.working.load(Ordering::SeqCst) {
+                tracing::info!(%peer, "idle connection closed to make room for a new one");
+                return;
+            }
+            // A request is being handled: finish it, then close.
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(e) = outcome {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 
