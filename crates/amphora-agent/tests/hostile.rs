@@ -135,3 +135,36 @@ async fn clients_that_hold_connections_open_cannot_lock_the_controller_out() {
     assert_eq!(reply.status, 200);
     drop(held);
 }
+
+#[tokio::test]
+async fn delete_removes_only_the_stats_socket_of_its_own_load_balancer() {
+    const OTHER: &str = "7f0e2c4d-1111-4a2b-9c3d-2e5f6a7b8c9d";
+    const THIRD: &str = "3c2b1a00-2222-4a2b-9c3d-2e5f6a7b8c9d";
+    let agent = agent();
+    let client = agent.client();
+    let other_config = agent.base_path().join(OTHER).join("haproxy.cfg");
+    assert_eq!(client.put(&upload_path(&agent, OTHER), lb_config(&agent, OTHER, "other", 1)).await.status, 202);
+
+    // The stats socket named: another load balancer's configuration, and a
+    // directory.
+    let directory = agent.base_path().join("some-directory");
+    std::fs::create_dir(&directory).expect("mkdir");
+    for (lb, socket) in [(LB, &other_config), (THIRD, &directory)] {
+        let own = agent.stats_socket(lb).display().to_string();
+        let config = lb_config(&agent, lb, LISTENER, 1).replace(&own, &socket.display().to_string());
+        assert_eq!(client.put(&upload_path(&agent, lb), config).await.status, 202);
+        let reply = client.delete(&format!("/1.0/listeners/{lb}")).await;
+        assert_eq!(reply.status, 200, "{lb}: {}", reply.text());
+        assert!(!agent.base_path().join(lb).exists());
+    }
+    assert!(other_config.is_file(), "another load balancer's configuration survives");
+    assert!(directory.is_dir());
+
+    // Its own socket goes.
+    let reply = client.put(&upload_path(&agent, LB), lb_config(&agent, LB, LISTENER, 1)).await;
+    assert_eq!(reply.status, 202);
+    assert_eq!(client.put(&format!("/1.0/loadbalancer/{LB}/start"), "").await.status, 202);
+    assert!(agent.stats_socket(LB).exists());
+    assert_eq!(client.delete(&format!("/1.0/listeners/{LB}")).await.status, 200);
+    assert!(!agent.stats_socket(LB).exists());
+}

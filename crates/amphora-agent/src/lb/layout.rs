@@ -43,6 +43,12 @@ impl Layout {
         self.base_path.join(id.as_str())
     }
 
+    /// The stats socket upstream's controller configures for a load
+    /// balancer, `{base_path}/{lb}.sock`: the only one the agent removes.
+    pub fn stats_socket(&self, id: &LbId) -> PathBuf {
+        self.base_path.join(format!("{id}.sock"))
+    }
+
     pub fn interfaces_dir(&self) -> PathBuf {
         self.base_path.join(INTERFACES_DIR)
     }
@@ -117,14 +123,6 @@ impl Layout {
         ids.sort();
         ids
     }
-
-    /// Whether `path` is inside the state directory, so the agent may
-    /// remove it.
-    pub fn owns(&self, path: &Path) -> bool {
-        path.is_absolute()
-            && path.starts_with(&self.base_path)
-            && !path.components().any(|c| matches!(c, std::path::Component::ParentDir))
-    }
 }
 
 #[cfg(test)]
@@ -142,6 +140,7 @@ mod tests {
         assert_eq!(layout.config(&lb), PathBuf::from("/var/lib/octavia/85e2111b/haproxy.cfg"));
         assert_eq!(layout.servers_state(&lb), PathBuf::from("/var/lib/octavia/85e2111b/servers-state"));
         assert_eq!(layout.cert_dir(&lb), PathBuf::from("/var/lib/octavia/certs/85e2111b"));
+        assert_eq!(layout.stats_socket(&lb), PathBuf::from("/var/lib/octavia/85e2111b.sock"));
         assert_eq!(layout.instance(&lb, "p".into()).pid_file, PathBuf::from("/var/lib/octavia/85e2111b/85e2111b.pid"));
         assert_eq!(layout.user_group_config(), PathBuf::from("/var/lib/octavia/haproxy-default-user-group.conf"));
     }
@@ -158,14 +157,5 @@ mod tests {
         }
         fs::write(dir.path().join("stray.cfg"), "").expect("write");
         assert_eq!(layout.load_balancers(), vec![id("a-lb"), id("b-lb")]);
-    }
-
-    #[test]
-    fn owns_only_paths_below_the_state_directory() {
-        let layout = Layout::new("/var/lib/octavia".into(), "/var/lib/octavia/certs".into());
-        assert!(layout.owns(Path::new("/var/lib/octavia/lb.sock")));
-        assert!(!layout.owns(Path::new("/var/lib/octavia/../../etc/passwd")));
-        assert!(!layout.owns(Path::new("/etc/passwd")));
-        assert!(!layout.owns(Path::new("lb.sock")));
     }
 }

@@ -418,7 +418,6 @@ impl LbService {
             tracing::warn!(lb = %id, path = %dir.display(), "not removing a directory that holds no load balancer");
             return Ok(());
         }
-        let summary = self.summary(id);
         let instance = self.instance(id);
         // Supervisors stand down, and the configuration goes before the
         // process: without it nothing starts this load balancer again (not
@@ -434,9 +433,7 @@ impl LbService {
                 .map_err(|e| LbError::Action { action: Action::Stop, detail: e.to_string() })?;
             tracing::info!(lb = %id, %pid, "haproxy stopped");
         }
-        if let Some(socket) = summary.stats_socket.filter(|s| self.layout.owns(s)) {
-            fsutil::remove_file_if_exists(&socket).map_err(io_error("cannot remove the stats socket"))?;
-        }
+        self.remove_stats_socket(id);
         fsutil::remove_dir_all_if_exists(&self.layout.cert_dir(id))
             .map_err(io_error("cannot remove the certificates"))?;
         fsutil::remove_dir_all_if_exists(&dir).map_err(io_error(format!("cannot remove {}", dir.display())))?;
@@ -444,6 +441,28 @@ impl LbService {
         self.load_balancers_changed();
         tracing::info!(lb = %id, "load balancer deleted");
         Ok(())
+    }
+
+    /// Removes the stats socket haproxy leaves behind, if it is where the
+    /// controller puts it. Whatever else the configuration named is not the
+    /// agent's to remove (it could be any file under the state directory),
+    /// and a socket that cannot be removed does not make the load balancer
+    /// undeletable.
+    fn remove_stats_socket(&self, id: &LbId) {
+        use std::os::unix::fs::FileTypeExt;
+        let socket = self.layout.stats_socket(id);
+        let removed = match socket.symlink_metadata() {
+            Ok(meta) if meta.file_type().is_socket() => fs::remove_file(&socket),
+            Ok(_) => {
+                tracing::warn!(lb = %id, path = %socket.display(), "not a socket; left alone");
+                return;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = removed {
+            tracing::warn!(lb = %id, path = %socket.display(), error = %e, "cannot remove the stats socket");
+        }
     }
 
     /// Validates and stores a certificate file for haproxy (mode 0600,
