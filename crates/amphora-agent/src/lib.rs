@@ -85,7 +85,14 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
         .map(|exe| exe.with_file_name("amphora-vrrp-check"))
         .unwrap_or_else(|_| PathBuf::from("amphora-vrrp-check"));
     let vrrp = Vrrp::new(&haproxy_conf.base_path, PathBuf::from("keepalived"), checker, netns.clone());
-    let lbs = LbService::new(layout, haproxy, &config.amphora_agent.amphora_id, Some(net.clone()), Some(vrrp.clone()));
+    let lbs = LbService::new(
+        layout,
+        haproxy,
+        &config.amphora_agent.amphora_id,
+        haproxy_conf.user_group.clone(),
+        Some(net.clone()),
+        Some(vrrp.clone()),
+    );
     lbs.restore().await;
     vrrp.restore(&lbs.wanted_stats_sockets()).await;
 

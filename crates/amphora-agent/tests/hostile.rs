@@ -168,3 +168,23 @@ async fn delete_removes_only_the_stats_socket_of_its_own_load_balancer() {
     assert_eq!(client.delete(&format!("/1.0/listeners/{LB}")).await.status, 200);
     assert!(!agent.stats_socket(LB).exists());
 }
+
+#[tokio::test]
+async fn an_emptied_state_directory_is_filled_again() {
+    let agent = agent();
+    let client = agent.client();
+    for entry in std::fs::read_dir(agent.base_path()).expect("list") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).expect("remove");
+        } else {
+            std::fs::remove_file(&path).expect("remove");
+        }
+    }
+    let reply = client.put(&upload_path(&agent, LB), lb_config(&agent, LB, LISTENER, 1)).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let reply = client.put(&format!("/1.0/loadbalancer/{LB}/start"), "").await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let statuses: Vec<ListenerStatus> = client.get("/1.0/listeners").await.json();
+    assert_eq!(statuses[0].status, ListenerState::Active);
+}

@@ -135,6 +135,8 @@ pub struct LbService {
     haproxy: Haproxy,
     /// Peer name for configurations the agent did not receive itself.
     default_peer: String,
+    /// The group haproxy drops to (`user_group`); detected when unset.
+    user_group: Option<String>,
     slots: Mutex<HashMap<LbId, Arc<Slot>>>,
     /// Advertises VIPs after haproxy starts or reloads.
     net: Option<Arc<NetService>>,
@@ -148,6 +150,7 @@ impl LbService {
         layout: Layout,
         haproxy: Haproxy,
         amphora_id: &str,
+        user_group: Option<String>,
         net: Option<Arc<NetService>>,
         vrrp: Option<Arc<Vrrp>>,
     ) -> Arc<Self> {
@@ -155,6 +158,7 @@ impl LbService {
             layout,
             haproxy,
             default_peer: haproxy::peer_name(amphora_id),
+            user_group,
             slots: Mutex::new(HashMap::new()),
             net,
             vrrp,
@@ -234,6 +238,15 @@ impl LbService {
         self.layout.instance(id, self.record(id).peer_name)
     }
 
+    /// Writes the user group configuration every haproxy command reads,
+    /// when it is missing: someone may have emptied the state directory
+    /// since the agent started.
+    fn ensure_haproxy_files(&self) -> Result<(), LbError> {
+        let path = self.layout.user_group_config();
+        ensure_user_group_config(&path, self.user_group.as_deref())
+            .map_err(io_error(format!("cannot write {}", path.display())))
+    }
+
     fn require_config(&self, id: &LbId) -> Result<(), LbError> {
         if self.layout.config(id).is_file() { Ok(()) } else { Err(LbError::NotFound(id.clone())) }
     }
@@ -251,6 +264,7 @@ impl LbService {
         let dir = self.layout.lb_dir(id);
         fsutil::create_dir_all(&dir, 0o755).map_err(io_error(format!("cannot create {}", dir.display())))?;
 
+        self.ensure_haproxy_files()?;
         // Not synced yet: if the check fails it is only a debugging aid.
         let staged = self.layout.new_config(id);
         let mut file = fs::OpenOptions::new()
@@ -325,6 +339,7 @@ impl LbService {
                     // haproxy cannot reload what does not run; upstream starts it.
                     None => self.start_locked(id, &mut generation).await.map(|()| Outcome::Started),
                     Some(pid) => {
+                        self.ensure_haproxy_files()?;
                         self.set_desired(id, Desired::Running)?;
                         self.save_servers_state(id).await;
                         self.haproxy
@@ -352,6 +367,7 @@ impl LbService {
         if process::running_pid(&instance).is_some() {
             return Ok(());
         }
+        self.ensure_haproxy_files()?;
         let pid = self
             .haproxy
             .start(&instance)
@@ -746,6 +762,10 @@ impl LbService {
                 let instance = service.instance(&id);
                 if let Some(running) = process::running_pid(&instance) {
                     pid = running;
+                    continue;
+                }
+                if let Err(e) = service.ensure_haproxy_files() {
+                    tracing::error!(lb = %id, error = %e, "cannot restart haproxy");
                     continue;
                 }
                 match service.haproxy.start(&instance).await {
