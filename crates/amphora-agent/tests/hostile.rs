@@ -188,3 +188,38 @@ async fn an_emptied_state_directory_is_filled_again() {
     let statuses: Vec<ListenerStatus> = client.get("/1.0/listeners").await.json();
     assert_eq!(statuses[0].status, ListenerState::Active);
 }
+
+/// Live processes running `config` whose parent does not (masters).
+fn masters_of(config: &std::path::Path) -> Vec<i32> {
+    let runs = |pid: i32| {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        alive(pid) && cmdline.split(|b| *b == 0).any(|arg| arg == config.as_os_str().as_encoded_bytes())
+    };
+    let parent = |pid: i32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok()).unwrap_or(0)
+    };
+    std::fs::read_dir("/proc")
+        .expect("proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| runs(*pid) && !runs(parent(*pid)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_directory_removed_under_haproxy_does_not_get_a_second_master() {
+    let agent = agent();
+    let client = agent.client();
+    assert_eq!(client.put(&upload_path(&agent, LB), lb_config(&agent, LB, LISTENER, 1)).await.status, 202);
+    assert_eq!(client.put(&format!("/1.0/loadbalancer/{LB}/start"), "").await.status, 202);
+    let old = agent.haproxy_pid(LB).expect("pid");
+    std::fs::remove_dir_all(agent.base_path().join(LB)).expect("remove");
+
+    assert_eq!(client.put(&upload_path(&agent, LB), lb_config(&agent, LB, LISTENER, 2)).await.status, 202);
+    let reply = client.put(&format!("/1.0/loadbalancer/{LB}/start"), "").await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let new = agent.haproxy_pid(LB).expect("pid");
+    assert_ne!(new, old);
+    wait_dead(old).await;
+    assert_eq!(masters_of(&agent.base_path().join(LB).join("haproxy.cfg")), vec![new]);
+}
