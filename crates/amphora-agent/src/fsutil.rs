@@ -8,12 +8,21 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt};
 use std::path::Path;
 
+/// The longest part of the final name a temporary file name repeats.
+const TEMP_NAME_MAX: usize = 200;
+
 /// Replaces `path` with `data`, with permission bits `mode`.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let dir = parent(path)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    // The temporary name adds 12 bytes to the final one: a name near the
+    // file system's limit (255) is shortened in it.
+    let mut cut = name.len().min(TEMP_NAME_MAX);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
     let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
+        .prefix(&format!(".{}.", &name[..cut]))
         .suffix(".tmp")
         .permissions(fs::Permissions::from_mode(mode))
         .tempfile_in(dir)?;
@@ -99,6 +108,14 @@ mod tests {
         let leftovers: Vec<_> =
             fs::read_dir(dir.path()).expect("list").map(|e| e.expect("entry").file_name()).collect();
         assert_eq!(leftovers, vec![std::ffi::OsString::from("haproxy.cfg")]);
+    }
+
+    #[test]
+    fn names_at_the_file_system_limit_can_be_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(format!("{}.pem", "x".repeat(251)));
+        write_atomic(&path, b"data", 0o600).expect("write");
+        assert_eq!(fs::read(&path).expect("read"), b"data");
     }
 
     #[test]

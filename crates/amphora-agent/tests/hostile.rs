@@ -223,3 +223,24 @@ async fn a_directory_removed_under_haproxy_does_not_get_a_second_master() {
     wait_dead(old).await;
     assert_eq!(masters_of(&agent.base_path().join(LB).join("haproxy.cfg")), vec![new]);
 }
+
+#[tokio::test]
+async fn certificate_names_up_to_the_file_system_limit_are_stored() {
+    const KEY: &str = include_str!("fixtures/rsa2048.key");
+    const CERT: &str = include_str!("fixtures/rsa2048.crt");
+    let agent = agent();
+    let client = agent.client();
+    let pem = format!("{KEY}{CERT}");
+    for length in [244, 250, 255] {
+        let name = format!("{}.pem", "c".repeat(length - 4));
+        let path = format!("/1.0/loadbalancer/{LB}/certificates/{name}");
+        let reply = client.put(&path, pem.clone()).await;
+        assert_eq!(reply.status, 200, "{length}: {}", reply.text());
+        let reply = client.get(&path).await;
+        assert_eq!(reply.status, 200, "{length}: {}", reply.text());
+    }
+    // One byte more is no file name at all.
+    let name = format!("{}.pem", "c".repeat(252));
+    let reply = client.put(&format!("/1.0/loadbalancer/{LB}/certificates/{name}"), pem).await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+}
