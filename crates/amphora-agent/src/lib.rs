@@ -131,6 +131,7 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
         handshake: Duration::from_secs(10),
         read: Duration::from_secs(config.amphora_agent.agent_request_read_timeout),
         max_connections: max_connections(),
+        max_body: config.amphora_agent.max_request_body_size,
     };
     http::serve(listener, tls, app, limits, shutdown_signal()).await;
     tracing::info!("amphora agent stopping; haproxy processes keep running");

@@ -244,3 +244,48 @@ async fn certificate_names_up_to_the_file_system_limit_are_stored() {
     let reply = client.put(&format!("/1.0/loadbalancer/{LB}/certificates/{name}"), pem).await;
     assert_eq!(reply.status, 400, "{}", reply.text());
 }
+
+#[tokio::test]
+async fn a_request_being_handled_is_never_cut_to_make_room() {
+    // haproxy starts slowly: it says when it began, then takes a moment.
+    let wrapper = tempfile::tempdir().expect("tempdir");
+    let starting = wrapper.path().join("starting");
+    let real = ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy", "/usr/bin/haproxy"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("haproxy");
+    let script = wrapper.path().join("haproxy");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *\" -D \"*) touch {starting}; sleep 2 ;; esac\nexec {real} \"$@\"\n",
+            starting = starting.display()
+        ),
+    )
+    .expect("write the wrapper");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let agent =
+        builder().option("haproxy_amphora", "haproxy_cmd", &script.display().to_string()).open_files_limit(128).start();
+    assert_eq!(agent.client().put(&upload_path(&agent, LB), lb_config(&agent, LB, LISTENER, 1)).await.status, 202);
+
+    // A start whose (empty) body is chunked, so only reading it tells that
+    // the request is complete.
+    let tls = agent.tls_config(Some(&agent.pki.client), TlsVersions::Any);
+    let mut stream = connect_tls(agent.addr, tls, &agent.amphora_id).await.expect("connect");
+    let request = format!(
+        "PUT /1.0/loadbalancer/{LB}/start HTTP/1.1\r\nHost: agent\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    stream.flush().await.expect("flush");
+    wait::until("haproxy to be starting", WAIT, || async { starting.exists().then_some(()) }).await;
+    // Many more connections than the agent serves at once (32).
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        held.push(tokio::net::TcpStream::connect(agent.addr).await.expect("connect"));
+    }
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, stream.read(&mut answer)).await.expect("an answer").unwrap_or(0);
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 202"), "{text:?}");
+    drop(held);
+}

@@ -190,13 +190,6 @@ impl From<PathRejection> for ApiError {
 
 impl From<BytesRejection> for ApiError {
     fn from(rejection: BytesRejection) -> Self {
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&rejection);
-        while let Some(error) = cause {
-            if let Some(timeout) = error.downcast_ref::<super::BodyTimeout>() {
-                return Self::with_details(StatusCode::REQUEST_TIMEOUT, "Request Timeout", timeout.to_string());
-            }
-            cause = error.source();
-        }
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Self::with_details(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large", rejection.body_text())
         } else {

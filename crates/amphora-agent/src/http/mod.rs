@@ -4,10 +4,12 @@
 //! ready" and keeps retrying).
 //!
 //! Every stage of a request has a time limit (handshake, headers, body), and
-//! the number of open connections is capped: at the cap, a new client takes
-//! the slot of the oldest connection that is not having a request served
-//! (one still in its handshake, idle between requests, or sending a body),
-//! so clients that hold connections open cannot lock the controller out.
+//! a request is handled only once it has fully arrived. The number of open
+//! connections is capped: at the cap, a new client takes the slot of the
+//! oldest connection that has no request being handled (one still in its
+//! handshake, idle between requests, or sending a request), so clients that
+//! hold connections open cannot lock the controller out, and no handler is
+//! ever cut half-way.
 
 mod appliance;
 mod error;
@@ -16,24 +18,25 @@ mod v0_1;
 mod v1;
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use amphora_proto::Versions;
 use axum::Json;
 use axum::Router;
-use axum::body::{Body, Bytes, HttpBody};
+use axum::body::{Body, HttpBody};
 use axum::extract::State;
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use hyper::body::{Frame, Incoming, SizeHint};
+use bytes::{Bytes, BytesMut};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -180,18 +183,15 @@ pub struct Limits {
     pub read: Duration,
     /// Connections open at once.
     pub max_connections: usize,
+    /// The largest request body (`max_request_body_size`).
+    pub max_body: usize,
 }
-
-/// A request body that did not arrive in time.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body did not arrive within {0:?}")]
-pub struct BodyTimeout(Duration);
 
 /// One client connection, as the connection table sees it.
 #[derive(Debug, Default)]
 struct Connection {
-    /// A complete request is being handled: the connection must not be
-    /// cut, or the operation would stop half-way.
+    /// A request that fully arrived is being handled: the connection must
+    /// not be cut, or the operation would stop half-way.
     working: AtomicBool,
     /// Asks the connection to make room for a new client.
     evict: Notify,
@@ -225,50 +225,40 @@ impl Connections {
     }
 }
 
-/// A request body with a deadline; it marks the connection working once
-/// the body is complete.
-struct DeadlineBody {
-    inner: Incoming,
-    deadline: Pin<Box<tokio::time::Sleep>>,
-    limit: Duration,
-    connection: Arc<Connection>,
-}
-
-impl DeadlineBody {
-    fn new(inner: Incoming, limit: Duration, connection: Arc<Connection>) -> Self {
-        if inner.is_end_stream() {
-            connection.working.store(true, Ordering::SeqCst);
-        }
-        Self { inner, deadline: Box::pin(tokio::time::sleep(limit)), limit, connection }
-    }
-}
-
-impl HttpBody for DeadlineBody {
-    type Data = Bytes;
-    type Error = axum::BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                if frame.is_none() || this.inner.is_end_stream() {
-                    this.connection.working.store(true, Ordering::SeqCst);
+/// Reads a request body whole, within the time and size limits.
+async fn read_body(mut body: Incoming, limits: &Limits) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::with_details(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request body too large",
+            format!("the limit is {} bytes", limits.max_body),
+        )
+    };
+    let deadline = tokio::time::Instant::now() + limits.read;
+    let mut data = BytesMut::new();
+    loop {
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
+        match tokio::time::timeout_at(deadline, frame).await {
+            Err(_) => {
+                return Err(ApiError::with_details(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "Request Timeout",
+                    format!("the request body did not arrive within {:?}", limits.read),
+                ));
+            }
+            Ok(None) => return Ok(data.freeze()),
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::with_details(StatusCode::BAD_REQUEST, "Invalid request", e.to_string()));
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Ok(chunk) = frame.into_data() {
+                    if data.len() + chunk.len() > limits.max_body {
+                        return Err(too_large());
+                    }
+                    data.extend_from_slice(&chunk);
                 }
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending if this.deadline.as_mut().poll(cx).is_ready() => {
-                Poll::Ready(Some(Err(BodyTimeout(this.limit).into())))
-            }
-            Poll::Pending => Poll::Pending,
         }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -345,8 +335,22 @@ async fn serve_connection(
         let connection = state.clone();
         async move {
             let (parts, body) = merge_slashes(request).into_parts();
-            let body = Body::new(DeadlineBody::new(body, limits.read, connection.clone()));
-            let response = app.oneshot(Request::from_parts(parts, body)).await;
+            let body = match read_body(body, &limits).await {
+                Ok(body) => body,
+                Err(error) => {
+                    let status = error.status().as_u16();
+                    tracing::warn!(%peer, method = %parts.method, path = parts.uri.path(), status, "request refused");
+                    let mut response = error.into_response();
+                    if status == StatusCode::REQUEST_TIMEOUT.as_u16() {
+                        // The rest of a late body would be taken for the
+                        // next request: the connection ends here.
+                        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    return Ok::<_, Infallible>(response);
+                }
+            };
+            connection.working.store(true, Ordering::SeqCst);
+            let response = app.oneshot(Request::from_parts(parts, Body::from(body))).await;
             connection.working.store(false, Ordering::SeqCst);
             response
         }
