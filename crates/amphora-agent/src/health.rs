@@ -208,11 +208,11 @@ pub fn encode_fitting(message: &Heartbeat, key: &str) -> Result<(Vec<u8>, Option
 /// Why no heartbeat is sent this time, when keepalived should run but
 /// does not (upstream: so the controller fails this amphora over).
 pub fn keepalived_down(base_path: &Path) -> Option<String> {
-    let config = base_path.join("vrrp").join("octavia-keepalived.conf");
+    let config = base_path.join(crate::lb::VRRP_DIR).join("octavia-keepalived.conf");
     if !config.is_file() {
         return None;
     }
-    let pid_file = base_path.join("vrrp").join("octavia-keepalived.pid");
+    let pid_file = base_path.join(crate::lb::VRRP_DIR).join("octavia-keepalived.pid");
     let pid = match std::fs::read_to_string(&pid_file) {
         Ok(text) => text.trim().parse::<i32>().ok(),
         Err(_) => return Some(format!("keepalived is configured but has no pid file {}", pid_file.display())),

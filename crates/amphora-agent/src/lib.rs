@@ -78,14 +78,21 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
     let user_group_config = layout.user_group_config();
     let settings = Arc::new(LiveConfig::new(config.clone(), loaded.files, options.log));
     // Interfaces come back before haproxy, which binds their addresses.
-    let net = Arc::new(NetService::new(netns.clone(), haproxy_conf.base_path.join("interfaces"), settings.clone())?);
+    let net = Arc::new(NetService::new(netns.clone(), layout.interfaces_dir(), settings.clone())?);
     net.restore().await;
     let haproxy = Haproxy::new(haproxy_conf.haproxy_cmd.clone(), user_group_config, netns.clone());
     let checker = std::env::current_exe()
         .map(|exe| exe.with_file_name("amphora-vrrp-check"))
         .unwrap_or_else(|_| PathBuf::from("amphora-vrrp-check"));
     let vrrp = Vrrp::new(&haproxy_conf.base_path, PathBuf::from("keepalived"), checker, netns.clone());
-    let lbs = LbService::new(layout, haproxy, &config.amphora_agent.amphora_id, Some(net.clone()), Some(vrrp.clone()));
+    let lbs = LbService::new(
+        layout,
+        haproxy,
+        &config.amphora_agent.amphora_id,
+        haproxy_conf.user_group.clone(),
+        Some(net.clone()),
+        Some(vrrp.clone()),
+    );
     lbs.restore().await;
     vrrp.restore(&lbs.wanted_stats_sockets()).await;
 
@@ -120,13 +127,25 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
     tracing::info!(address = %local, "amphora agent ready");
     tokio::task::spawn_blocking(move || info.warm_up());
 
-    let timeouts = http::Timeouts {
+    let limits = http::Limits {
         handshake: Duration::from_secs(10),
         read: Duration::from_secs(config.amphora_agent.agent_request_read_timeout),
+        max_connections: max_connections(),
+        max_body: config.amphora_agent.max_request_body_size,
     };
-    http::serve(listener, tls, app, timeouts, shutdown_signal()).await;
+    http::serve(listener, tls, app, limits, shutdown_signal()).await;
     tracing::info!("amphora agent stopping; haproxy processes keep running");
     Ok(())
+}
+
+/// Client connections served at once: a quarter of the open-file limit
+/// (each takes a descriptor; files, haproxy's sockets, netlink and process
+/// watches need the rest), at most 1024.
+fn max_connections() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    usize::try_from(soft / 4).unwrap_or(usize::MAX).clamp(4, 1024)
 }
 
 async fn shutdown_signal() {
