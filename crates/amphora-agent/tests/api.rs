@@ -41,8 +41,8 @@ async fn details_report_the_machine_and_listeners() {
     assert_eq!(reply.status, 202, "{}", reply.text());
 
     let details: Details = client.get("/1.0/details").await.json();
-    assert_eq!(details.uuid, agent.amphora_id);
-    assert_eq!(details.api_version, "1.0");
+    assert_eq!(details.info.uuid, agent.amphora_id);
+    assert_eq!(details.info.api_version, "1.0");
     assert_eq!(details.topology, "SINGLE");
     assert_eq!(details.topology_status, "OK");
     assert!(details.active);

@@ -74,7 +74,7 @@ async fn listeners_with_pools_and_members_read_live() {
     assert_eq!(detail.pools.len(), 1);
     assert_eq!(detail.pools[0].uuid, "pool-1");
     let members: Vec<(String, String)> =
-        detail.pools[0].members.iter().flat_map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone()))).collect();
+        detail.pools[0].members.iter().flat_map(|m| m.iter().map(|(k, v)| (k.clone(), v.to_string()))).collect();
     assert_eq!(members, vec![("member-up".into(), "UP".into()), ("member-down".into(), "DOWN".into())]);
 
     // The same from 1.0, by listener id (upstream's get_listener_status).

@@ -3,6 +3,7 @@
 //! over the same domain services; its error conventions are its own (409
 //! for a bad certificate file, 403 for a method it does not know).
 
+use amphora_proto::appliance::ApplianceStatus;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Request, State};
@@ -46,19 +47,19 @@ fn instance_id(raw: &str) -> Result<LbId, Box<Response>> {
 async fn status(State(state): State<AppState>) -> Response {
     let details = state.info.details().await;
     let processes = state.lbs.processes();
-    Json(serde_json::json!({
-        "hostname": details.hostname,
-        "network_tx": details.network_tx,
-        "network_rx": details.network_rx,
-        "active_node": u8::from(details.active),
-        "haproxy_count": processes.iter().filter(|(_, pid, _)| pid.is_some()).count().to_string(),
-        "stunnel_count": "0",
-        "fencing_daemon_status": if state.vrrp.running_pid().is_some() { "OK" } else { "N/A" },
-        "user_cpu": details.cpu.user,
-        "system_cpu": details.cpu.system,
-        "software_irq": details.cpu.soft_irq,
-        "load": details.load.iter().map(|l| format!("{l:.2}")).collect::<Vec<_>>(),
-    }))
+    Json(ApplianceStatus {
+        hostname: details.info.hostname,
+        network_tx: details.network_tx,
+        network_rx: details.network_rx,
+        active_node: u8::from(details.active),
+        haproxy_count: processes.iter().filter(|(_, pid, _)| pid.is_some()).count().to_string(),
+        stunnel_count: "0".into(),
+        fencing_daemon_status: if state.vrrp.running_pid().is_some() { "OK" } else { "N/A" }.into(),
+        user_cpu: details.cpu.user,
+        system_cpu: details.cpu.system,
+        software_irq: details.cpu.soft_irq,
+        load: details.load.iter().map(|l| format!("{l:.2}")).collect(),
+    })
     .into_response()
 }
 

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use amphora_proto::Versions;
+use amphora_proto::{ApiVersion, Versions};
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
@@ -80,12 +80,12 @@ pub fn app(state: AppState, max_body: usize) -> Router {
 /// `GET /`: upstream's controller reads `api_version`; `versions` lists
 /// everything served.
 async fn version_discovery(State(state): State<AppState>) -> Json<Versions> {
-    let api_version = ["1.0", "0.1", "appliance"]
+    let versions: Vec<ApiVersion> = state.versions.iter().map(|v| ApiVersion::from(v.as_str())).collect();
+    let api_version = [ApiVersion::V1_0, ApiVersion::V0_1, ApiVersion::Appliance]
         .into_iter()
-        .find(|v| state.versions.iter().any(|e| e == v))
-        .unwrap_or("1.0")
-        .to_owned();
-    Json(Versions { api_version, versions: state.versions.as_ref().clone() })
+        .find(|v| versions.contains(v))
+        .unwrap_or(ApiVersion::V1_0);
+    Json(Versions { api_version, versions })
 }
 
 /// While the topology changes, every mutating call of every API waits its

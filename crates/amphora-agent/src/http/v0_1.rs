@@ -4,7 +4,8 @@
 //! specifications differ (201 for uploads, 404 for deleting what is not
 //! there), each follows its own.
 
-use amphora_proto::{CertificateMd5, Message};
+use amphora_proto::v0_1::{self, TopologyKind, TopologyResponse};
+use amphora_proto::{ApiVersion, CertificateMd5, Message, Topology, TopologyStatus};
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
@@ -58,14 +59,17 @@ fn require_listener(state: &AppState, id: &LbId) -> Result<(), ApiError> {
 async fn get_topology(State(state): State<AppState>) -> Response {
     let record = state.topology.record().unwrap_or_default();
     let info = state.info.info();
-    Json(serde_json::json!({
-        "hostname": info.hostname,
-        "uuid": info.uuid,
-        "topology": record.topology.as_str(),
-        "role": match record.role { topology::Role::Active => "ACTIVE", topology::Role::Standby => "STANDBY" },
-        "ha_ip": record.ha_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-        "topology_status": state.topology.status(),
-    }))
+    Json(TopologyResponse {
+        hostname: info.hostname,
+        uuid: info.uuid,
+        topology: TopologyKind::from(record.topology.as_str()),
+        role: match record.role {
+            topology::Role::Active => v0_1::Role::Active,
+            topology::Role::Standby => v0_1::Role::Standby,
+        },
+        ha_ip: record.ha_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        topology_status: TopologyStatus::from(state.topology.status()),
+    })
     .into_response()
 }
 
@@ -85,17 +89,20 @@ async fn set_topology(State(state): State<AppState>, RawBody(body): RawBody) -> 
 
 async fn info(State(state): State<AppState>) -> Response {
     let mut info = state.info.info();
-    info.api_version = "0.1".into();
+    info.api_version = ApiVersion::V0_1;
     Json(info).into_response()
 }
 
 async fn details(State(state): State<AppState>) -> Response {
     let mut details = state.info.details().await;
-    details.api_version = "0.1".into();
-    if let Some(record) = state.topology.record() {
-        details.topology = record.topology.as_str().into();
-    }
-    Json(details).into_response()
+    details.info.api_version = ApiVersion::V0_1;
+    // The 0.1 API spells topologies its own way.
+    let topology = match state.topology.record() {
+        Some(record) => TopologyKind::from(record.topology.as_str()),
+        None if details.topology == Topology::ActiveStandby => TopologyKind::ActiveStandby,
+        None => TopologyKind::Single,
+    };
+    Json(details.with_topology(topology)).into_response()
 }
 
 async fn listeners(State(state): State<AppState>) -> Response {

@@ -1,6 +1,7 @@
 //! The 1.0 API router: each handler extracts and validates its inputs,
 //! makes one call on a domain service and shapes the answer.
 
+use amphora_proto::net::InterfaceLookup;
 use amphora_proto::{CertificateMd5, Message};
 use axum::Json;
 use axum::Router;
@@ -180,7 +181,7 @@ async fn plug_network(State(state): State<AppState>, RawBody(body): RawBody) -> 
 async fn interface(State(state): State<AppState>, PathParams(ip): PathParams<String>) -> Result<Response, ApiError> {
     let name =
         state.net.interface_of(&ip).await.map_err(|e| ApiError::from_net(e, "Error looking up the interface"))?;
-    Ok(Json(serde_json::json!({"message": "OK", "interface": name})).into_response())
+    Ok(Json(InterfaceLookup { message: "OK".into(), interface: name }).into_response())
 }
 
 async fn interface_rules(
