@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod capture;
 pub mod client;
+pub mod contract;
 pub mod netns;
 pub mod pki;
 pub mod traffic;
