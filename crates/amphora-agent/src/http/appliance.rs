@@ -4,6 +4,7 @@
 //! for a bad certificate file, 403 for a method it does not know).
 
 use amphora_proto::appliance::ApplianceStatus;
+use amphora_proto::paths::appliance;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Request, State};
@@ -19,14 +20,11 @@ use crate::lb::LbError;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/status", get(status).fallback(invalid))
-        .route("/service_status", get(service_status).fallback(invalid))
-        .route("/instances", get(instances).fallback(invalid))
-        .route("/instances/{instance}", get(instance).delete(delete_instance).fallback(invalid))
-        .route(
-            "/instances/{instance}/certificates/{filename}",
-            axum::routing::put(upload_certificate).fallback(invalid),
-        )
+        .route(appliance::STATUS, get(status).fallback(invalid))
+        .route(appliance::SERVICE_STATUS, get(service_status).fallback(invalid))
+        .route(appliance::INSTANCES, get(instances).fallback(invalid))
+        .route(appliance::INSTANCE, get(instance).delete(delete_instance).fallback(invalid))
+        .route(appliance::INSTANCE_CERTIFICATE, axum::routing::put(upload_certificate).fallback(invalid))
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use amphora_proto::{ApiVersion, Versions};
+use amphora_proto::{ApiVersion, Versions, paths};
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
@@ -54,10 +54,10 @@ pub struct AppState {
 /// The complete application: the enabled API surfaces over one state.
 pub fn app(state: AppState, max_body: usize) -> Router {
     let enabled = |v: &str| state.versions.iter().any(|e| e == v);
-    let mut router = Router::new().route("/", get(version_discovery));
+    let mut router = Router::new().route(paths::ROOT, get(version_discovery));
     if enabled("1.0") || enabled("0.1") {
         // Both specifications call /info the one unversioned route.
-        router = router.route("/info", get(v1::info));
+        router = router.route(paths::INFO, get(v1::info));
     }
     if enabled("1.0") {
         router = router.merge(v1::router());

@@ -23,21 +23,19 @@ use crate::lb::{Action, LbError, Outcome};
 use crate::topology;
 
 pub fn router() -> Router<AppState> {
+    use amphora_proto::paths::v0_1 as path;
     Router::new()
-        .route("/v0.1/topology", get(get_topology).post(set_topology))
-        .route("/v0.1/info", get(info))
-        .route("/v0.1/details", get(details))
-        .route("/v0.1/listeners", get(listeners))
-        .route("/v0.1/listeners/{listener}", get(listener).delete(delete_listener))
-        .route("/v0.1/listeners/{listener}/{action}", put(act))
-        .route("/v0.1/listeners/{listener}/haproxy", put(upload_config).get(get_config))
-        .route(
-            "/v0.1/listeners/{listener}/certificates/{filename}",
-            put(upload_certificate).get(certificate_md5).delete(delete_certificate),
-        )
-        .route("/v0.1/plug/vip/{vip}", post(plug_vip))
-        .route("/v0.1/plug/network", post(plug_network))
-        .route("/v0.1/plug/network/", post(plug_network))
+        .route(path::TOPOLOGY, get(get_topology).post(set_topology))
+        .route(path::INFO, get(info))
+        .route(path::DETAILS, get(details))
+        .route(path::LISTENERS, get(listeners))
+        .route(path::LISTENER, get(listener).delete(delete_listener))
+        .route(path::LISTENER_ACTION, put(act))
+        .route(path::LISTENER_CONFIG, put(upload_config).get(get_config))
+        .route(path::LISTENER_CERTIFICATE, put(upload_certificate).get(certificate_md5).delete(delete_certificate))
+        .route(path::PLUG_VIP, post(plug_vip))
+        .route(path::PLUG_NETWORK, post(plug_network))
+        .route(path::PLUG_NETWORK_SLASH, post(plug_network))
 }
 
 /// 0.1 words a missing listener as "Listener Not Found" everywhere.
