@@ -7,11 +7,11 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use amphora_agent::health::{Counters, add_haproxy_stats, encode_fitting, parse_show_stat};
+use amphora_agent::bench_support::{Counters, add_haproxy_stats, encode_fitting, parse_show_stat};
 use amphora_proto::heartbeat::{self, Heartbeat, ListenerHealth, ListenerStats, MAX_DATAGRAM, PoolHealth};
 
 fn uuid(a: usize, b: usize) -> String {
-    let digest = amphora_agent::etag::md5_hex(format!("{a}/{b}").as_bytes());
+    let digest = amphora_testkit::md5_hex(format!("{a}/{b}").as_bytes());
     format!("{}-{}-{}-{}-{}", &digest[..8], &digest[8..12], &digest[12..16], &digest[16..20], &digest[20..32])
 }
 

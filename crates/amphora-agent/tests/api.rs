@@ -110,7 +110,7 @@ async fn config_upload_stores_and_returns_the_config_with_etag() {
     assert_eq!(reply.status, 202, "{}", reply.text());
     assert_eq!(reply.json::<Message>(), Message::ok());
     let etag = reply.header("etag").expect("ETag").to_owned();
-    assert_eq!(etag, amphora_agent::etag::md5_hex(config.as_bytes()));
+    assert_eq!(etag, amphora_testkit::md5_hex(config.as_bytes()));
 
     let stored = client.get(&format!("/1.0/loadbalancer/{LB}/haproxy")).await;
     assert_eq!(stored.status, 200);

@@ -31,10 +31,6 @@ impl ApiError {
         Self { status, body: Message::with_details(message, details) }
     }
 
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
     /// The start/stop/reload route words a missing load balancer as the
     /// specification does for it.
     pub fn from_action_error(error: LbError) -> Self {

@@ -88,9 +88,7 @@ impl From<Mac> for String {
 }
 
 // The request bodies are the wire contract's; this module validates them.
-pub use amphora_proto::net::{
-    AdditionalVipRequest, FixedIpRequest, HostRouteRequest, PlugNetworkRequest, PlugVipRequest, VipNetInfo,
-};
+pub use amphora_proto::net::{FixedIpRequest, HostRouteRequest, PlugNetworkRequest, PlugVipRequest};
 
 /// Whether the interface carries VIPs or member traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
