@@ -1,6 +1,6 @@
 //! The async client of the amphora agent API (1.0), for a controller.
 //!
-//! One [`Client`] per amphora: it pins the server certificate's name to the
+//! One [`Client`] per amphora ([`Clients`] keeps them by amphora id): it pins the server certificate's name to the
 //! amphora id, keeps its connections alive between requests, and retries
 //! with the rules of upstream's driver
 //! (`octavia/amphorae/drivers/haproxy/rest_api_driver.py`): a refused or
@@ -10,6 +10,7 @@
 //! all. Bodies are the `amphora-proto` types; every failure is a
 //! [`ClientError`].
 
+mod clients;
 mod conn;
 mod error;
 mod tls;
@@ -27,6 +28,7 @@ use hyper::{Method, Request};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use crate::clients::Clients;
 pub use crate::error::{ApiErrorKind, ClientError};
 pub use crate::tls::Credentials;
 

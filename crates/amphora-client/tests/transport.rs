@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use amphora_client::{ApiErrorKind, Client, ClientError, Credentials, Timeouts};
+use amphora_client::{ApiErrorKind, Client, ClientError, Clients, Credentials, Timeouts};
 use amphora_testkit::pki::{Identity, Pki};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -299,4 +299,25 @@ async fn an_unexpected_body_is_a_decode_error_and_bad_input_is_refused_early() {
         Credentials::from_pem(pki.server_ca.cert_pem().as_bytes(), pki.client.cert_pem.as_bytes()),
         Err(ClientError::Credentials(_))
     ));
+}
+
+#[tokio::test]
+async fn clients_are_kept_per_amphora_and_replaced_when_it_moves() {
+    let pki = Pki::new(AMPHORA);
+    let first = serve(&pki, &pki.server, ok).await;
+    let second = serve(&pki, &pki.server, ok).await;
+    let clients = Clients::new(credentials(&pki), quick(1));
+    let client = clients.get(AMPHORA, first.addr).expect("client");
+    client.info().await.expect("info");
+    let same = clients.get(AMPHORA, first.addr).expect("client");
+    same.info().await.expect("info");
+    assert_eq!(same.connections_opened(), 1, "the same client, the same connection");
+    // A failover gives the amphora id another address.
+    let moved = clients.get(AMPHORA, second.addr).expect("client");
+    assert_eq!(moved.info().await.expect("info").uuid, AMPHORA);
+    assert_eq!(second.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(clients.len(), 1);
+    clients.forget(AMPHORA);
+    assert!(clients.is_empty());
+    assert!(matches!(clients.get("not a name", first.addr), Err(ClientError::AmphoraId(_))));
 }
