@@ -95,8 +95,7 @@ fn message(listeners: usize, members: usize) -> Heartbeat {
                 stats: ListenerStats { tx: 123_456, rx: 654_321, conns: 3, totconns: 1000, ereq: 0 },
             },
         );
-        let members =
-            (0..members).map(|m| (uuid(l, m + 1), if m % 7 == 0 { "DOWN" } else { "UP" }.to_owned())).collect();
+        let members = (0..members).map(|m| (uuid(l, m + 1), if m % 7 == 0 { "DOWN" } else { "UP" }.into())).collect();
         message
             .pools
             .insert(format!("{}:{listener}", uuid(l, usize::MAX)), PoolHealth { status: "UP".into(), members });
