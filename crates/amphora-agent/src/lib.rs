@@ -119,7 +119,9 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
     );
     tokio::spawn(heartbeats.run());
     let tls = Arc::new(tls);
-    let versions = Arc::new(config.amphora_agent.api_versions.clone());
+    let versions = Arc::new(
+        config.amphora_agent.api_versions.iter().map(|v| amphora_proto::ApiVersion::from(v.as_str())).collect(),
+    );
     let state = http::AppState { lbs, info: info.clone(), tls: tls.clone(), settings, net, vrrp, topology, versions };
     let app = http::app(state, config.amphora_agent.max_request_body_size);
 

@@ -48,24 +48,24 @@ pub struct AppState {
     pub vrrp: Arc<Vrrp>,
     pub topology: Arc<TopologyService>,
     /// The API versions served (configuration `api_versions`).
-    pub versions: Arc<Vec<String>>,
+    pub versions: Arc<Vec<ApiVersion>>,
 }
 
 /// The complete application: the enabled API surfaces over one state.
 pub fn app(state: AppState, max_body: usize) -> Router {
-    let enabled = |v: &str| state.versions.iter().any(|e| e == v);
+    let enabled = |v: ApiVersion| state.versions.contains(&v);
     let mut router = Router::new().route(paths::ROOT, get(version_discovery));
-    if enabled("1.0") || enabled("0.1") {
+    if enabled(ApiVersion::V1_0) || enabled(ApiVersion::V0_1) {
         // Both specifications call /info the one unversioned route.
         router = router.route(paths::INFO, get(v1::info));
     }
-    if enabled("1.0") {
+    if enabled(ApiVersion::V1_0) {
         router = router.merge(v1::router());
     }
-    if enabled("0.1") {
+    if enabled(ApiVersion::V0_1) {
         router = router.merge(v0_1::router());
     }
-    if enabled("appliance") {
+    if enabled(ApiVersion::Appliance) {
         router = router.merge(appliance::router());
     }
     router
@@ -80,12 +80,11 @@ pub fn app(state: AppState, max_body: usize) -> Router {
 /// `GET /`: upstream's controller reads `api_version`; `versions` lists
 /// everything served.
 async fn version_discovery(State(state): State<AppState>) -> Json<Versions> {
-    let versions: Vec<ApiVersion> = state.versions.iter().map(|v| ApiVersion::from(v.as_str())).collect();
     let api_version = [ApiVersion::V1_0, ApiVersion::V0_1, ApiVersion::Appliance]
         .into_iter()
-        .find(|v| versions.contains(v))
+        .find(|v| state.versions.contains(v))
         .unwrap_or(ApiVersion::V1_0);
-    Json(Versions { api_version, versions })
+    Json(Versions { api_version, versions: state.versions.as_ref().clone() })
 }
 
 /// While the topology changes, every mutating call of every API waits its
