@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use amphora_client::{ApiErrorKind, Client, ClientError, Credentials, Timeouts};
 use amphora_proto::net::{FixedIpRequest, PlugNetworkRequest, PlugVipRequest, RuleProtocol, RuleRequest};
-use amphora_proto::{Action, ApiVersion, ListenerProtocol, ListenerState, Message};
+use amphora_proto::v0_1::{Role, TopologyKind, TopologyRequest};
+use amphora_proto::{Action, ApiVersion, ListenerProtocol, ListenerState, Message, TopologyStatus};
 use amphora_testkit::Agent;
 use amphora_testkit::netns::{self, NsRuntime};
 use common::*;
@@ -225,5 +226,59 @@ async fn plugging_firewall_and_keepalived_through_the_client() {
         .await;
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+#[tokio::test]
+async fn the_0_1_api_through_the_client() {
+    // In a VM namespace of its own, so no port of this host looks unplugged.
+    let agent = builder().in_vm().start();
+    let client = client_of(&agent, quick(1));
+    let in_vm = NsRuntime::new(agent.vm.as_deref().expect("vm"));
+    let config = lb_config(&agent, LB, LISTENER, 1);
+    let outcome = in_vm.spawn(async move { the_0_1_api(&client, config).await }).await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn the_0_1_api(client: &Client, config: String) {
+    let v0_1 = client.v0_1();
+
+    let topology = v0_1.topology().await.expect("topology");
+    assert_eq!((topology.topology, topology.role), (TopologyKind::Single, Role::Active));
+    assert_eq!(topology.topology_status, TopologyStatus::Ok);
+    let unchanged = TopologyRequest { topology: "SINGLE".into(), ..Default::default() };
+    assert_eq!(v0_1.set_topology(&unchanged).await.expect("set topology"), Message::ok());
+    let refused = v0_1.set_topology(&TopologyRequest { topology: "MESH".into(), ..Default::default() }).await;
+    assert_eq!(refused.expect_err("unknown topology").kind(), Some(ApiErrorKind::InvalidRequest));
+    assert_eq!(v0_1.info().await.expect("info").api_version, ApiVersion::V0_1);
+    assert_eq!(v0_1.details().await.expect("details").topology, TopologyKind::Single);
+
+    let stored = v0_1.upload_config(LB, config.clone()).await.expect("upload");
+    assert_eq!(stored.etag.as_deref(), Some(amphora_testkit::md5_hex(config.as_bytes()).as_str()));
+    assert_eq!(v0_1.get_config(LB).await.expect("config").text, config);
+    assert_eq!(v0_1.act(LB, Action::Start).await.expect("start").message, "OK");
+    let listeners = v0_1.listeners().await.expect("listeners");
+    assert_eq!(listeners.iter().map(|l| l.uuid.as_str()).collect::<Vec<_>>(), vec![LISTENER]);
+    assert_eq!(v0_1.listener(LB).await.expect("listener").status, ListenerState::Active);
+
+    let pem = format!("{KEY}{CERT}");
+    let stored = v0_1.upload_certificate(LB, "www.example.com.pem", pem).await.expect("certificate");
+    let md5 = v0_1.certificate_md5(LB, "www.example.com.pem").await.expect("md5");
+    assert_eq!(Some(md5.md5sum.as_str()), stored.etag.as_deref());
+    assert_eq!(v0_1.delete_certificate(LB, "www.example.com.pem").await.expect("delete"), Message::ok());
+    assert!(v0_1.delete_certificate(LB, "www.example.com.pem").await.expect_err("gone").is_not_found());
+
+    assert_eq!(v0_1.act(LB, Action::Stop).await.expect("stop").details, Some(format!("Listener {LB} stopped")));
+    assert_eq!(v0_1.delete_listener(LB).await.expect("delete"), Message::ok());
+    assert!(v0_1.delete_listener(LB).await.expect_err("gone").is_not_found());
+
+    // Nothing to plug: what upstream takes for a port not there yet.
+    for plugged in [v0_1.plug_vip("10.0.0.10").await, v0_1.plug_network().await] {
+        match plugged {
+            Err(ClientError::Unavailable { last, .. }) => assert!(matches!(*last, ClientError::NotReady { .. })),
+            other => panic!("expected the missing port to be waited for: {other:?}"),
+        }
     }
 }

@@ -14,6 +14,7 @@ mod clients;
 mod conn;
 mod error;
 mod tls;
+mod v0_1;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use serde::de::DeserializeOwned;
 pub use crate::clients::Clients;
 pub use crate::error::{ApiErrorKind, ClientError};
 pub use crate::tls::Credentials;
+pub use crate::v0_1::V0_1;
 
 use crate::conn::Connections;
 use crate::tls::refusal;
@@ -210,16 +212,12 @@ impl Client {
 
     /// `GET /1.0/loadbalancer/{lb}/haproxy`.
     pub async fn get_config(&self, lb_id: &str) -> Result<HaproxyConfig, ClientError> {
-        let answer = self.call(Method::GET, &paths::v1::lb_config(lb_id), Body::Empty).await?;
-        let answer = self.success(answer)?;
-        let etag = answer.etag();
-        let text = String::from_utf8(answer.body.to_vec()).map_err(|e| ClientError::Decode {
-            amphora: self.inner.amphora_id.clone(),
-            status: answer.status,
-            source: serde::de::Error::custom(e),
-            body: answer.body.clone(),
-        })?;
-        Ok(HaproxyConfig { text, etag })
+        self.text(&paths::v1::lb_config(lb_id)).await
+    }
+
+    /// The 0.1 API of this amphora.
+    pub fn v0_1(&self) -> V0_1<'_> {
+        V0_1 { client: self }
     }
 
     /// `PUT /1.0/loadbalancer/{lb}/{start|stop|reload}`.
@@ -307,6 +305,19 @@ impl Client {
     }
 
     // ---- answers ----------------------------------------------------------
+
+    /// A text answer (a stored haproxy configuration) with its ETag.
+    async fn text(&self, path: &str) -> Result<HaproxyConfig, ClientError> {
+        let answer = self.success(self.call(Method::GET, path, Body::Empty).await?)?;
+        let etag = answer.etag();
+        let text = String::from_utf8(answer.body.to_vec()).map_err(|e| ClientError::Decode {
+            amphora: self.inner.amphora_id.clone(),
+            status: answer.status,
+            source: serde::de::Error::custom(e),
+            body: answer.body.clone(),
+        })?;
+        Ok(HaproxyConfig { text, etag })
+    }
 
     async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let answer = self.call(Method::GET, path, Body::Empty).await?;
