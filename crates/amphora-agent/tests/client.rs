@@ -282,3 +282,32 @@ async fn the_0_1_api(client: &Client, config: String) {
         }
     }
 }
+
+#[tokio::test]
+async fn the_appliance_api_through_the_client() {
+    let agent = agent();
+    let client = client_of(&agent, quick(3));
+    let appliance = client.appliance();
+    assert!(appliance.instances().await.expect("instances").is_empty());
+    // A text 404 is the appliance's "no such instance", not "not ready".
+    assert!(!appliance.instance_exists(LB).await.expect("exists"));
+    assert!(appliance.delete_instance(LB).await.expect_err("no instance").is_not_found());
+
+    assert!(client.upload_config(LB, lb_config(&agent, LB, LISTENER, 1)).await.is_ok());
+    assert_eq!(appliance.instances().await.expect("instances"), vec![LB.to_owned()]);
+    assert!(appliance.instance_exists(LB).await.expect("exists"));
+    client.start(LB).await.expect("start");
+    let status = appliance.status().await.expect("status");
+    assert_eq!((status.haproxy_count.as_str(), status.active_node), ("1", 1));
+    assert!(appliance.service_status().await.expect("service status").starts_with(LB));
+
+    let pem = format!("{KEY}{CERT}");
+    let stored = appliance.upload_certificate(LB, "www.example.com.pem", pem).await.expect("certificate");
+    assert_eq!(stored, format!("OK\nhaproxy daemon {LB} reloaded.\n"));
+    let refused = appliance.upload_certificate(LB, "www.example.com.pem", "junk").await.expect_err("junk");
+    assert_eq!(refused.kind(), Some(ApiErrorKind::Conflict));
+
+    let deleted = appliance.delete_instance(LB).await.expect("delete");
+    assert_eq!(deleted, format!("OK\nhaproxy daemon {LB} killed.\n"));
+    assert!(!appliance.instance_exists(LB).await.expect("exists"));
+}

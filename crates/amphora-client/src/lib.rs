@@ -10,6 +10,7 @@
 //! all. Bodies are the `amphora-proto` types; every failure is a
 //! [`ClientError`].
 
+mod appliance;
 mod clients;
 mod conn;
 mod error;
@@ -29,6 +30,7 @@ use hyper::{Method, Request};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use crate::appliance::Appliance;
 pub use crate::clients::Clients;
 pub use crate::error::{ApiErrorKind, ClientError};
 pub use crate::tls::Credentials;
@@ -218,6 +220,11 @@ impl Client {
     /// The 0.1 API of this amphora.
     pub fn v0_1(&self) -> V0_1<'_> {
         V0_1 { client: self }
+    }
+
+    /// The appliance API of this amphora.
+    pub fn appliance(&self) -> Appliance<'_> {
+        Appliance { client: self }
     }
 
     /// `PUT /1.0/loadbalancer/{lb}/{start|stop|reload}`.
