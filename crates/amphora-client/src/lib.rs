@@ -1,7 +1,10 @@
-//! The async client of the amphora agent API (1.0), for a controller.
+//! The async client of the amphora agent API, for a controller: the 1.0
+//! API, and the 0.1 and appliance APIs through [`Client::v0_1`] and
+//! [`Client::appliance`].
 //!
-//! One [`Client`] per amphora ([`Clients`] keeps them by amphora id): it pins the server certificate's name to the
-//! amphora id, keeps its connections alive between requests, and retries
+//! One [`Client`] per amphora ([`Clients`] keeps them by amphora id): it
+//! pins the server certificate's name to the amphora id, keeps its
+//! connections alive between requests, and retries
 //! with the rules of upstream's driver
 //! (`octavia/amphorae/drivers/haproxy/rest_api_driver.py`): a refused or
 //! broken connection, a timeout, and a 404 that is not JSON or that says
