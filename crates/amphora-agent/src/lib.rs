@@ -5,24 +5,37 @@
 //! `run` wires the parts together; the domain services (`lb`, `info`) know
 //! nothing of HTTP, and `http` knows nothing of haproxy.
 
-pub mod certs;
+// The configuration files are the one interface besides the API: the
+// binary reads them. Everything else is the agent's own; clients use
+// amphora-proto and amphora-client, never these modules.
 pub mod config;
-pub mod etag;
-pub mod fsutil;
-pub mod haproxy;
-pub mod health;
-pub mod http;
-pub mod ids;
-pub mod info;
-pub mod keepalived;
-pub mod lb;
-pub mod net;
-pub mod netns;
-pub mod settings;
-pub mod system;
-pub mod tls;
-pub mod topology;
-pub mod vrrp;
+
+pub(crate) mod certs;
+pub(crate) mod etag;
+pub(crate) mod fsutil;
+pub(crate) mod haproxy;
+pub(crate) mod health;
+pub(crate) mod http;
+pub(crate) mod ids;
+pub(crate) mod info;
+pub(crate) mod keepalived;
+pub(crate) mod lb;
+pub(crate) mod net;
+pub(crate) mod netns;
+pub(crate) mod settings;
+pub(crate) mod system;
+pub(crate) mod tls;
+pub(crate) mod topology;
+pub(crate) mod vrrp;
+
+pub use settings::LogControl;
+
+/// What the benchmark measures of the heartbeat (building and signing one
+/// message from `show stat`): not an interface of the agent.
+#[doc(hidden)]
+pub mod bench_support {
+    pub use crate::health::{Counters, add_haproxy_stats, encode_fitting, parse_show_stat};
+}
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,7 +51,7 @@ use crate::info::InfoService;
 use crate::lb::{Layout, LbService};
 use crate::net::NetService;
 use crate::netns::Netns;
-use crate::settings::{LiveConfig, LogControl};
+use crate::settings::LiveConfig;
 use crate::system::packages::Packages;
 use crate::system::sampler::Sampler;
 use crate::tls::{TlsFiles, TlsState};
@@ -113,7 +126,9 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
     );
     tokio::spawn(heartbeats.run());
     let tls = Arc::new(tls);
-    let versions = Arc::new(config.amphora_agent.api_versions.clone());
+    let versions = Arc::new(
+        config.amphora_agent.api_versions.iter().map(|v| amphora_proto::ApiVersion::from(v.as_str())).collect(),
+    );
     let state = http::AppState { lbs, info: info.clone(), tls: tls.clone(), settings, net, vrrp, topology, versions };
     let app = http::app(state, config.amphora_agent.max_request_body_size);
 

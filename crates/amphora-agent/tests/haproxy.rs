@@ -246,7 +246,7 @@ async fn after_a_reboot_running_load_balancers_start_again_and_stopped_ones_do_n
     wait_for_version(&ns, 1).await;
     assert_ne!(agent.haproxy_pid(LB), Some(pid));
     let statuses = listener_status(&client).await;
-    let find = |uuid: &str| statuses.iter().find(|s| s.uuid == uuid).map(|s| s.status);
+    let find = |uuid: &str| statuses.iter().find(|s| s.uuid == uuid).map(|s| s.status.clone());
     assert_eq!(find(LISTENER), Some(ListenerState::Active));
     assert_eq!(find("other-listener"), Some(ListenerState::Stopped));
 }

@@ -158,7 +158,7 @@ async fn set_up(amphora: &Amphora, peer: &Amphora, priority: u32) {
     let config = keepalived_config(&amphora.agent, amphora.vrrp_ip, peer.vrrp_ip, priority);
     let reply = client.put("/1.0/vrrp/upload", config.clone()).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    assert_eq!(reply.header("etag"), Some(amphora_agent::etag::md5_hex(config.as_bytes()).as_str()));
+    assert_eq!(reply.header("etag"), Some(amphora_testkit::md5_hex(config.as_bytes()).as_str()));
     let reply = client.put("/1.0/vrrp/start", "").await;
     assert_eq!(reply.status, 202, "{}", reply.text());
     assert_eq!(reply.json::<Message>(), Message::with_details("OK", "keepalived started"));

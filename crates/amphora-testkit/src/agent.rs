@@ -330,10 +330,12 @@ impl Agent {
         client_config(&self.pki.server_ca.cert_pem(), identity, versions)
     }
 
-    /// A client with the controller's certificate.
+    /// A client with the controller's certificate that checks every answer
+    /// against the wire contract.
     pub fn client(&self) -> AgentClient {
         AgentClient::new(self.addr, self.tls_config(Some(&self.pki.client), TlsVersions::Any), &self.amphora_id)
             .in_netns(self.vm.as_deref())
+            .checking_contract()
     }
 
     /// Every live process whose command line names this agent's temporary

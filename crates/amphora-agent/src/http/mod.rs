@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use amphora_proto::Versions;
+use amphora_proto::{ApiVersion, Versions, paths};
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, HttpBody};
@@ -64,24 +64,24 @@ pub struct AppState {
     pub vrrp: Arc<Vrrp>,
     pub topology: Arc<TopologyService>,
     /// The API versions served (configuration `api_versions`).
-    pub versions: Arc<Vec<String>>,
+    pub versions: Arc<Vec<ApiVersion>>,
 }
 
 /// The complete application: the enabled API surfaces over one state.
 pub fn app(state: AppState, max_body: usize) -> Router {
-    let enabled = |v: &str| state.versions.iter().any(|e| e == v);
-    let mut router = Router::new().route("/", get(version_discovery));
-    if enabled("1.0") || enabled("0.1") {
+    let enabled = |v: ApiVersion| state.versions.contains(&v);
+    let mut router = Router::new().route(paths::ROOT, get(version_discovery));
+    if enabled(ApiVersion::V1_0) || enabled(ApiVersion::V0_1) {
         // Both specifications call /info the one unversioned route.
-        router = router.route("/info", get(v1::info));
+        router = router.route(paths::INFO, get(v1::info));
     }
-    if enabled("1.0") {
+    if enabled(ApiVersion::V1_0) {
         router = router.merge(v1::router());
     }
-    if enabled("0.1") {
+    if enabled(ApiVersion::V0_1) {
         router = router.merge(v0_1::router());
     }
-    if enabled("appliance") {
+    if enabled(ApiVersion::Appliance) {
         router = router.merge(appliance::router());
     }
     router
@@ -96,11 +96,10 @@ pub fn app(state: AppState, max_body: usize) -> Router {
 /// `GET /`: upstream's controller reads `api_version`; `versions` lists
 /// everything served.
 async fn version_discovery(State(state): State<AppState>) -> Json<Versions> {
-    let api_version = ["1.0", "0.1", "appliance"]
+    let api_version = [ApiVersion::V1_0, ApiVersion::V0_1, ApiVersion::Appliance]
         .into_iter()
-        .find(|v| state.versions.iter().any(|e| e == v))
-        .unwrap_or("1.0")
-        .to_owned();
+        .find(|v| state.versions.contains(v))
+        .unwrap_or(ApiVersion::V1_0);
     Json(Versions { api_version, versions: state.versions.as_ref().clone() })
 }
 

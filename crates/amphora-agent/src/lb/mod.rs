@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use amphora_proto::{ListenerDetail, ListenerState, ListenerStatus, PoolStatus};
+use amphora_proto::{
+    ListenerDetail, ListenerProtocol, ListenerState, ListenerStatus, MemberState, PoolState, PoolStatus,
+};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
@@ -568,7 +570,7 @@ impl LbService {
                         _ => ListenerState::Stopped,
                     },
                 };
-                all.push(ListenerStatus { status, uuid: frontend.name, kind: frontend.kind });
+                all.push(ListenerStatus { status, uuid: frontend.name, kind: ListenerProtocol::from(frontend.kind) });
             }
         }
         all
@@ -631,18 +633,17 @@ impl LbService {
                 pools.push(PoolStatus {
                     uuid: name.split(':').next().unwrap_or(name).to_owned(),
                     status: if degraded {
-                        "DEGRADED"
+                        PoolState::Degraded
                     } else if up {
-                        "UP"
+                        PoolState::Up
                     } else {
-                        "DOWN"
-                    }
-                    .to_owned(),
-                    members: members.into_iter().map(|(k, v)| BTreeMap::from([(k, v)])).collect(),
+                        PoolState::Down
+                    },
+                    members: members.into_iter().map(|(k, v)| BTreeMap::from([(k, MemberState::from(v))])).collect(),
                 });
             }
         }
-        Ok(ListenerDetail { status, uuid: id.to_owned(), kind: frontend.kind, pools })
+        Ok(ListenerDetail { status, uuid: id.to_owned(), kind: ListenerProtocol::from(frontend.kind), pools })
     }
 
     /// Reloads every running load balancer (a topology transition).
