@@ -28,9 +28,8 @@ impl Context {
     /// create objects: "Missing project ID", which leaves the CLI and SDK
     /// with auth type none unable to create anything).
     pub fn noauth(headers: &HeaderMap) -> Context {
-        let header = |name: &str| {
-            headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()).map(str::to_owned)
-        };
+        let header =
+            |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()).map(str::to_owned);
         Context {
             project_id: header("x-project-id").or_else(|| header("x-tenant-id")).or(Some(NOAUTH_PROJECT.to_owned())),
             user_id: header("x-user-id"),
