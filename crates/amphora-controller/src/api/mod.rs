@@ -7,6 +7,7 @@
 
 pub mod amphora;
 pub mod error;
+pub mod lbaas;
 pub mod listing;
 pub mod root;
 
@@ -82,6 +83,7 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let v2 = Router::new()
         .merge(amphora::routes())
+        .merge(lbaas::routes())
         .route("/", axum::routing::get(|| async { axum::Json(Value::String("v2".into())) }))
         .fallback(no_route)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
