@@ -384,7 +384,7 @@ fn place(sql: &str, params: &mut Vec<Param>, values: Vec<Param>) -> String {
 /// BOOLEAN, so booleans are read as integers on both engines.
 pub fn select_expr(field: &Field, prefix: &str) -> String {
     match field.kind {
-        Kind::Bool => format!("CAST({prefix}{} AS BIGINT)", field.column),
+        Kind::Bool => format!("CAST(CAST({prefix}{} AS INTEGER) AS BIGINT)", field.column),
         _ => format!("{prefix}{}", field.column),
     }
 }
@@ -392,7 +392,7 @@ pub fn select_expr(field: &Field, prefix: &str) -> String {
 fn coalesced(field: &Field) -> String {
     match field.kind {
         Kind::Int => format!("COALESCE({}, 0)", field.column),
-        Kind::Bool => format!("CAST({} AS BIGINT)", field.column),
+        Kind::Bool => format!("CAST(CAST({} AS INTEGER) AS BIGINT)", field.column),
         _ => format!("COALESCE({}, '')", field.column),
     }
 }
