@@ -254,6 +254,8 @@ async fn create(
     }
     let id = new_id();
     let mut tx = state.db.write().await?;
+    super::lock_lb(&mut tx, &state.db, &lb_id, LbChange::Child).await?;
+    // Checked under the load balancer's lock: no other change races it.
     let existing: Option<String> = sqlx::query_scalar("SELECT id FROM health_monitor WHERE pool_id = $1")
         .bind(pool_id.as_str())
         .fetch_optional(&mut *tx.tx)
@@ -261,7 +263,6 @@ async fn create(
     if existing.is_some() {
         return Err(ApiError::Conflict("This pool already has a health monitor".into()));
     }
-    super::lock_lb(&mut tx, &state.db, &lb_id, LbChange::Child).await?;
     touch_listeners(&mut tx, &pool_id).await?;
     let mut all = vec![
         ("id", Val::text(&id)),

@@ -327,10 +327,10 @@ async fn create(
 
     let id = new_id();
     let mut tx = state.db.write().await?;
+    super::lock_lb(&mut tx, &state.db, &lb_id, LbChange::Child).await?;
     if let Some(pool_id) = &default_pool_id {
         check_default_pool(&mut tx, &lb_id, pool_id, &protocol).await?;
     }
-    super::lock_lb(&mut tx, &state.db, &lb_id, LbChange::Child).await?;
     let others = sqlx::query("SELECT protocol FROM listener WHERE load_balancer_id = $1 AND protocol_port = $2")
         .bind(lb_id.as_str())
         .bind(port)
@@ -412,13 +412,13 @@ async fn update(
         }
     }
     let mut tx = state.db.write().await?;
+    super::lock_lb(&mut tx, &state.db, &lb_id, LbChange::Child).await?;
     if let Some(Some(pool_id)) = &default_pool_id {
         check_default_pool(&mut tx, &lb_id, pool_id, &protocol).await?;
     }
     if let Some(pool_id) = default_pool_id {
         cols.push(("default_pool_id", Val::Text(pool_id)));
     }
-    super::lock_lb(&mut tx, &state.db, &lb_id, LbChange::Child).await?;
     cols.push(("provisioning_status", Val::text(provisioning::PENDING_UPDATE)));
     super::update(&mut tx, "listener", &id, &cols).await?;
     super::queue(&state, tx, JobKind::UpdateLoadBalancer, &lb_id, json!({})).await?;

@@ -298,6 +298,8 @@ async fn create(
 
     let id = new_id();
     let mut tx = state.db.write().await?;
+    super::lock_lb(&mut tx, &state.db, &lb_id, LbChange::Child).await?;
+    // Checked under the load balancer's lock: no other change races it.
     if let Some(lid) = &listener_id {
         let current: Option<String> = sqlx::query_scalar("SELECT default_pool_id FROM listener WHERE id = $1")
             .bind(lid.as_str())
@@ -308,7 +310,6 @@ async fn create(
             return Err(ApiError::Conflict("This listener already has a default pool".into()));
         }
     }
-    super::lock_lb(&mut tx, &state.db, &lb_id, LbChange::Child).await?;
     let mut all = vec![
         ("id", Val::text(&id)),
         ("project_id", Val::text(&parent.project_id)),

@@ -234,8 +234,9 @@ impl Body {
     pub fn ip(&self, key: &str) -> ApiResult<Opt<String>> {
         self.raw(key)
             .map(|v| {
-                v.map(|v| match v.as_str().and_then(|s| s.parse::<IpAddr>().ok()) {
-                    Some(ip) => Ok(ip.to_string()),
+                // Kept as the client spelled it, as upstream stores it.
+                v.map(|v| match v.as_str().filter(|s| s.parse::<IpAddr>().is_ok()) {
+                    Some(ip) => Ok(ip.to_owned()),
                     None => Err(invalid_input(key, v, "Value should be IPv4 or IPv6 format")),
                 })
                 .transpose()
