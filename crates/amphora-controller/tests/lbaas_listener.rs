@@ -263,3 +263,22 @@ async fn policy() {
         assert_eq!(status, StatusCode::FORBIDDEN);
     }
 }
+
+#[tokio::test]
+async fn concurrent_changes_to_one_load_balancer_are_serialised() {
+    for db in common::databases().await {
+        let api = common::api(&db).await;
+        let lb = lbaas_support::lb(&api, "lb").await;
+        let calls = (0..6u16).map(|i| {
+            let body = json!({"listener": {"loadbalancer_id": lb, "protocol": "TCP", "protocol_port": 1000 + i}});
+            let api = &api;
+            async move { api.call("POST", "/v2/lbaas/listeners", Some(body)).await.0 }
+        });
+        let statuses = futures_util::future::join_all(calls).await;
+        let created = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
+        let refused = statuses.iter().filter(|s| **s == StatusCode::CONFLICT).count();
+        assert_eq!((created, refused), (1, 5), "{}: {statuses:?}", db.name);
+        let updates = jobs(&api).await.into_iter().filter(|j| j.0 == "update_load_balancer").count();
+        assert_eq!(updates, 1, "one accepted change, one job");
+    }
+}
