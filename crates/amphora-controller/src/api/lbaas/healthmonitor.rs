@@ -70,9 +70,7 @@ fn render(rows: Vec<Map<String, Value>>) -> Vec<Map<String, Value>> {
             // A float on the wire (1.0, 1.1), text in the database.
             let version = r.get("http_version").and_then(Value::as_str).and_then(|v| v.parse::<f64>().ok());
             r.insert("http_version".into(), version.map_or(Value::Null, |v| json!(v)));
-            let mut r = super::finish(&HEALTH_MONITOR, r);
-            r.remove("description");
-            r
+            super::finish(&HEALTH_MONITOR, r)
         })
         .collect()
 }

@@ -7,6 +7,12 @@
 //! PENDING_UPDATE, the child is marked, and an `UpdateLoadBalancer` job is
 //! queued in the same transaction (`queue`). The API only marks; the worker
 //! settles statuses and removes what is PENDING_DELETE.
+//!
+//! Not served yet (each answers upstream's 400 ValidationException rather
+//! than half-working): creating a load balancer with its listeners and
+//! pools in one request, a listener's inline `default_pool`, a pool's
+//! inline members and monitor, L7 policies, and anything that needs a
+//! certificate store (TERMINATED_HTTPS listeners, TLS container refs).
 
 pub mod healthmonitor;
 pub mod listener;
