@@ -18,7 +18,7 @@ use crate::api::AppState;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::listing::{self, Field, Kind, Resource};
 use crate::auth::Context;
-use crate::db::{Db, new_id, now_text};
+use crate::db::{Db, WriteTx, new_id, now_text};
 use crate::jobs::JobKind;
 use crate::model::{operating, provisioning};
 
@@ -105,7 +105,7 @@ async fn show(
     super::show_body("healthmonitor", render(vec![hm]).remove(0), query.as_deref())
 }
 
-const PUT_FIELDS: &[&str] = &[
+pub const PUT_FIELDS: &[&str] = &[
     "name",
     "delay",
     "timeout",
@@ -211,38 +211,21 @@ fn columns(b: &Body, kind: &str, current: Option<&Map<String, Value>>) -> ApiRes
     Ok(cols)
 }
 
-async fn create(
-    State(state): State<AppState>,
-    Extension(ctx): Extension<Context>,
-    RawBody(bytes): RawBody,
-) -> ApiResult<Response> {
-    let allowed: Vec<&str> = PUT_FIELDS.iter().chain(POST_ONLY).copied().collect();
-    let b = Body::parse(&bytes, "healthmonitor", &allowed)?;
+/// A monitor to create, checked as far as it can be without its pool.
+#[derive(Debug)]
+pub struct NewMonitor {
+    pub kind: String,
+    pub cols: Vec<(&'static str, Val)>,
+}
+
+/// The attributes of `POST /healthmonitors` other than its pool, with
+/// upstream's defaults for HTTP(S) monitors.
+pub fn new_monitor(b: &Body) -> ApiResult<NewMonitor> {
     let kind = Body::required("type", b.choice("type", HM_TYPES)?)?;
     Body::required("delay", b.int("delay", 0, i64::from(i32::MAX))?)?;
     Body::required("timeout", b.int("timeout", 0, i64::from(i32::MAX))?)?;
     Body::required("max_retries", b.int("max_retries", 1, 10)?)?;
-    let pool_id = Body::required("pool_id", b.uuid("pool_id")?)?;
-    b.text("project_id", 36)?;
-    let mut cols = columns(&b, &kind, None)?;
-    let pool = super::pool::fetch(&state.db, &pool_id).await?;
-    let project = text(&pool, "project_id").to_owned();
-    if !ctx.can_write(&project) {
-        return Err(ApiError::Forbidden);
-    }
-    let pool_protocol = text(&pool, "protocol");
-    if matches!(pool_protocol, "UDP" | "SCTP") {
-        if !["UDP-CONNECT", "SCTP", "TCP", "HTTP"].contains(&kind.as_str()) {
-            return Err(validation(format!(
-                "The associated pool protocol is {pool_protocol}, so only a UDP-CONNECT/SCTP/TCP/HTTP health \
-                 monitor is supported."
-            )));
-        }
-    } else if matches!(kind.as_str(), "UDP-CONNECT" | "SCTP") {
-        return Err(validation(format!("The {kind} type is only supported for pools of type UDP/SCTP.")));
-    }
-    check_pool_mutable(&pool, &pool_id)?;
-    let lb_id = text(&pool, "loadbalancer_id").to_owned();
+    let mut cols = columns(b, &kind, None)?;
     if HTTP_TYPES.contains(&kind.as_str()) {
         for (col, default) in [("http_method", "GET"), ("url_path", "/"), ("expected_codes", "200")] {
             if !cols.iter().any(|(c, _)| *c == col) {
@@ -250,7 +233,66 @@ async fn create(
             }
         }
     }
+    Ok(NewMonitor { kind, cols })
+}
+
+/// Which monitor types a pool's protocol can take.
+pub fn check_monitor_for_pool(kind: &str, pool_protocol: &str) -> ApiResult<()> {
+    if matches!(pool_protocol, "UDP" | "SCTP") {
+        if !["UDP-CONNECT", "SCTP", "TCP", "HTTP"].contains(&kind) {
+            return Err(validation(format!(
+                "The associated pool protocol is {pool_protocol}, so only a UDP-CONNECT/SCTP/TCP/HTTP health \
+                 monitor is supported."
+            )));
+        }
+    } else if matches!(kind, "UDP-CONNECT" | "SCTP") {
+        return Err(validation(format!("The {kind} type is only supported for pools of type UDP/SCTP.")));
+    }
+    Ok(())
+}
+
+/// Inserts a monitor (PENDING_CREATE) for a pool of a locked load
+/// balancer; its id.
+pub async fn insert_monitor(tx: &mut WriteTx<'_>, pool_id: &str, project: &str, m: NewMonitor) -> ApiResult<String> {
     let id = new_id();
+    let mut all = vec![
+        ("id", Val::text(&id)),
+        ("project_id", Val::text(project)),
+        ("pool_id", Val::text(pool_id)),
+        ("type", Val::text(&m.kind)),
+        ("provisioning_status", Val::text(provisioning::PENDING_CREATE)),
+        ("operating_status", Val::text(operating::OFFLINE)),
+        ("created_at", Val::text(now_text())),
+    ];
+    all.extend(m.cols);
+    for (col, val) in [("enabled", Val::Bool(true)), ("max_retries_down", Val::Int(Some(3))), ("tags", Val::text("[]"))]
+    {
+        if !all.iter().any(|(c, _)| *c == col) {
+            all.push((col, val));
+        }
+    }
+    super::insert(tx, "health_monitor", &all).await?;
+    Ok(id)
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<Context>,
+    RawBody(bytes): RawBody,
+) -> ApiResult<Response> {
+    let allowed: Vec<&str> = PUT_FIELDS.iter().chain(POST_ONLY).copied().collect();
+    let b = Body::parse(&bytes, "healthmonitor", &allowed)?;
+    let new = new_monitor(&b)?;
+    let pool_id = Body::required("pool_id", b.uuid("pool_id")?)?;
+    b.text("project_id", 36)?;
+    let pool = super::pool::fetch(&state.db, &pool_id).await?;
+    let project = text(&pool, "project_id").to_owned();
+    if !ctx.can_write(&project) {
+        return Err(ApiError::Forbidden);
+    }
+    check_monitor_for_pool(&new.kind, text(&pool, "protocol"))?;
+    check_pool_mutable(&pool, &pool_id)?;
+    let lb_id = text(&pool, "loadbalancer_id").to_owned();
     let mut tx = state.db.write().await?;
     super::lock_lb(&mut tx, &state.db, &lb_id, LbChange::Child).await?;
     // Checked under the load balancer's lock: no other change races it.
@@ -262,23 +304,7 @@ async fn create(
         return Err(ApiError::Conflict("This pool already has a health monitor".into()));
     }
     touch_listeners(&mut tx, &pool_id).await?;
-    let mut all = vec![
-        ("id", Val::text(&id)),
-        ("project_id", Val::text(&project)),
-        ("pool_id", Val::text(&pool_id)),
-        ("type", Val::text(&kind)),
-        ("provisioning_status", Val::text(provisioning::PENDING_CREATE)),
-        ("operating_status", Val::text(operating::OFFLINE)),
-        ("created_at", Val::text(now_text())),
-    ];
-    all.extend(cols);
-    for (col, val) in [("enabled", Val::Bool(true)), ("max_retries_down", Val::Int(Some(3))), ("tags", Val::text("[]"))]
-    {
-        if !all.iter().any(|(c, _)| *c == col) {
-            all.push((col, val));
-        }
-    }
-    super::insert(&mut tx, "health_monitor", &all).await?;
+    let id = insert_monitor(&mut tx, &pool_id, &project, new).await?;
     super::queue(&state, tx, JobKind::UpdateLoadBalancer, &lb_id, json!({})).await?;
     let hm = fetch(&state.db, &id).await?;
     Ok((StatusCode::CREATED, Json(json!({"healthmonitor": render(vec![hm]).remove(0)}))).into_response())

@@ -156,7 +156,7 @@ async fn stats(
     Ok(Json(json!({"stats": super::stats_of(&state.db, "listener_id = $1", &id).await?})))
 }
 
-const COMMON_FIELDS: &[&str] = &[
+pub const COMMON_FIELDS: &[&str] = &[
     "name",
     "description",
     "admin_state_up",
@@ -295,44 +295,44 @@ async fn check_default_pool(tx: &mut WriteTx<'_>, lb_id: &str, pool_id: &str, pr
     check_listener_pool_protocols(protocol, &pool_protocol)
 }
 
-async fn create(
-    State(state): State<AppState>,
-    Extension(ctx): Extension<Context>,
-    RawBody(bytes): RawBody,
-) -> ApiResult<Response> {
-    let allowed: Vec<&str> = COMMON_FIELDS.iter().chain(POST_ONLY).copied().collect();
-    let b = Body::parse(&bytes, "listener", &allowed)?;
+/// A listener to create, checked as far as it can be without the database.
+#[derive(Debug)]
+pub struct NewListener {
+    pub protocol: String,
+    pub port: i64,
+    pub default_pool_id: Option<String>,
+    pub cols: Vec<(&'static str, Val)>,
+}
+
+/// The attributes of `POST /listeners` (and of a listener in a
+/// fully populated load balancer) other than where it goes.
+pub fn new_listener(b: &Body) -> ApiResult<NewListener> {
     let protocol = Body::required("protocol", b.choice("protocol", LISTENER_PROTOCOLS)?)?;
     let port = Body::required("protocol_port", b.int("protocol_port", 1, 65535)?)?;
-    let lb_id = Body::required("loadbalancer_id", b.uuid("loadbalancer_id")?)?;
     let default_pool_id = b.uuid("default_pool_id")?.flatten();
-    b.text("project_id", 36)?;
-    let parent = super::parent_lb(&state.db, &lb_id).await?;
-    if !ctx.can_write(&parent.project_id) {
-        return Err(ApiError::Forbidden);
-    }
     if matches!(protocol.as_str(), "TERMINATED_HTTPS" | "PROMETHEUS") {
         return Err(ApiError::BadRequest(format!(
             "The selected protocol is not allowed in this deployment: {protocol}"
         )));
     }
-    if matches!(b.object("default_pool"), Some(Some(_))) {
-        return Err(validation("Creating a listener with its default pool is not supported yet."));
-    }
     if matches!(b.object("l7policies"), Some(Some(Value::Array(a))) if !a.is_empty()) {
         return Err(validation("L7 policies are not supported yet."));
     }
-    let mut cols = common_columns(&b, &protocol)?;
+    let mut cols = common_columns(b, &protocol)?;
     cols.retain(|(c, _)| *c != "default_pool_id");
+    Ok(NewListener { protocol, port, default_pool_id, cols })
+}
 
-    let id = new_id();
-    let mut tx = state.db.write().await?;
-    super::lock_lb(&mut tx, &state.db, &lb_id, LbChange::Child).await?;
+/// Inserts a listener (PENDING_CREATE) on a load balancer the caller has
+/// locked: its default pool must be there and its port free for its L4
+/// protocol. Returns its id.
+pub async fn insert_listener(tx: &mut WriteTx<'_>, lb_id: &str, project: &str, l: NewListener) -> ApiResult<String> {
+    let NewListener { protocol, port, default_pool_id, cols } = l;
     if let Some(pool_id) = &default_pool_id {
-        check_default_pool(&mut tx, &lb_id, pool_id, &protocol).await?;
+        check_default_pool(tx, lb_id, pool_id, &protocol).await?;
     }
     let others = sqlx::query("SELECT protocol FROM listener WHERE load_balancer_id = $1 AND protocol_port = $2")
-        .bind(lb_id.as_str())
+        .bind(lb_id)
         .bind(port)
         .fetch_all(&mut *tx.tx)
         .await?;
@@ -344,10 +344,11 @@ async fn create(
             )));
         }
     }
+    let id = new_id();
     let mut all = vec![
         ("id", Val::text(&id)),
-        ("project_id", Val::text(&parent.project_id)),
-        ("load_balancer_id", Val::text(&lb_id)),
+        ("project_id", Val::text(project)),
+        ("load_balancer_id", Val::text(lb_id)),
         ("protocol", Val::text(&protocol)),
         ("protocol_port", Val::Int(Some(port))),
         ("default_pool_id", Val::Text(default_pool_id)),
@@ -378,7 +379,30 @@ async fn create(
             all.push((col, val));
         }
     }
-    super::insert(&mut tx, "listener", &all).await?;
+    super::insert(tx, "listener", &all).await?;
+    Ok(id)
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<Context>,
+    RawBody(bytes): RawBody,
+) -> ApiResult<Response> {
+    let allowed: Vec<&str> = COMMON_FIELDS.iter().chain(POST_ONLY).copied().collect();
+    let b = Body::parse(&bytes, "listener", &allowed)?;
+    let lb_id = Body::required("loadbalancer_id", b.uuid("loadbalancer_id")?)?;
+    b.text("project_id", 36)?;
+    let new = new_listener(&b)?;
+    let parent = super::parent_lb(&state.db, &lb_id).await?;
+    if !ctx.can_write(&parent.project_id) {
+        return Err(ApiError::Forbidden);
+    }
+    if matches!(b.object("default_pool"), Some(Some(_))) {
+        return Err(validation("Creating a listener with its default pool is not supported yet."));
+    }
+    let mut tx = state.db.write().await?;
+    super::lock_lb(&mut tx, &state.db, &lb_id, LbChange::Child).await?;
+    let id = insert_listener(&mut tx, &lb_id, &parent.project_id, new).await?;
     super::queue(&state, tx, JobKind::UpdateLoadBalancer, &lb_id, json!({})).await?;
     let l = load(&state.db, &id).await?;
     Ok((StatusCode::CREATED, Json(json!({"listener": l}))).into_response())

@@ -101,8 +101,9 @@ async fn show(
     super::show_body("member", render(vec![m]).remove(0), query.as_deref())
 }
 
-const PUT_FIELDS: &[&str] = &["name", "admin_state_up", "weight", "backup", "monitor_port", "monitor_address", "tags"];
-const POST_ONLY: &[&str] = &["address", "protocol_port", "subnet_id", "project_id", "tenant_id", "request_sriov"];
+pub const PUT_FIELDS: &[&str] =
+    &["name", "admin_state_up", "weight", "backup", "monitor_port", "monitor_address", "tags"];
+pub const POST_ONLY: &[&str] = &["address", "protocol_port", "subnet_id", "project_id", "tenant_id", "request_sriov"];
 
 fn common_columns(b: &Body) -> ApiResult<Vec<(&'static str, Val)>> {
     let mut cols: Vec<(&str, Val)> = Vec::new();
@@ -131,13 +132,14 @@ fn common_columns(b: &Body) -> ApiResult<Vec<(&'static str, Val)>> {
 }
 
 /// A new member's columns from a create body (also one batch entry).
-struct NewMember {
+#[derive(Debug)]
+pub struct NewMember {
     address: String,
     port: i64,
     cols: Vec<(&'static str, Val)>,
 }
 
-fn new_member(b: &Body) -> ApiResult<NewMember> {
+pub fn new_member(b: &Body) -> ApiResult<NewMember> {
     let address = Body::required("address", b.ip("address")?)?;
     let port = Body::required("protocol_port", b.int("protocol_port", 1, 65535)?)?;
     b.text("project_id", 36)?;
@@ -150,7 +152,7 @@ fn new_member(b: &Body) -> ApiResult<NewMember> {
     Ok(NewMember { address, port, cols })
 }
 
-async fn insert_member(tx: &mut WriteTx<'_>, pool_id: &str, project: &str, m: NewMember) -> ApiResult<String> {
+pub async fn insert_member(tx: &mut WriteTx<'_>, pool_id: &str, project: &str, m: NewMember) -> ApiResult<String> {
     let id = new_id();
     let mut all = vec![
         ("id", Val::text(&id)),

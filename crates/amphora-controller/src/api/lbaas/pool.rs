@@ -139,7 +139,7 @@ async fn show(
     super::show_body("pool", p, query.as_deref())
 }
 
-const COMMON_FIELDS: &[&str] = &[
+pub const COMMON_FIELDS: &[&str] = &[
     "name",
     "description",
     "admin_state_up",
@@ -253,6 +253,43 @@ fn common_columns(b: &Body, protocol: &str) -> ApiResult<Vec<(&'static str, Val)
     Ok(cols)
 }
 
+/// A pool to create, checked as far as it can be without the database.
+#[derive(Debug)]
+pub struct NewPool {
+    pub protocol: String,
+    pub cols: Vec<(&'static str, Val)>,
+}
+
+/// The attributes of `POST /pools` other than where it goes.
+pub fn new_pool(b: &Body) -> ApiResult<NewPool> {
+    let protocol = Body::required("protocol", b.choice("protocol", POOL_PROTOCOLS)?)?;
+    Body::required("lb_algorithm", b.choice("lb_algorithm", LB_ALGORITHMS)?)?;
+    let cols = common_columns(b, &protocol)?;
+    Ok(NewPool { protocol, cols })
+}
+
+/// Inserts a pool (PENDING_CREATE) on a locked load balancer; its id.
+pub async fn insert_pool(tx: &mut WriteTx<'_>, lb_id: &str, project: &str, p: NewPool) -> ApiResult<String> {
+    let id = new_id();
+    let mut all = vec![
+        ("id", Val::text(&id)),
+        ("project_id", Val::text(project)),
+        ("load_balancer_id", Val::text(lb_id)),
+        ("protocol", Val::text(&p.protocol)),
+        ("provisioning_status", Val::text(provisioning::PENDING_CREATE)),
+        ("operating_status", Val::text(operating::OFFLINE)),
+        ("created_at", Val::text(now_text())),
+    ];
+    all.extend(p.cols);
+    for (col, val) in [("enabled", Val::Bool(true)), ("tags", Val::text("[]"))] {
+        if !all.iter().any(|(c, _)| *c == col) {
+            all.push((col, val));
+        }
+    }
+    super::insert(tx, "pool", &all).await?;
+    Ok(id)
+}
+
 async fn create(
     State(state): State<AppState>,
     Extension(ctx): Extension<Context>,
@@ -260,8 +297,8 @@ async fn create(
 ) -> ApiResult<Response> {
     let allowed: Vec<&str> = COMMON_FIELDS.iter().chain(POST_ONLY).copied().collect();
     let b = Body::parse(&bytes, "pool", &allowed)?;
-    let protocol = Body::required("protocol", b.choice("protocol", POOL_PROTOCOLS)?)?;
-    Body::required("lb_algorithm", b.choice("lb_algorithm", LB_ALGORITHMS)?)?;
+    let new = new_pool(&b)?;
+    let protocol = new.protocol.clone();
     let listener_id = b.uuid("listener_id")?.flatten();
     let lb_id = b.uuid("loadbalancer_id")?.flatten();
     b.text("project_id", 36)?;
@@ -289,14 +326,12 @@ async fn create(
     if let Some(l) = &listener {
         check_listener_pool_protocols(text(l, "protocol"), &protocol)?;
     }
-    let cols = common_columns(&b, &protocol)?;
     if matches!(b.object("healthmonitor"), Some(Some(_)))
         || matches!(b.object("members"), Some(Some(Value::Array(a))) if !a.is_empty())
     {
         return Err(validation("Creating a pool with its members or health monitor is not supported yet."));
     }
 
-    let id = new_id();
     let mut tx = state.db.write().await?;
     super::lock_lb(&mut tx, &state.db, &lb_id, LbChange::Child).await?;
     // Checked under the load balancer's lock: no other change races it.
@@ -310,22 +345,7 @@ async fn create(
             return Err(ApiError::Conflict("This listener already has a default pool".into()));
         }
     }
-    let mut all = vec![
-        ("id", Val::text(&id)),
-        ("project_id", Val::text(&parent.project_id)),
-        ("load_balancer_id", Val::text(&lb_id)),
-        ("protocol", Val::text(&protocol)),
-        ("provisioning_status", Val::text(provisioning::PENDING_CREATE)),
-        ("operating_status", Val::text(operating::OFFLINE)),
-        ("created_at", Val::text(now_text())),
-    ];
-    all.extend(cols);
-    for (col, val) in [("enabled", Val::Bool(true)), ("tags", Val::text("[]"))] {
-        if !all.iter().any(|(c, _)| *c == col) {
-            all.push((col, val));
-        }
-    }
-    super::insert(&mut tx, "pool", &all).await?;
+    let id = insert_pool(&mut tx, &lb_id, &parent.project_id, new).await?;
     if let Some(lid) = &listener_id {
         super::update(
             &mut tx,
