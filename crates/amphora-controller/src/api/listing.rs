@@ -120,6 +120,20 @@ impl Resource {
     }
 }
 
+impl Resource {
+    /// Every row matching `condition` (on its own columns, `$1`...), oldest
+    /// first.
+    pub async fn fetch_all(&self, db: &Db, condition: &str, params: &[Param]) -> ApiResult<Vec<Map<String, Value>>> {
+        let sql = format!(
+            "SELECT {} FROM {t} WHERE {condition} ORDER BY {t}.created_at, {t}.id",
+            self.columns(""),
+            t = self.table
+        );
+        let rows = bind(sqlx::query(&sql), params).fetch_all(&db.pool).await?;
+        Ok(rows.iter().map(|r| self.row_json(r)).collect::<Result<Vec<_>, _>>()?)
+    }
+}
+
 /// A nested list of `{"id": ...}` objects: the ids of `table`'s rows whose
 /// `column` is the row's `parent` field (e.g. a load balancer's listeners).
 #[derive(Debug)]

@@ -62,7 +62,7 @@ fn not_found(id: &str) -> ApiError {
 
 const HTTP_TYPES: &[&str] = &["HTTP", "HTTPS"];
 
-fn render(rows: Vec<Map<String, Value>>) -> Vec<Map<String, Value>> {
+pub fn render(rows: Vec<Map<String, Value>>) -> Vec<Map<String, Value>> {
     rows.into_iter()
         .map(|mut r| {
             let pools = super::id_list(&r, "pool_id");

@@ -88,7 +88,7 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found("Listener", id)
 }
 
-fn render(rows: Vec<Map<String, Value>>) -> Vec<Map<String, Value>> {
+pub fn render(rows: Vec<Map<String, Value>>) -> Vec<Map<String, Value>> {
     rows.into_iter()
         .map(|mut r| {
             let lbs = super::id_list(&r, "loadbalancer_id");

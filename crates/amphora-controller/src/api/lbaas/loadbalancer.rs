@@ -200,9 +200,7 @@ async fn create(
     if non_empty_list(&b, "additional_vips") {
         return Err(validation("additional_vips are not supported by this deployment."));
     }
-    if non_empty_list(&b, "listeners") || non_empty_list(&b, "pools") {
-        return Err(validation("Creating a load balancer with its listeners and pools is not supported yet."));
-    }
+    let graph = super::graph::parse(&b)?;
 
     let id = new_id();
     let mut tx = state.db.write().await?;
@@ -230,8 +228,11 @@ async fn create(
         ],
     )
     .await?;
+    super::graph::insert(&mut tx, &id, &project, graph).await?;
     super::queue(&state, tx, JobKind::CreateLoadBalancer, &id, json!({})).await?;
-    let lb = load(&state.db, &id).await?;
+    // Upstream answers a create with the full response (children in full).
+    let mut lb = load(&state.db, &id).await?;
+    super::graph::fill(&state.db, &mut lb).await?;
     Ok((StatusCode::CREATED, Json(json!({"loadbalancer": lb}))).into_response())
 }
 

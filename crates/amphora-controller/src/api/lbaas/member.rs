@@ -59,7 +59,7 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found("Member", id)
 }
 
-fn render(rows: Vec<Map<String, Value>>) -> Vec<Map<String, Value>> {
+pub fn render(rows: Vec<Map<String, Value>>) -> Vec<Map<String, Value>> {
     rows.into_iter().map(|r| super::finish(&MEMBER, r)).collect()
 }
 
@@ -134,9 +134,9 @@ fn common_columns(b: &Body) -> ApiResult<Vec<(&'static str, Val)>> {
 /// A new member's columns from a create body (also one batch entry).
 #[derive(Debug)]
 pub struct NewMember {
-    address: String,
-    port: i64,
-    cols: Vec<(&'static str, Val)>,
+    pub address: String,
+    pub port: i64,
+    pub cols: Vec<(&'static str, Val)>,
 }
 
 pub fn new_member(b: &Body) -> ApiResult<NewMember> {

@@ -9,11 +9,12 @@
 //! settles statuses and removes what is PENDING_DELETE.
 //!
 //! Not served yet (each answers upstream's 400 ValidationException rather
-//! than half-working): creating a load balancer with its listeners and
-//! pools in one request, a listener's inline `default_pool`, a pool's
-//! inline members and monitor, L7 policies, and anything that needs a
-//! certificate store (TERMINATED_HTTPS listeners, TLS container refs).
+//! than half-working): a listener's inline `default_pool` and a pool's
+//! inline members and monitor outside a fully populated load balancer
+//! (`graph.rs`), L7 policies, and anything that needs a certificate store
+//! (TERMINATED_HTTPS listeners, TLS container refs).
 
+pub mod graph;
 pub mod healthmonitor;
 pub mod listener;
 pub mod loadbalancer;

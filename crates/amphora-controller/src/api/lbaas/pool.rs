@@ -66,7 +66,7 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found("Pool", id)
 }
 
-async fn render(db: &Db, mut rows: Vec<Map<String, Value>>) -> ApiResult<Vec<Map<String, Value>>> {
+pub async fn render(db: &Db, mut rows: Vec<Map<String, Value>>) -> ApiResult<Vec<Map<String, Value>>> {
     listing::attach_children(db, &mut rows, CHILDREN).await?;
     Ok(rows
         .into_iter()
