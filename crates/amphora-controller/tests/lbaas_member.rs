@@ -163,7 +163,14 @@ async fn batch_update_replaces_the_member_list() {
             assert_eq!(status, StatusCode::BAD_REQUEST, "{members} -> {out}");
             assert!(fault(&out).contains(message), "{members} -> {out}");
         }
-        // An empty list removes everyone.
+        // An empty list removes everyone; on an empty pool it is a no-op.
+        let empty = lbaas_support::pool_on_lb(&api, &lb, "UDP").await;
+        let before = lbaas_support::jobs(&api).await.len();
+        let (status, _) =
+            api.call("PUT", &format!("/v2/lbaas/pools/{empty}/members"), Some(json!({"members": []}))).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(lbaas_support::jobs(&api).await.len(), before);
+        assert_eq!(status_of(&api, "load_balancer", &lb).await, "ACTIVE");
         let (status, _) = api.call("PUT", &base, Some(json!({"members": []}))).await;
         assert_eq!(status, StatusCode::ACCEPTED);
         settle(&api).await;

@@ -307,6 +307,11 @@ async fn batch(
     for r in &rows {
         old.insert((r.try_get(1)?, r.try_get(2)?), (r.try_get(0)?, r.try_get(3)?));
     }
+    if old.is_empty() && wanted.is_empty() {
+        // Nothing to create, update or delete: upstream rolls back and
+        // answers 202 without a job.
+        return Ok(StatusCode::ACCEPTED.into_response());
+    }
     let mut seen = HashSet::new();
     for m in &wanted {
         if !seen.insert((m.address.clone(), m.port)) {
