@@ -13,6 +13,7 @@ pub mod db;
 pub mod health;
 pub mod housekeeping;
 pub mod jobs;
+pub mod keystone;
 pub mod model;
 pub mod worker;
 
@@ -56,7 +57,8 @@ pub async fn api_state(db: Db, config: Arc<Config>, jobs_queued: Arc<Notify>) ->
     let auth: Arc<dyn api::Authenticate> = match config.api.auth_strategy {
         config::AuthStrategy::Noauth => Arc::new(api::NoAuth),
         config::AuthStrategy::Keystone => {
-            anyhow::bail!("auth_strategy = keystone is not available yet in this build")
+            let settings = config.keystone.clone().ok_or_else(|| anyhow::anyhow!("[keystone_authtoken] is missing"))?;
+            Arc::new(keystone::Keystone::new(settings)?)
         }
     };
     Ok(api::AppState { db, config, auth, jobs_queued })

@@ -51,3 +51,24 @@ async fn errors_have_upstreams_shape() {
         assert_eq!(status, StatusCode::OK);
     }
 }
+
+#[tokio::test]
+async fn the_noop_network_answers_the_clis_subnet_lookups() {
+    for db in common::databases().await {
+        let api = common::api(&db).await;
+        let id = "3b1c5a0e-6f3e-4c1f-9a53-1f0e2d3c4b5a";
+        let (status, body) = api.call("GET", &format!("/v2.0/subnets/{id}"), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["subnet"]["id"], id);
+        let (status, body) = api.call("GET", &format!("/v2.0/subnets?id={id}"), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["subnets"][0]["id"], id);
+        let (_, body) = api.call("GET", "/v2.0/subnets?name=private", None).await;
+        assert_eq!(body, serde_json::json!({"subnets": []}));
+        let (status, body) = api.call("GET", "/v2.0/networks/not-a-uuid", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["NeutronError"]["type"], "NetworkNotFound");
+        let (status, _) = api.call("GET", "/v2.0/routers", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+}

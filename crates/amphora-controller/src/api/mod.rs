@@ -9,6 +9,7 @@ pub mod amphora;
 pub mod error;
 pub mod lbaas;
 pub mod listing;
+pub mod network;
 pub mod root;
 
 use std::sync::Arc;
@@ -31,6 +32,11 @@ use listing::ListSettings;
 /// Turns a request's headers into a caller (noauth or Keystone).
 pub trait Authenticate: Send + Sync + std::fmt::Debug {
     fn authenticate<'a>(&'a self, headers: &'a HeaderMap) -> BoxFuture<'a, ApiResult<Context>>;
+
+    /// The `WWW-Authenticate` value sent with a 401.
+    fn challenge(&self) -> Option<axum::http::HeaderValue> {
+        None
+    }
 }
 
 /// upstream's `noauth`: everyone is an administrator.
@@ -84,6 +90,7 @@ pub fn app(state: AppState) -> Router {
     let v2 = Router::new()
         .merge(amphora::routes())
         .merge(lbaas::routes())
+        .merge(network::routes())
         .route("/", axum::routing::get(|| async { axum::Json(Value::String("v2".into())) }))
         .fallback(no_route)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
@@ -129,6 +136,17 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         Ok(ctx) => {
             request.extensions_mut().insert(ctx);
             next.run(request).await
+        }
+        Err(ApiError::Unauthorized) => {
+            // keystonemiddleware's rejection, which clients recognise.
+            let body = serde_json::json!({"error": {
+                "code": 401, "title": "Unauthorized",
+                "message": "The request you have made requires authentication."}});
+            let mut response = (axum::http::StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+            if let Some(challenge) = state.auth.challenge() {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+            }
+            response
         }
         Err(e) => e.into_response(),
     }

@@ -27,6 +27,7 @@ pub struct TestDb {
 /// A fresh SQLite file, and a fresh PostgreSQL database when a server is
 /// configured.
 pub async fn databases() -> Vec<TestDb> {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn").try_init();
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite:///{}/octavia.db", dir.path().display());
     let mut out = vec![TestDb { url, name: "sqlite", _dir: Some(dir) }];

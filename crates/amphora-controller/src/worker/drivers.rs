@@ -1,0 +1,350 @@
+//! What flows do outside the database: compute (the amphora VMs), network
+//! (VIP and VRRP ports) and amphora (the agent's API), as object-safe
+//! traits so the real drivers (Nova/Neutron/agent client, or local netns)
+//! slot in behind them.
+//!
+//! Every call may be repeated after a crash (a step can run again when the
+//! worker died between the call and its progress write), so drivers treat
+//! deletes of unknown objects as success.
+//!
+//! The `noop` drivers are upstream's idea (its API tests run on them): they
+//! do nothing but wait `[noop_drivers] step_delay` per call, so clients see
+//! the PENDING states, and hand out addresses from the documentation
+//! networks (TEST-NET-1/2/3, RFC 5737).
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use futures_util::future::BoxFuture;
+use sqlx::Row;
+
+use crate::config::Config;
+use crate::db::{Db, new_id};
+
+pub type DriverFuture<'a, T> = BoxFuture<'a, anyhow::Result<T>>;
+
+/// What the compute service tells about a running amphora.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComputeInfo {
+    pub lb_network_ip: String,
+    pub cached_zone: Option<String>,
+    pub image_id: Option<String>,
+    pub compute_flavor: Option<String>,
+}
+
+/// An allocated port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    pub id: String,
+    pub address: String,
+    pub network_id: String,
+}
+
+/// The VIP a load balancer asks for (the API's fields, possibly empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VipRequest {
+    pub load_balancer_id: String,
+    pub address: Option<String>,
+    pub port_id: Option<String>,
+    pub subnet_id: Option<String>,
+    pub network_id: Option<String>,
+}
+
+/// The amphora fields the agent calls need.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AmphoraTarget {
+    pub id: String,
+    pub load_balancer_id: Option<String>,
+    pub compute_id: Option<String>,
+    pub lb_network_ip: Option<String>,
+    pub vrrp_ip: Option<String>,
+    pub ha_ip: Option<String>,
+    pub role: Option<String>,
+}
+
+pub trait ComputeDriver: Send + Sync + std::fmt::Debug {
+    /// Boots an amphora; returns its compute id.
+    fn create<'a>(&'a self, amphora_id: &'a str) -> DriverFuture<'a, String>;
+    /// Waits until the instance runs; returns its management address etc.
+    fn wait_active<'a>(&'a self, compute_id: &'a str) -> DriverFuture<'a, ComputeInfo>;
+    /// Deletes an instance (success when it is already gone).
+    fn delete<'a>(&'a self, compute_id: &'a str) -> DriverFuture<'a, ()>;
+}
+
+pub trait NetworkDriver: Send + Sync + std::fmt::Debug {
+    /// Allocates (or adopts) a load balancer's VIP port.
+    fn allocate_vip<'a>(&'a self, vip: &'a VipRequest) -> DriverFuture<'a, Port>;
+    /// Releases a VIP port this driver allocated.
+    fn deallocate_vip<'a>(&'a self, port_id: &'a str) -> DriverFuture<'a, ()>;
+    /// An amphora's base (VRRP) port on the VIP network.
+    fn allocate_vrrp_port<'a>(&'a self, amphora_id: &'a str, vip: &'a Port) -> DriverFuture<'a, Port>;
+    /// Deletes a port (success when it is already gone).
+    fn delete_port<'a>(&'a self, port_id: &'a str) -> DriverFuture<'a, ()>;
+}
+
+pub trait AmphoraDriver: Send + Sync + std::fmt::Debug {
+    /// Connectivity: the agent answers (`GET /`, `GET /1.0/info`).
+    fn get_info<'a>(&'a self, amp: &'a AmphoraTarget) -> DriverFuture<'a, ()>;
+    fn finalize<'a>(&'a self, amp: &'a AmphoraTarget) -> DriverFuture<'a, ()>;
+    /// `POST /1.0/plug/vip/{vip}`.
+    fn plug_vip<'a>(&'a self, amp: &'a AmphoraTarget, vip: &'a Port) -> DriverFuture<'a, ()>;
+    /// `POST /1.0/plug/network` (member networks).
+    fn plug_network<'a>(&'a self, amp: &'a AmphoraTarget) -> DriverFuture<'a, ()>;
+    /// Renders and uploads the load balancer's haproxy configuration, then
+    /// reloads it.
+    fn upload_config<'a>(&'a self, amp: &'a AmphoraTarget, load_balancer_id: &'a str) -> DriverFuture<'a, ()>;
+    /// Uploads keepalived's configuration and starts VRRP; returns the VRRP
+    /// interface name.
+    fn update_vrrp<'a>(&'a self, amp: &'a AmphoraTarget, load_balancer_id: &'a str) -> DriverFuture<'a, String>;
+    /// `PUT /1.0/config`.
+    fn update_agent_config<'a>(&'a self, amp: &'a AmphoraTarget) -> DriverFuture<'a, ()>;
+}
+
+/// The three drivers a worker uses.
+#[derive(Debug, Clone)]
+pub struct Drivers {
+    pub compute: Arc<dyn ComputeDriver>,
+    pub network: Arc<dyn NetworkDriver>,
+    pub amphora: Arc<dyn AmphoraDriver>,
+}
+
+impl Drivers {
+    /// The drivers `[controller_worker]` names.
+    pub fn from_config(db: &Db, config: &Config) -> anyhow::Result<Drivers> {
+        let delay = config.noop.step_delay;
+        let w = &config.worker;
+        let compute: Arc<dyn ComputeDriver> = match w.compute_driver.as_str() {
+            "compute_noop_driver" | "noop" => Arc::new(NoopCompute::new(db.clone(), delay, config)),
+            other => bail!("[controller_worker] compute_driver = {other} is not available in this build"),
+        };
+        let network: Arc<dyn NetworkDriver> = match w.network_driver.as_str() {
+            "network_noop_driver" | "noop" => Arc::new(NoopNetwork::new(db.clone(), delay)),
+            other => bail!("[controller_worker] network_driver = {other} is not available in this build"),
+        };
+        let amphora: Arc<dyn AmphoraDriver> = match w.amphora_driver.as_str() {
+            "amphora_noop_driver" | "noop" => Arc::new(NoopAmphora { delay }),
+            other => bail!("[controller_worker] amphora_driver = {other} is not available in this build"),
+        };
+        Ok(Drivers { compute, network, amphora })
+    }
+
+    /// The noop drivers with the given delay per call.
+    pub fn noop(db: &Db, config: &Config) -> Drivers {
+        let delay = config.noop.step_delay;
+        Drivers {
+            compute: Arc::new(NoopCompute::new(db.clone(), delay, config)),
+            network: Arc::new(NoopNetwork::new(db.clone(), delay)),
+            amphora: Arc::new(NoopAmphora { delay }),
+        }
+    }
+}
+
+async fn pause(delay: Duration) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Addresses handed out by this process and not yet visible in the
+/// database, so two flows running at once do not get the same one.
+#[derive(Debug, Default)]
+struct Reserved(Mutex<HashSet<Ipv4Addr>>);
+
+impl Reserved {
+    /// Picks a free host address of `net`/24 that is neither in `used` nor
+    /// reserved, and reserves it.
+    fn pick(&self, net: [u8; 3], used: &HashSet<Ipv4Addr>) -> anyhow::Result<Ipv4Addr> {
+        let mut reserved = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let free: Vec<Ipv4Addr> = (2..=254u8)
+            .map(|h| Ipv4Addr::new(net[0], net[1], net[2], h))
+            .filter(|a| !used.contains(a) && !reserved.contains(a))
+            .collect();
+        if free.is_empty() {
+            // Forget what the database shows as taken already, then retry.
+            reserved.retain(|a| !used.contains(a));
+            bail!("noop network: no free address left in {}.{}.{}.0/24", net[0], net[1], net[2]);
+        }
+        let pick = free[(uuid::Uuid::new_v4().as_u128() % free.len() as u128) as usize];
+        reserved.insert(pick);
+        if reserved.len() > 128 {
+            // Old reservations are in the database by now.
+            reserved.retain(|a| !used.contains(a));
+        }
+        Ok(pick)
+    }
+}
+
+async fn used_addresses(db: &Db, sql: &str) -> anyhow::Result<HashSet<Ipv4Addr>> {
+    let rows = sqlx::query(sql).fetch_all(&db.pool).await?;
+    let mut out = HashSet::new();
+    for r in rows {
+        if let Some(a) = r.try_get::<Option<String>, _>(0)?.and_then(|s| s.parse().ok()) {
+            out.insert(a);
+        }
+    }
+    Ok(out)
+}
+
+/// upstream's `compute_noop_driver`: an instance is a UUID; its
+/// management address comes from 192.0.2.0/24.
+#[derive(Debug)]
+pub struct NoopCompute {
+    db: Db,
+    delay: Duration,
+    image_id: String,
+    flavor_id: String,
+    reserved: Reserved,
+}
+
+impl NoopCompute {
+    pub fn new(db: Db, delay: Duration, config: &Config) -> NoopCompute {
+        NoopCompute {
+            db,
+            delay,
+            image_id: config.worker.amp_image_id.clone().unwrap_or_else(|| "noop-image".into()),
+            flavor_id: config.worker.amp_flavor_id.clone().unwrap_or_else(|| "noop-flavor".into()),
+            reserved: Reserved::default(),
+        }
+    }
+}
+
+impl ComputeDriver for NoopCompute {
+    fn create<'a>(&'a self, _amphora_id: &'a str) -> DriverFuture<'a, String> {
+        Box::pin(async move {
+            pause(self.delay).await;
+            Ok(new_id())
+        })
+    }
+
+    fn wait_active<'a>(&'a self, _compute_id: &'a str) -> DriverFuture<'a, ComputeInfo> {
+        Box::pin(async move {
+            pause(self.delay).await;
+            let used = used_addresses(&self.db, "SELECT lb_network_ip FROM amphora WHERE status <> 'DELETED'").await?;
+            let ip = self.reserved.pick([192, 0, 2], &used)?;
+            Ok(ComputeInfo {
+                lb_network_ip: ip.to_string(),
+                cached_zone: Some("nova".into()),
+                image_id: Some(self.image_id.clone()),
+                compute_flavor: Some(self.flavor_id.clone()),
+            })
+        })
+    }
+
+    fn delete<'a>(&'a self, _compute_id: &'a str) -> DriverFuture<'a, ()> {
+        Box::pin(async move {
+            pause(self.delay).await;
+            Ok(())
+        })
+    }
+}
+
+/// upstream's `network_noop_driver`: VIPs from 203.0.113.0/24, VRRP ports
+/// from 198.51.100.0/24, unique among live objects.
+#[derive(Debug)]
+pub struct NoopNetwork {
+    db: Db,
+    delay: Duration,
+    vips: Reserved,
+    vrrp: Reserved,
+}
+
+impl NoopNetwork {
+    pub fn new(db: Db, delay: Duration) -> NoopNetwork {
+        NoopNetwork { db, delay, vips: Reserved::default(), vrrp: Reserved::default() }
+    }
+}
+
+impl NetworkDriver for NoopNetwork {
+    fn allocate_vip<'a>(&'a self, vip: &'a VipRequest) -> DriverFuture<'a, Port> {
+        Box::pin(async move {
+            pause(self.delay).await;
+            let address = match &vip.address {
+                Some(a) => a.clone(),
+                None => {
+                    let used = used_addresses(
+                        &self.db,
+                        "SELECT vip_address FROM load_balancer WHERE provisioning_status <> 'DELETED'",
+                    )
+                    .await?;
+                    self.vips.pick([203, 0, 113], &used).context("allocating a VIP")?.to_string()
+                }
+            };
+            Ok(Port {
+                id: vip.port_id.clone().unwrap_or_else(new_id),
+                address,
+                network_id: vip.network_id.clone().unwrap_or_else(new_id),
+            })
+        })
+    }
+
+    fn deallocate_vip<'a>(&'a self, _port_id: &'a str) -> DriverFuture<'a, ()> {
+        Box::pin(async move {
+            pause(self.delay).await;
+            Ok(())
+        })
+    }
+
+    fn allocate_vrrp_port<'a>(&'a self, _amphora_id: &'a str, vip: &'a Port) -> DriverFuture<'a, Port> {
+        Box::pin(async move {
+            pause(self.delay).await;
+            let used = used_addresses(&self.db, "SELECT vrrp_ip FROM amphora WHERE status <> 'DELETED'").await?;
+            let address = self.vrrp.pick([198, 51, 100], &used).context("allocating a VRRP port")?;
+            Ok(Port { id: new_id(), address: address.to_string(), network_id: vip.network_id.clone() })
+        })
+    }
+
+    fn delete_port<'a>(&'a self, _port_id: &'a str) -> DriverFuture<'a, ()> {
+        Box::pin(async move {
+            pause(self.delay).await;
+            Ok(())
+        })
+    }
+}
+
+/// upstream's `amphora_noop_driver`: every agent call succeeds after the
+/// delay.
+#[derive(Debug)]
+pub struct NoopAmphora {
+    pub delay: Duration,
+}
+
+impl AmphoraDriver for NoopAmphora {
+    fn get_info<'a>(&'a self, _amp: &'a AmphoraTarget) -> DriverFuture<'a, ()> {
+        Box::pin(pause_ok(self.delay))
+    }
+
+    fn finalize<'a>(&'a self, _amp: &'a AmphoraTarget) -> DriverFuture<'a, ()> {
+        Box::pin(pause_ok(self.delay))
+    }
+
+    fn plug_vip<'a>(&'a self, _amp: &'a AmphoraTarget, _vip: &'a Port) -> DriverFuture<'a, ()> {
+        Box::pin(pause_ok(self.delay))
+    }
+
+    fn plug_network<'a>(&'a self, _amp: &'a AmphoraTarget) -> DriverFuture<'a, ()> {
+        Box::pin(pause_ok(self.delay))
+    }
+
+    fn upload_config<'a>(&'a self, _amp: &'a AmphoraTarget, _lb: &'a str) -> DriverFuture<'a, ()> {
+        Box::pin(pause_ok(self.delay))
+    }
+
+    fn update_vrrp<'a>(&'a self, _amp: &'a AmphoraTarget, _lb: &'a str) -> DriverFuture<'a, String> {
+        Box::pin(async move {
+            pause(self.delay).await;
+            Ok("eth1".to_owned())
+        })
+    }
+
+    fn update_agent_config<'a>(&'a self, _amp: &'a AmphoraTarget) -> DriverFuture<'a, ()> {
+        Box::pin(pause_ok(self.delay))
+    }
+}
+
+async fn pause_ok(delay: Duration) -> anyhow::Result<()> {
+    pause(delay).await;
+    Ok(())
+}
