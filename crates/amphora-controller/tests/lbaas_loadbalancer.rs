@@ -107,11 +107,12 @@ async fn create_validates_like_upstream() {
             assert_eq!(out["faultcode"], "Client");
             assert!(fault(&out).contains(message), "{body} -> {out}");
         }
-        // No project anywhere: upstream's 400.
+        // No project anywhere under noauth: the default project (upstream
+        // answers 400, which leaves the CLI without a way to create).
         let (status, out) =
             api.call("POST", "/v2/lbaas/loadbalancers", Some(json!({"loadbalancer": {"vip_subnet_id": SUBNET}}))).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(fault(&out).contains("Missing project ID"), "{out}");
+        assert_eq!(status, StatusCode::CREATED, "{out}");
+        assert_eq!(out["loadbalancer"]["project_id"], "noauth");
         // The body's project wins for an admin; `octavia` is a provider too.
         let (status, out) = api
             .call(
@@ -123,7 +124,7 @@ async fn create_validates_like_upstream() {
         assert_eq!(status, StatusCode::CREATED, "{out}");
         assert_eq!(out["loadbalancer"]["project_id"], "p9");
         assert_eq!(out["loadbalancer"]["provider"], "octavia");
-        assert!(jobs(&api).await.len() == 1, "failed requests queue nothing");
+        assert!(jobs(&api).await.len() == 2, "failed requests queue nothing");
     }
 }
 
@@ -399,6 +400,17 @@ async fn policy_scopes_reads_and_writes_to_the_project() {
                 api.call_with(method, &format!("/v2/lbaas/loadbalancers/{a_id}{suffix}"), None, &bob).await;
             assert_eq!(status, StatusCode::FORBIDDEN, "{method} {suffix}");
         }
+        // A caller without a project (not noauth): upstream's 400.
+        let (status, body) = api
+            .call_with(
+                "POST",
+                "/v2/lbaas/loadbalancers",
+                Some(json!({"loadbalancer": {"vip_subnet_id": SUBNET}})),
+                &[("x-test-roles", "admin")],
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(fault(&body).contains("Missing project ID"), "{body}");
         let observer = as_user("pz", "load-balancer_global_observer");
         let (_, body) = api.call_with("GET", "/v2/lbaas/loadbalancers", None, &observer).await;
         assert_eq!(count(&body), 2);

@@ -37,6 +37,10 @@ pub async fn api_with_roles(db: &TestDb) -> TestApi {
     let base = crate::common::api(db).await;
     let mut state = base.state.clone();
     state.auth = Arc::new(HeaderRoles);
+    // Callers with roles: what `auth_strategy = keystone` gives.
+    let mut config = (*state.config).clone();
+    config.api.auth_strategy = amphora_controller::config::AuthStrategy::Keystone;
+    state.config = Arc::new(config);
     TestApi { router: api::app(state.clone()), state, db_name: base.db_name }
 }
 

@@ -122,6 +122,9 @@ async fn show(
     super::show_body("loadbalancer", lb, query.as_deref())
 }
 
+/// The project of what a noauth caller creates without naming one.
+pub const NOAUTH_PROJECT: &str = "noauth";
+
 const POST_FIELDS: &[&str] = &[
     "name",
     "description",
@@ -175,7 +178,14 @@ async fn create(
         ));
     }
 
-    let project = project.or_else(|| ctx.project_id.clone()).ok_or_else(|| {
+    // Upstream answers 400 when neither the body nor the token names a
+    // project, even under noauth, where the CLI has no way to name one but
+    // `--project`. Here a noauth caller without one gets NOAUTH_PROJECT, so
+    // `openstack loadbalancer create` works unchanged; with Keystone every
+    // project-scoped token has a project and upstream's 400 stands.
+    let noauth = state.config.api.auth_strategy == crate::config::AuthStrategy::Noauth;
+    let project = project.or_else(|| ctx.project_id.clone());
+    let project = project.or_else(|| noauth.then(|| NOAUTH_PROJECT.to_owned())).ok_or_else(|| {
         validation(
             "Missing project ID in request where one is required. An administrator should check the keystone \
              settings in the Octavia configuration.",
