@@ -10,6 +10,7 @@ pub mod error;
 pub mod lbaas;
 pub mod listing;
 pub mod network;
+pub mod openapi;
 pub mod root;
 
 use std::sync::Arc;
@@ -96,6 +97,7 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/", axum::routing::get(root::versions))
+        .route("/openapi.json", axum::routing::get(openapi::serve))
         .nest("/v2", v2.clone())
         .nest("/v2.0", v2)
         .fallback(no_route)
