@@ -254,7 +254,7 @@ async fn seed(url: &str, lbs: usize, per_lb: usize) -> anyhow::Result<Duration> 
         let lb_id = id();
         let created = base + time::Duration::seconds(i as i64 * 7);
         let (subnet, network) = &subnets[i % SUBNETS];
-        let vip = format!("10.{}.{}.{}", (i / 65536) % 256, (i / 256) % 256, i % 256 + 1);
+        let vip = format!("10.{}.{}.{}", (i / 62500) % 128, (i / 250) % 250, i % 250 + 1);
         let vip_port = id();
         lb_rows.push(vec![
             t(lb_id.clone()),
@@ -634,9 +634,11 @@ async fn measure_upstream(args: &ControllerArgs) -> Side {
 async fn upstream_inner(args: &ControllerArgs, side: &mut Side) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("controller-bench-upstream.").tempdir()?;
     let upstream_dir = std::fs::canonicalize(&args.upstream_dir)?;
+    // Absolute but not resolved: the venv's python is a symlink.
+    let python = std::path::absolute(&args.python)?;
     let db = dir.path().join("octavia.db");
     let started = Instant::now();
-    let status = Command::new(&args.python)
+    let status = Command::new(&python)
         .arg(upstream_dir.join("controller_db.py"))
         .arg("--db")
         .arg(&db)
@@ -664,7 +666,7 @@ async fn upstream_inner(args: &ControllerArgs, side: &mut Side) -> anyhow::Resul
     );
     let conf = dir.path().join("octavia.conf");
     std::fs::write(&conf, config)?;
-    let mut command = Command::new(&args.python);
+    let mut command = Command::new(&python);
     command
         .args(["-m", "gunicorn", "--workers", "2", "--bind"])
         .arg(format!("127.0.0.1:{port}"))

@@ -77,7 +77,7 @@ def main():
         lb_id = uid()
         created = base + datetime.timedelta(seconds=i * 7)
         subnet, network = subnets[i % SUBNETS]
-        vip = f"10.{(i // 65536) % 256}.{(i // 256) % 256}.{i % 256 + 1}"
+        vip = f"10.{(i // 62500) % 128}.{(i // 250) % 250}.{i % 250 + 1}"
         vip_port = uid()
         lbs.append({
             "id": lb_id, "project_id": projects[i % PROJECTS],
