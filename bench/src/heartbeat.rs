@@ -7,11 +7,11 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use amphora_agent::health::{Counters, add_haproxy_stats, encode_fitting, parse_show_stat};
+use amphora_agent::bench_support::{Counters, add_haproxy_stats, encode_fitting, parse_show_stat};
 use amphora_proto::heartbeat::{self, Heartbeat, ListenerHealth, ListenerStats, MAX_DATAGRAM, PoolHealth};
 
 fn uuid(a: usize, b: usize) -> String {
-    let digest = amphora_agent::etag::md5_hex(format!("{a}/{b}").as_bytes());
+    let digest = amphora_testkit::md5_hex(format!("{a}/{b}").as_bytes());
     format!("{}-{}-{}-{}-{}", &digest[..8], &digest[8..12], &digest[12..16], &digest[16..20], &digest[20..32])
 }
 
@@ -95,8 +95,7 @@ fn message(listeners: usize, members: usize) -> Heartbeat {
                 stats: ListenerStats { tx: 123_456, rx: 654_321, conns: 3, totconns: 1000, ereq: 0 },
             },
         );
-        let members =
-            (0..members).map(|m| (uuid(l, m + 1), if m % 7 == 0 { "DOWN" } else { "UP" }.to_owned())).collect();
+        let members = (0..members).map(|m| (uuid(l, m + 1), if m % 7 == 0 { "DOWN" } else { "UP" }.into())).collect();
         message
             .pools
             .insert(format!("{}:{listener}", uuid(l, usize::MAX)), PoolHealth { status: "UP".into(), members });

@@ -5,15 +5,24 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt};
 use std::path::Path;
+
+/// The longest part of the final name a temporary file name repeats.
+const TEMP_NAME_MAX: usize = 200;
 
 /// Replaces `path` with `data`, with permission bits `mode`.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let dir = parent(path)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    // The temporary name adds 12 bytes to the final one: a name near the
+    // file system's limit (255) is shortened in it.
+    let mut cut = name.len().min(TEMP_NAME_MAX);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
     let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
+        .prefix(&format!(".{}.", &name[..cut]))
         .suffix(".tmp")
         .permissions(fs::Permissions::from_mode(mode))
         .tempfile_in(dir)?;
@@ -21,6 +30,28 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     sync_dir(dir)
+}
+
+/// Whether an error means the file system has no room left (or the quota
+/// is used up).
+pub fn is_full(error: &io::Error) -> bool {
+    // `tempfile` wraps the OS error (adding the path), keeping its kind.
+    error.kind() == io::ErrorKind::StorageFull || matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+}
+
+/// Rewrites an existing small file in place, for a file system too full to
+/// take the replacement [`write_atomic`] needs. Refused unless `data` fits
+/// in the file's current length, so no block is allocated: one write at
+/// offset 0 of a file of one block, then fsync. Only a record that must
+/// change on a full disk uses it (a stop must be remembered).
+pub fn overwrite_in_place(path: &Path, data: &[u8]) -> io::Result<()> {
+    let file = fs::OpenOptions::new().write(true).open(path)?;
+    if data.len() as u64 > file.metadata()?.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+    }
+    file.write_all_at(data, 0)?;
+    file.set_len(data.len() as u64)?;
+    file.sync_all()
 }
 
 /// Renames `from` to `to` and makes the rename durable.
@@ -77,6 +108,26 @@ mod tests {
         let leftovers: Vec<_> =
             fs::read_dir(dir.path()).expect("list").map(|e| e.expect("entry").file_name()).collect();
         assert_eq!(leftovers, vec![std::ffi::OsString::from("haproxy.cfg")]);
+    }
+
+    #[test]
+    fn names_at_the_file_system_limit_can_be_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(format!("{}.pem", "x".repeat(251)));
+        write_atomic(&path, b"data", 0o600).expect("write");
+        assert_eq!(fs::read(&path).expect("read"), b"data");
+    }
+
+    #[test]
+    fn overwriting_in_place_never_grows_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("record");
+        write_atomic(&path, b"{\"desired\":\"running\"}", 0o600).expect("write");
+        overwrite_in_place(&path, b"{\"desired\":\"stopped\"}").expect("same length");
+        assert_eq!(fs::read(&path).expect("read"), b"{\"desired\":\"stopped\"}");
+        overwrite_in_place(&path, b"{}").expect("shorter");
+        assert_eq!(fs::read(&path).expect("read"), b"{}");
+        assert!(is_full(&overwrite_in_place(&path, b"{\"longer\":1}").expect_err("longer")));
     }
 
     #[test]

@@ -129,7 +129,7 @@ pub fn add_haproxy_stats(message: &mut Heartbeat, rows: &[StatRow], counters: &m
         message.listeners.insert(
             row.pxname.clone(),
             ListenerHealth {
-                status: row.status.clone(),
+                status: row.status.as_str().into(),
                 stats: ListenerStats {
                     tx: delta["bout"],
                     rx: delta["bin"],
@@ -144,13 +144,13 @@ pub fn add_haproxy_stats(message: &mut Heartbeat, rows: &[StatRow], counters: &m
         let pool = message
             .pools
             .entry(row.pxname.clone())
-            .or_insert_with(|| PoolHealth { status: String::new(), members: BTreeMap::new() });
+            .or_insert_with(|| PoolHealth { status: "".into(), members: BTreeMap::new() });
         if row.svname == "BACKEND" {
-            pool.status = row.status.clone();
+            pool.status = row.status.as_str().into();
         } else {
             // Some haproxy versions report a drained server as UP.
-            let status = if row.status == "UP" && row.weight == "0" { "DRAIN".to_owned() } else { row.status.clone() };
-            pool.members.insert(row.svname.clone(), status);
+            let status = if row.status == "UP" && row.weight == "0" { "DRAIN" } else { row.status.as_str() };
+            pool.members.insert(row.svname.clone(), status.into());
         }
     }
 }
@@ -208,11 +208,11 @@ pub fn encode_fitting(message: &Heartbeat, key: &str) -> Result<(Vec<u8>, Option
 /// Why no heartbeat is sent this time, when keepalived should run but
 /// does not (upstream: so the controller fails this amphora over).
 pub fn keepalived_down(base_path: &Path) -> Option<String> {
-    let config = base_path.join("vrrp").join("octavia-keepalived.conf");
+    let config = base_path.join(crate::lb::VRRP_DIR).join("octavia-keepalived.conf");
     if !config.is_file() {
         return None;
     }
-    let pid_file = base_path.join("vrrp").join("octavia-keepalived.pid");
+    let pid_file = base_path.join(crate::lb::VRRP_DIR).join("octavia-keepalived.pid");
     let pid = match std::fs::read_to_string(&pid_file) {
         Ok(text) => text.trim().parse::<i32>().ok(),
         Err(_) => return Some(format!("keepalived is configured but has no pid file {}", pid_file.display())),
@@ -385,7 +385,7 @@ prometheus-exporter-internal-endpoint,FRONTEND,,,0,0,100,0,0,0,0,0,0,,,,,OPEN,,,
                 }
             )])
         );
-        let members = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let members = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
         assert_eq!(
             message.pools,
             BTreeMap::from([(
@@ -440,7 +440,7 @@ prometheus-exporter-internal-endpoint,FRONTEND,,,0,0,100,0,0,0,0,0,0,,,,,OPEN,,,
                 },
             );
             let members =
-                (0..members).map(|m| (uuid(l, m + 1), if m % 7 == 0 { "DOWN" } else { "UP" }.to_owned())).collect();
+                (0..members).map(|m| (uuid(l, m + 1), if m % 7 == 0 { "DOWN" } else { "UP" }.into())).collect();
             message
                 .pools
                 .insert(format!("{}:{listener}", uuid(l, usize::MAX)), PoolHealth { status: "UP".into(), members });

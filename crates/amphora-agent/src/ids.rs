@@ -5,8 +5,7 @@
 
 use std::fmt;
 
-/// Entries of `base_path` the agent owns; no load balancer may take them.
-const RESERVED: &[&str] = &["vrrp", "lvs", "certs"];
+use crate::lb::RESERVED_NAMES;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0:?} is not a valid identifier: use 1 to 64 letters, digits, '-' or '_'")]
@@ -21,7 +20,7 @@ impl LbId {
         let valid = (1..=64).contains(&raw.len())
             && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             && raw.as_bytes()[0].is_ascii_alphanumeric()
-            && !RESERVED.contains(&raw);
+            && !RESERVED_NAMES.contains(&raw);
         if valid { Ok(Self(raw.to_owned())) } else { Err(InvalidId(raw.to_owned())) }
     }
 
@@ -78,6 +77,7 @@ mod tests {
             "vrrp",
             "lvs",
             "certs",
+            "interfaces",
             "é",
             &"x".repeat(65),
         ] {

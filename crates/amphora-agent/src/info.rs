@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use amphora_proto::{API_VERSION, Details, Disk, Info};
+use amphora_proto::{ApiVersion, Details, Disk, Info, TopologyStatus, VrrpRole};
 
 use crate::config::Topology;
 use crate::lb::LbService;
@@ -59,7 +59,7 @@ impl InfoService {
             hostname: hostname(),
             uuid: self.amphora_id.clone(),
             haproxy_version: versions.get("haproxy").cloned(),
-            api_version: API_VERSION.into(),
+            api_version: ApiVersion::V1_0,
             keepalived_version: versions.get("keepalived").cloned(),
             ipvsadm_version: versions.get("ipvsadm").cloned(),
         }
@@ -87,12 +87,7 @@ impl InfoService {
         let rates = self.sampler.rates();
         let memory = procfs::parse_meminfo(&read("/proc/meminfo"));
         Details {
-            hostname: info.hostname,
-            uuid: info.uuid,
-            haproxy_version: info.haproxy_version,
-            api_version: info.api_version,
-            keepalived_version: info.keepalived_version,
-            ipvsadm_version: info.ipvsadm_version,
+            info,
             network_tx: rates.network_tx,
             network_rx: rates.network_rx,
             networks: rates.networks,
@@ -105,9 +100,9 @@ impl InfoService {
             disk: root_disk(),
             load: procfs::parse_loadavg(&read("/proc/loadavg")),
             active_tuned_profiles: read("/etc/tuned/active_profile").trim().to_owned(),
-            topology: topology.as_str().into(),
-            vrrp_role: role.map(str::to_owned),
-            topology_status: self.topology.status().into(),
+            topology: amphora_proto::Topology::from(topology.as_str()),
+            vrrp_role: role.map(VrrpRole::from),
+            topology_status: TopologyStatus::from(self.topology.status()),
             listeners: self.lbs.listener_ids(),
             packages: TRACKED
                 .iter()

@@ -66,6 +66,7 @@ impl Action {
         }
     }
 
+    #[allow(dead_code, reason = "unused since the agent's modules became crate-private; kept for the keepalived work")]
     pub fn verb(self) -> &'static str {
         match self {
             Action::Start => "start",
@@ -92,6 +93,7 @@ pub enum Subsystem {
     /// Health checkers and IPVS only; a reload restarts the process,
     /// because keepalived's own reload does not restore real servers that
     /// were taken out (upstream does the same).
+    #[allow(dead_code, reason = "for UDP listeners, not built yet")]
     Checkers,
 }
 
@@ -278,6 +280,7 @@ impl Keepalived {
 
     /// Stops it for good and forgets its record and pid files (the
     /// configuration is the caller's).
+    #[allow(dead_code, reason = "unused since the agent's modules became crate-private; kept for the keepalived work")]
     pub async fn remove(&self) -> Result<(), KeepalivedError> {
         let mut generation = self.lock.lock().await;
         *generation += 1;

@@ -5,24 +5,37 @@
 //! `run` wires the parts together; the domain services (`lb`, `info`) know
 //! nothing of HTTP, and `http` knows nothing of haproxy.
 
-pub mod certs;
+// The configuration files are the one interface besides the API: the
+// binary reads them. Everything else is the agent's own; clients use
+// amphora-proto and amphora-client, never these modules.
 pub mod config;
-pub mod etag;
-pub mod fsutil;
-pub mod haproxy;
-pub mod health;
-pub mod http;
-pub mod ids;
-pub mod info;
-pub mod keepalived;
-pub mod lb;
-pub mod net;
-pub mod netns;
-pub mod settings;
-pub mod system;
-pub mod tls;
-pub mod topology;
-pub mod vrrp;
+
+pub(crate) mod certs;
+pub(crate) mod etag;
+pub(crate) mod fsutil;
+pub(crate) mod haproxy;
+pub(crate) mod health;
+pub(crate) mod http;
+pub(crate) mod ids;
+pub(crate) mod info;
+pub(crate) mod keepalived;
+pub(crate) mod lb;
+pub(crate) mod net;
+pub(crate) mod netns;
+pub(crate) mod settings;
+pub(crate) mod system;
+pub(crate) mod tls;
+pub(crate) mod topology;
+pub(crate) mod vrrp;
+
+pub use settings::LogControl;
+
+/// What the benchmark measures of the heartbeat (building and signing one
+/// message from `show stat`): not an interface of the agent.
+#[doc(hidden)]
+pub mod bench_support {
+    pub use crate::health::{Counters, add_haproxy_stats, encode_fitting, parse_show_stat};
+}
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,7 +51,7 @@ use crate::info::InfoService;
 use crate::lb::{Layout, LbService};
 use crate::net::NetService;
 use crate::netns::Netns;
-use crate::settings::{LiveConfig, LogControl};
+use crate::settings::LiveConfig;
 use crate::system::packages::Packages;
 use crate::system::sampler::Sampler;
 use crate::tls::{TlsFiles, TlsState};
@@ -78,14 +91,21 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
     let user_group_config = layout.user_group_config();
     let settings = Arc::new(LiveConfig::new(config.clone(), loaded.files, options.log));
     // Interfaces come back before haproxy, which binds their addresses.
-    let net = Arc::new(NetService::new(netns.clone(), haproxy_conf.base_path.join("interfaces"), settings.clone())?);
+    let net = Arc::new(NetService::new(netns.clone(), layout.interfaces_dir(), settings.clone())?);
     net.restore().await;
     let haproxy = Haproxy::new(haproxy_conf.haproxy_cmd.clone(), user_group_config, netns.clone());
     let checker = std::env::current_exe()
         .map(|exe| exe.with_file_name("amphora-vrrp-check"))
         .unwrap_or_else(|_| PathBuf::from("amphora-vrrp-check"));
     let vrrp = Vrrp::new(&haproxy_conf.base_path, PathBuf::from("keepalived"), checker, netns.clone());
-    let lbs = LbService::new(layout, haproxy, &config.amphora_agent.amphora_id, Some(net.clone()), Some(vrrp.clone()));
+    let lbs = LbService::new(
+        layout,
+        haproxy,
+        &config.amphora_agent.amphora_id,
+        haproxy_conf.user_group.clone(),
+        Some(net.clone()),
+        Some(vrrp.clone()),
+    );
     lbs.restore().await;
     vrrp.restore(&lbs.wanted_stats_sockets()).await;
 
@@ -106,7 +126,9 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
     );
     tokio::spawn(heartbeats.run());
     let tls = Arc::new(tls);
-    let versions = Arc::new(config.amphora_agent.api_versions.clone());
+    let versions = Arc::new(
+        config.amphora_agent.api_versions.iter().map(|v| amphora_proto::ApiVersion::from(v.as_str())).collect(),
+    );
     let state = http::AppState { lbs, info: info.clone(), tls: tls.clone(), settings, net, vrrp, topology, versions };
     let app = http::app(state, config.amphora_agent.max_request_body_size);
 
@@ -120,13 +142,25 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
     tracing::info!(address = %local, "amphora agent ready");
     tokio::task::spawn_blocking(move || info.warm_up());
 
-    let timeouts = http::Timeouts {
+    let limits = http::Limits {
         handshake: Duration::from_secs(10),
         read: Duration::from_secs(config.amphora_agent.agent_request_read_timeout),
+        max_connections: max_connections(),
+        max_body: config.amphora_agent.max_request_body_size,
     };
-    http::serve(listener, tls, app, timeouts, shutdown_signal()).await;
+    http::serve(listener, tls, app, limits, shutdown_signal()).await;
     tracing::info!("amphora agent stopping; haproxy processes keep running");
     Ok(())
+}
+
+/// Client connections served at once: a quarter of the open-file limit
+/// (each takes a descriptor; files, haproxy's sockets, netlink and process
+/// watches need the rest), at most 1024.
+fn max_connections() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    usize::try_from(soft / 4).unwrap_or(usize::MAX).clamp(4, 1024)
 }
 
 async fn shutdown_signal() {

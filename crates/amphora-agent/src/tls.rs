@@ -82,10 +82,6 @@ impl TlsState {
     pub fn current(&self) -> Arc<ServerConfig> {
         self.current.load_full()
     }
-
-    pub fn files(&self) -> &TlsFiles {
-        &self.files
-    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

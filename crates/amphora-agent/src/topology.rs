@@ -66,16 +66,7 @@ impl Default for Record {
 }
 
 /// The body of `POST /v0.1/topology`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Request {
-    pub topology: String,
-    #[serde(default)]
-    pub role: Option<String>,
-    #[serde(default)]
-    pub ha_ip: Option<String>,
-    #[serde(default)]
-    pub secret: Option<String>,
-}
+pub use amphora_proto::v0_1::TopologyRequest as Request;
 
 /// Validates a request into a record; the error names every problem.
 pub fn validate(request: &Request) -> Result<Record, String> {

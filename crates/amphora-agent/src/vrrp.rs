@@ -31,7 +31,7 @@ pub struct Vrrp {
 impl Vrrp {
     /// `base_path` is the agent's; `checker` the `amphora-vrrp-check` binary.
     pub fn new(base_path: &Path, keepalived: PathBuf, checker: PathBuf, netns: Option<Arc<Netns>>) -> Arc<Self> {
-        let dir = base_path.join("vrrp");
+        let dir = base_path.join(crate::lb::VRRP_DIR);
         let files = Files {
             config: dir.join("octavia-keepalived.conf"),
             pid: dir.join("octavia-keepalived.pid"),

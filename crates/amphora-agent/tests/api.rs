@@ -41,8 +41,8 @@ async fn details_report_the_machine_and_listeners() {
     assert_eq!(reply.status, 202, "{}", reply.text());
 
     let details: Details = client.get("/1.0/details").await.json();
-    assert_eq!(details.uuid, agent.amphora_id);
-    assert_eq!(details.api_version, "1.0");
+    assert_eq!(details.info.uuid, agent.amphora_id);
+    assert_eq!(details.info.api_version, "1.0");
     assert_eq!(details.topology, "SINGLE");
     assert_eq!(details.topology_status, "OK");
     assert!(details.active);
@@ -110,7 +110,7 @@ async fn config_upload_stores_and_returns_the_config_with_etag() {
     assert_eq!(reply.status, 202, "{}", reply.text());
     assert_eq!(reply.json::<Message>(), Message::ok());
     let etag = reply.header("etag").expect("ETag").to_owned();
-    assert_eq!(etag, amphora_agent::etag::md5_hex(config.as_bytes()));
+    assert_eq!(etag, amphora_testkit::md5_hex(config.as_bytes()));
 
     let stored = client.get(&format!("/1.0/loadbalancer/{LB}/haproxy")).await;
     assert_eq!(stored.status, 200);

@@ -33,7 +33,7 @@ async fn upload_md5_and_delete() {
     let reply = client.put(&cert_path(LB, "www.example.com.pem"), pem.clone()).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json::<Message>(), Message::ok());
-    let md5 = amphora_agent::etag::md5_hex(pem.as_bytes());
+    let md5 = amphora_testkit::md5_hex(pem.as_bytes());
     assert_eq!(reply.header("etag"), Some(md5.as_str()));
 
     let file = agent.cert_dir().join(LB).join("www.example.com.pem");

@@ -246,7 +246,7 @@ async fn after_a_reboot_running_load_balancers_start_again_and_stopped_ones_do_n
     wait_for_version(&ns, 1).await;
     assert_ne!(agent.haproxy_pid(LB), Some(pid));
     let statuses = listener_status(&client).await;
-    let find = |uuid: &str| statuses.iter().find(|s| s.uuid == uuid).map(|s| s.status);
+    let find = |uuid: &str| statuses.iter().find(|s| s.uuid == uuid).map(|s| s.status.clone());
     assert_eq!(find(LISTENER), Some(ListenerState::Active));
     assert_eq!(find("other-listener"), Some(ListenerState::Stopped));
 }
@@ -289,9 +289,60 @@ async fn a_maxconn_beyond_the_open_file_limit_fails_clearly() {
     assert!(details.contains("LimitNOFILE"), "{details}");
 }
 
+/// The haproxy binary the harness runs.
+fn real_haproxy() -> &'static str {
+    ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy", "/usr/bin/haproxy"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("/usr/sbin/haproxy")
+}
+
+/// An `haproxy_cmd` that runs the real haproxy, but records when each
+/// configuration check (`-c`, which upload and reload run under the load
+/// balancer's lock) of a load balancer begins and ends, and holds each for
+/// a moment so that checks running at the same time overlap visibly.
+fn recording_haproxy(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let script = dir.join("haproxy");
+    let log = dir.join("checks.log");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             case \" $* \" in *\" -c \"*) ;; *) exec {real} \"$@\" ;; esac\n\
+             cfg=; prev=\n\
+             for arg in \"$@\"; do [ \"$prev\" = -f ] && [ -z \"$cfg\" ] && cfg=$arg; prev=$arg; done\n\
+             lb=$(basename \"$(dirname \"$cfg\")\")\n\
+             start=$(date +%s%N)\n\
+             sleep 0.3\n\
+             {real} \"$@\"; status=$?\n\
+             echo \"$lb $start $(date +%s%N)\" >> {log}\n\
+             exit $status\n",
+            real = real_haproxy(),
+            log = log.display(),
+        ),
+    )
+    .expect("write the wrapper");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    (script, log)
+}
+
+/// `(load balancer, start, end)` of every recorded check.
+fn checks(log: &std::path::Path) -> Vec<(String, u128, u128)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            (words[0].to_owned(), words[1].parse().expect("start"), words[2].parse().expect("end"))
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn operations_on_different_load_balancers_run_in_parallel_and_on_one_are_serialised() {
-    let agent = agent();
+    let wrapper_dir = tempfile::tempdir().expect("tempdir");
+    let (haproxy, log) = recording_haproxy(wrapper_dir.path());
+    let agent = builder().option("haproxy_amphora", "haproxy_cmd", &haproxy.display().to_string()).start();
     let client = Arc::new(agent.client());
     let ids: Vec<String> = (0..4).map(|i| format!("{i:08}-aaaa-4bbb-8ccc-dddddddddddd")).collect();
     let mut tasks = Vec::new();
@@ -331,4 +382,21 @@ async fn operations_on_different_load_balancers_run_in_parallel_and_on_one_are_s
         let pid = agent.haproxy_pid(id).expect("pid");
         assert!(kill(Pid::from_raw(pid), None).is_ok());
     }
+
+    let checks = checks(&log);
+    // One upload and two reloads per load balancer, four more reloads of
+    // the first (a reload that finds haproxy stopped starts it: no check).
+    assert!(checks.len() >= 4 * 3, "{checks:?}");
+    let overlap = |a: &(String, u128, u128), b: &(String, u128, u128)| a.1 < b.2 && b.1 < a.2;
+    let mut parallel = false;
+    for (i, a) in checks.iter().enumerate() {
+        for b in &checks[i + 1..] {
+            if a.0 == b.0 {
+                assert!(!overlap(a, b), "two operations on {} ran at once: {a:?} {b:?}", a.0);
+            } else {
+                parallel |= overlap(a, b);
+            }
+        }
+    }
+    assert!(parallel, "operations on different load balancers never ran at the same time: {checks:?}");
 }

@@ -145,7 +145,7 @@ async fn heartbeats_report_the_traffic_that_went_through_haproxy() {
     assert_eq!((listener.stats.rx, listener.stats.tx, listener.stats.totconns), (0, 0, 0), "deltas, not totals");
     let pool = &beat.pools[&format!("pool:{LISTENER}")];
     assert_eq!(pool.status, "UP");
-    assert_eq!(pool.members.get("member-1").map(String::as_str), Some("no check"));
+    assert_eq!(pool.members.get("member-1").map(|s| s.as_str()), Some("no check"));
     let (_, next) = receiver.next().await;
     assert_eq!(next.seq, beat.seq + 1);
 }

@@ -158,7 +158,7 @@ async fn set_up(amphora: &Amphora, peer: &Amphora, priority: u32) {
     let config = keepalived_config(&amphora.agent, amphora.vrrp_ip, peer.vrrp_ip, priority);
     let reply = client.put("/1.0/vrrp/upload", config.clone()).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    assert_eq!(reply.header("etag"), Some(amphora_agent::etag::md5_hex(config.as_bytes()).as_str()));
+    assert_eq!(reply.header("etag"), Some(amphora_testkit::md5_hex(config.as_bytes()).as_str()));
     let reply = client.put("/1.0/vrrp/start", "").await;
     assert_eq!(reply.status, 202, "{}", reply.text());
     assert_eq!(reply.json::<Message>(), Message::with_details("OK", "keepalived started"));
@@ -372,4 +372,25 @@ async fn keepalived_is_supervised_and_adopted() {
     let reply = agent.client().put("/1.0/vrrp/stop", "").await;
     assert_eq!(reply.json::<Message>(), Message::with_details("OK", "keepalived stopped"));
     wait::until("keepalived to exit", WAIT, || async { (!alive(restarted)).then_some(()) }).await;
+}
+
+#[tokio::test]
+async fn dropping_the_harness_ends_keepalived_too() {
+    let agent = builder().start();
+    let ns = agent.netns.clone().expect("namespace");
+    netns::ip_in(&ns, &["link", "add", "eth1", "type", "veth", "peer", "name", "eth9"]);
+    netns::ip_in(&ns, &["addr", "add", "10.0.0.11/24", "dev", "eth1"]);
+    netns::ip_in(&ns, &["link", "set", "eth1", "up"]);
+    let client = agent.client();
+    assert_eq!(
+        client.put("/1.0/vrrp/upload", keepalived_config(&agent, "10.0.0.11", "10.0.0.12", 100)).await.status,
+        200
+    );
+    assert_eq!(client.put("/1.0/vrrp/start", "").await.status, 202);
+    let pid = keepalived_pid(&agent).expect("pid");
+    assert!(alive(pid));
+    drop(client);
+    drop(agent);
+    // SIGKILL is immediate; only the reaping of the orphan takes a moment.
+    wait::until("keepalived to be gone", WAIT, || async { (!alive(pid)).then_some(()) }).await;
 }

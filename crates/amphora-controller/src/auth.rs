@@ -9,6 +9,9 @@
 
 use axum::http::HeaderMap;
 
+/// The project of a noauth caller who names none.
+pub const NOAUTH_PROJECT: &str = "admin";
+
 /// The caller of one request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Context {
@@ -20,11 +23,15 @@ pub struct Context {
 }
 
 impl Context {
-    /// The noauth caller: an administrator, scoped to `X-Project-Id` if sent.
+    /// The noauth caller: an administrator, in the project `X-Project-Id`
+    /// names, else in `NOAUTH_PROJECT` (upstream has none and refuses to
+    /// create objects: "Missing project ID", which leaves the CLI and SDK
+    /// with auth type none unable to create anything).
     pub fn noauth(headers: &HeaderMap) -> Context {
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let header =
+            |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()).map(str::to_owned);
         Context {
-            project_id: header("x-project-id").or_else(|| header("x-tenant-id")),
+            project_id: header("x-project-id").or_else(|| header("x-tenant-id")).or(Some(NOAUTH_PROJECT.to_owned())),
             user_id: header("x-user-id"),
             roles: vec!["admin".into()],
             is_admin: true,

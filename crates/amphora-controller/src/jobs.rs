@@ -57,6 +57,14 @@ pub mod state {
     pub const FAILED: &str = "FAILED";
 }
 
+/// Now to the microsecond: jobs run in the order they were queued, and an
+/// API queues several in one second. (Sorts with the second-precision
+/// times of other tables.)
+fn queued_at() -> String {
+    let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]");
+    time::OffsetDateTime::now_utc().format(&f).unwrap_or_else(|_| now_text())
+}
+
 /// Queues a job inside the caller's transaction; returns its id.
 pub async fn enqueue(
     tx: &mut WriteTx<'_>,
@@ -75,7 +83,7 @@ pub async fn enqueue(
     .bind(payload.to_string())
     .bind(state::QUEUED)
     .bind(false)
-    .bind(now_text())
+    .bind(queued_at())
     .execute(&mut *tx.tx)
     .await?;
     Ok(id)

@@ -185,3 +185,32 @@ async fn a_job_that_keeps_stopping_its_worker_is_given_up_and_reverted() {
         w.stop().await;
     }
 }
+
+#[tokio::test]
+async fn jobs_of_one_target_run_one_at_a_time_in_order() {
+    for db in common::databases().await {
+        let mut cfg = config(&db, 5, Topology::Single);
+        cfg.worker.workers = 4;
+        let e = env(&db, cfg.clone()).await;
+        let other_db = if db.name == "postgres" { Db::open(&db.url).await.expect("second pool") } else { e.db.clone() };
+        let lb = e.insert_lb("PENDING_CREATE").await;
+        // Queued together (same second), before any worker runs.
+        let create = e.enqueue(JobKind::CreateLoadBalancer, &lb, json!({})).await;
+        let update = e.enqueue(JobKind::UpdateLoadBalancer, &lb, json!({})).await;
+        let delete = e.enqueue(JobKind::DeleteLoadBalancer, &lb, json!({"cascade": true})).await;
+        // The create stops on a bug once and waits to be retried: the jobs
+        // queued after it wait too.
+        let driver = TestDriver::new(&e.db, &e.config);
+        driver.panic_once_on(Some("compute_create"));
+        let w1 = e.worker(Some(driver.drivers()));
+        let w2 = start_worker(&other_db, &cfg, &e.wake, Some(driver.drivers()));
+        for job in [&create, &update, &delete] {
+            e.wait_job(job, "DONE").await;
+        }
+        assert_eq!(e.lb_status(&lb).await, "DELETED");
+        assert_eq!(e.live_amphorae(&lb).await, 0);
+        assert_eq!(e.count(&format!("SELECT COUNT(*) FROM amphora WHERE load_balancer_id = '{lb}'")).await, 1);
+        w1.stop().await;
+        w2.stop().await;
+    }
+}

@@ -19,6 +19,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use crate::wire_enum::wire_enum;
+
 /// The message format version upstream's health manager expects (deltas).
 pub const MESSAGE_VERSION: u32 = 3;
 /// Largest payload of one UDP datagram over IPv4.
@@ -44,19 +46,47 @@ pub struct ListenerStats {
     pub ereq: u64,
 }
 
+wire_enum! {
+    /// haproxy's frontend status, as upstream's health manager reads it
+    /// (OPEN: online, FULL: degraded, anything else: offline).
+    pub enum FrontendStatus {
+        Open = "OPEN",
+        Full = "FULL",
+        Stop = "STOP",
+    }
+}
+
+wire_enum! {
+    /// haproxy's backend (pool) status.
+    pub enum BackendStatus {
+        Up = "UP",
+        Down = "DOWN",
+    }
+}
+
+wire_enum! {
+    /// haproxy's server (member) status, as upstream's health manager
+    /// reads it; haproxy's transitional forms ("UP 1/3") stay `Other`.
+    pub enum ServerStatus {
+        Up = "UP",
+        Down = "DOWN",
+        Drain = "DRAIN",
+        Maint = "MAINT",
+        NoCheck = "no check",
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListenerHealth {
-    /// haproxy's frontend status: OPEN, FULL, STOP.
-    pub status: String,
+    pub status: FrontendStatus,
     pub stats: ListenerStats,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolHealth {
-    /// haproxy's backend status: UP, DOWN.
-    pub status: String,
-    /// Member id to status: UP, DOWN, DRAIN, MAINT, "no check"...
-    pub members: BTreeMap<String, String>,
+    pub status: BackendStatus,
+    /// Member id to status.
+    pub members: BTreeMap<String, ServerStatus>,
 }
 
 /// A version 3 heartbeat.

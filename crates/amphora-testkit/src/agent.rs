@@ -1,7 +1,8 @@
 //! Runs the real `amphora-agent` binary for a test: its own temporary state
 //! directory, throwaway certificates, an OS-chosen port and, by default, its
 //! own network namespace. Dropping the harness kills the agent and every
-//! haproxy it started and removes the namespace, also when the test failed.
+//! haproxy and keepalived it started and removes the namespace, also when
+//! the test failed.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -40,6 +41,8 @@ pub struct AgentBuilder {
     options: BTreeMap<String, BTreeMap<String, String>>,
     overrides: Vec<String>,
     vm: bool,
+    state_tmpfs: Option<u64>,
+    open_files: Option<u64>,
 }
 
 impl AgentBuilder {
@@ -51,6 +54,8 @@ impl AgentBuilder {
             options: BTreeMap::new(),
             overrides: Vec::new(),
             vm: false,
+            state_tmpfs: None,
+            open_files: None,
         }
     }
 
@@ -74,6 +79,19 @@ impl AgentBuilder {
         self
     }
 
+    /// Puts the state directory (`base_path`, and the certificates in it) on
+    /// a tmpfs of `bytes`, so a test can fill it up. Unmounted on drop.
+    pub fn state_on_tmpfs(mut self, bytes: u64) -> Self {
+        self.state_tmpfs = Some(bytes);
+        self
+    }
+
+    /// Lowers the agent's soft limit of open files (RLIMIT_NOFILE).
+    pub fn open_files_limit(mut self, limit: u64) -> Self {
+        self.open_files = Some(limit);
+        self
+    }
+
     /// Adds a further configuration file, given after the main one.
     pub fn config_file(mut self, text: &str) -> Self {
         self.overrides.push(text.to_owned());
@@ -90,6 +108,17 @@ impl AgentBuilder {
             name
         });
         let state = dir.path().join("state");
+        if let Some(bytes) = self.state_tmpfs {
+            std::fs::create_dir(&state).expect("state directory");
+            nix::mount::mount(
+                Some("tmpfs"),
+                &state,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some(format!("size={bytes},mode=0755").as_str()),
+            )
+            .expect("mount a tmpfs for the state directory");
+        }
         std::fs::write(dir.path().join("client_ca.pem"), pki.client_ca.cert_pem()).expect("write CA");
         std::fs::write(dir.path().join("server.pem"), pki.server.combined_pem()).expect("write server cert");
 
@@ -139,6 +168,8 @@ impl AgentBuilder {
             config_path,
             config_files,
             vm,
+            state_tmpfs: self.state_tmpfs.is_some(),
+            open_files: self.open_files,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             child: None,
         };
@@ -169,6 +200,9 @@ pub struct Agent {
     config_files: Vec<PathBuf>,
     /// The namespace the agent process runs in, when not the host's.
     pub vm: Option<String>,
+    /// Whether the state directory is a tmpfs of the harness's.
+    state_tmpfs: bool,
+    open_files: Option<u64>,
     /// Where the agent listens.
     pub addr: SocketAddr,
     child: Option<Child>,
@@ -208,6 +242,18 @@ impl Agent {
                     } else {
                         Err(std::io::Error::last_os_error())
                     }
+                });
+            }
+        }
+        if let Some(limit) = self.open_files {
+            let (_, hard) =
+                nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).expect("open files limit");
+            // SAFETY: the closure runs between fork and exec and only makes
+            // one async-signal-safe system call.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit, hard)
+                        .map_err(std::io::Error::from)
                 });
             }
         }
@@ -284,33 +330,54 @@ impl Agent {
         client_config(&self.pki.server_ca.cert_pem(), identity, versions)
     }
 
-    /// A client with the controller's certificate.
+    /// A client with the controller's certificate that checks every answer
+    /// against the wire contract.
     pub fn client(&self) -> AgentClient {
         AgentClient::new(self.addr, self.tls_config(Some(&self.pki.client), TlsVersions::Any), &self.amphora_id)
             .in_netns(self.vm.as_deref())
+            .checking_contract()
     }
 
-    /// Kills the haproxy processes this agent's state directory records.
-    fn kill_haproxies(&self) {
-        let Ok(entries) = std::fs::read_dir(self.base_path()) else { return };
-        for entry in entries.filter_map(Result::ok) {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(pid) = self.haproxy_pid(&name) else { continue };
-            // Only ours: its command line names our state directory.
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let base = self.base_path().display().to_string();
-            if String::from_utf8_lossy(&cmdline).contains(&base) {
-                let _ = signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
-                let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
+    /// Every live process whose command line names this agent's temporary
+    /// directory: the haproxy masters and workers and the keepalived
+    /// processes it started (keepalived runs in a session of its own, so
+    /// killing the agent does not end it), whether or not their pid files
+    /// still exist.
+    pub fn leftover_processes(&self) -> Vec<Pid> {
+        let mut needle = self.dir.path().as_os_str().as_encoded_bytes().to_vec();
+        needle.push(b'/');
+        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                cmdline.split(|b| *b == 0).any(|arg| arg.starts_with(&needle))
+            })
+            .filter(|pid| !is_zombie(*pid))
+            .map(Pid::from_raw)
+            .collect()
+    }
+
+    fn kill_leftovers(&self) {
+        for pid in self.leftover_processes() {
+            let _ = signal::kill(pid, Signal::SIGKILL);
         }
     }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').is_none_or(|(_, rest)| matches!(rest.split_whitespace().next(), Some("Z" | "X")))
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
-        self.kill_haproxies();
+        self.kill_leftovers();
+        if self.state_tmpfs {
+            let _ = nix::mount::umount2(&self.base_path(), nix::mount::MntFlags::MNT_DETACH);
+        }
         for name in [&self.netns, &self.vm].into_iter().flatten() {
             netns::delete(name);
         }

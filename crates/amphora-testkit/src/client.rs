@@ -115,6 +115,7 @@ pub struct AgentClient {
     connection: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
     opened: AtomicUsize,
     netns: Option<String>,
+    check_contract: bool,
 }
 
 impl AgentClient {
@@ -126,7 +127,15 @@ impl AgentClient {
             connection: tokio::sync::Mutex::new(None),
             opened: AtomicUsize::new(0),
             netns: None,
+            check_contract: false,
         }
+    }
+
+    /// Fails every request whose JSON answer drifts from its
+    /// `amphora-proto` type (see [`crate::contract`]); for our own agent.
+    pub fn checking_contract(mut self) -> Self {
+        self.check_contract = true;
+        self
     }
 
     /// Connects from inside a namespace (an agent running in one).
@@ -173,6 +182,10 @@ impl AgentClient {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response.into_body().collect().await?.to_bytes();
+        if self.check_contract {
+            let content_type = headers.get(hyper::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            crate::contract::check(method, path, status, content_type, &body).map_err(anyhow::Error::msg)?;
+        }
         Ok(Reply { status, headers, body })
     }
 

@@ -58,11 +58,14 @@ pub fn run(command: &[OsString], env: &[(&str, &str)], timeout: Duration) -> Res
     let image = image_dir()?;
     let job = tempfile::Builder::new().prefix("amphora-vm.").tempdir().map_err(|e| e.to_string())?;
     let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
+    // /tmp stays the overlay's (writes land in the guest's memory like
+    // everywhere else): a tmpfs over it would hide a checkout, its test
+    // binaries and the image's modules when they live under the host's /tmp.
     let mut script = String::from(
         "#!/bin/sh\n# Stage 2, on the overlay root: a usable system, then the job.\n\
          mount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev\n\
          mkdir -p /dev/pts /dev/shm\nmount -t devpts devpts /dev/pts\nmount -t tmpfs tmpfs /dev/shm\n\
-         mount -t tmpfs tmpfs /run\nmkdir -p /run/netns /run/lock\nmount -t tmpfs tmpfs /tmp\n\
+         mount -t tmpfs tmpfs /run\nmkdir -p /run/netns /run/lock\n\
          mount --make-rshared /\necho 1 > /proc/sys/kernel/sysrq\n\
          ip link set lo up\nhostname amphora-vm\n",
     );
@@ -71,7 +74,13 @@ pub fn run(command: &[OsString], env: &[(&str, &str)], timeout: Duration) -> Res
         "mkdir -p /lib/modules\nmount --bind {} /lib/modules",
         quote(image.join("lib/modules").as_os_str().as_bytes())
     );
-    let _ = writeln!(script, "cd {}", quote(cwd.as_os_str().as_bytes()));
+    // A directory the guest cannot see must fail the job, not run it in /.
+    let _ = writeln!(
+        script,
+        "cd {} || {{ echo \"vm: cannot enter the working directory\" > /job/output; echo 125 > /job/status; \
+         sync; echo o > /proc/sysrq-trigger; sleep 60; }}",
+        quote(cwd.as_os_str().as_bytes())
+    );
     script.push_str("export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root\n");
     for (key, value) in env {
         let _ = writeln!(script, "export {key}={}", quote(value.as_bytes()));

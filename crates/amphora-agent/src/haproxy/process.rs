@@ -132,6 +132,13 @@ impl Haproxy {
         // A stale pid file must not be mistaken for the new master's.
         crate::fsutil::remove_file_if_exists(&instance.pid_file)
             .map_err(io_error(format!("cannot remove {}", instance.pid_file.display())))?;
+        // A master can outlive its pid file (its directory removed under
+        // it); a second one would share the ports with it (SO_REUSEPORT)
+        // and split the traffic between two configurations.
+        for pid in masters_running(&instance.config) {
+            tracing::warn!(%pid, config = %instance.config.display(), "stopping an haproxy master that lost its pid file");
+            self.stop(pid).await?;
+        }
 
         let mut master_socket = OsString::from(&instance.master_socket);
         master_socket.push(",mode,600");
@@ -305,6 +312,31 @@ fn read_pid_file(path: &Path) -> Option<Pid> {
 /// is never mistaken for it.
 pub fn running_pid(instance: &Instance) -> Option<Pid> {
     running_daemon(&instance.pid_file, &instance.config)
+}
+
+/// Live haproxy masters running `config`, found by their command lines
+/// (not configuration checks, and not workers, whose parent runs the same
+/// command line).
+pub fn masters_running(config: &Path) -> Vec<Pid> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    let runs = |pid: i32| {
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+        let mut args = cmdline.split(|b| *b == 0);
+        let config = config.as_os_str().as_encoded_bytes();
+        args.clone().any(|arg| arg == config) && !args.any(|arg| arg == b"-c") && !is_zombie(Pid::from_raw(pid))
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| runs(*pid) && !parent_of(*pid).is_some_and(runs))
+        .map(Pid::from_raw)
+        .collect()
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The pid recorded in `pid_file`, if that process is alive and has

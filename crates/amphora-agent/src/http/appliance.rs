@@ -3,6 +3,8 @@
 //! over the same domain services; its error conventions are its own (409
 //! for a bad certificate file, 403 for a method it does not know).
 
+use amphora_proto::appliance::ApplianceStatus;
+use amphora_proto::paths::appliance;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Request, State};
@@ -18,14 +20,11 @@ use crate::lb::LbError;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/status", get(status).fallback(invalid))
-        .route("/service_status", get(service_status).fallback(invalid))
-        .route("/instances", get(instances).fallback(invalid))
-        .route("/instances/{instance}", get(instance).delete(delete_instance).fallback(invalid))
-        .route(
-            "/instances/{instance}/certificates/{filename}",
-            axum::routing::put(upload_certificate).fallback(invalid),
-        )
+        .route(appliance::STATUS, get(status).fallback(invalid))
+        .route(appliance::SERVICE_STATUS, get(service_status).fallback(invalid))
+        .route(appliance::INSTANCES, get(instances).fallback(invalid))
+        .route(appliance::INSTANCE, get(instance).delete(delete_instance).fallback(invalid))
+        .route(appliance::INSTANCE_CERTIFICATE, axum::routing::put(upload_certificate).fallback(invalid))
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
@@ -46,19 +45,19 @@ fn instance_id(raw: &str) -> Result<LbId, Box<Response>> {
 async fn status(State(state): State<AppState>) -> Response {
     let details = state.info.details().await;
     let processes = state.lbs.processes();
-    Json(serde_json::json!({
-        "hostname": details.hostname,
-        "network_tx": details.network_tx,
-        "network_rx": details.network_rx,
-        "active_node": u8::from(details.active),
-        "haproxy_count": processes.iter().filter(|(_, pid, _)| pid.is_some()).count().to_string(),
-        "stunnel_count": "0",
-        "fencing_daemon_status": if state.vrrp.running_pid().is_some() { "OK" } else { "N/A" },
-        "user_cpu": details.cpu.user,
-        "system_cpu": details.cpu.system,
-        "software_irq": details.cpu.soft_irq,
-        "load": details.load.iter().map(|l| format!("{l:.2}")).collect::<Vec<_>>(),
-    }))
+    Json(ApplianceStatus {
+        hostname: details.info.hostname,
+        network_tx: details.network_tx,
+        network_rx: details.network_rx,
+        active_node: u8::from(details.active),
+        haproxy_count: processes.iter().filter(|(_, pid, _)| pid.is_some()).count().to_string(),
+        stunnel_count: "0".into(),
+        fencing_daemon_status: if state.vrrp.running_pid().is_some() { "OK" } else { "N/A" }.into(),
+        user_cpu: details.cpu.user,
+        system_cpu: details.cpu.system,
+        software_irq: details.cpu.soft_irq,
+        load: details.load.iter().map(|l| format!("{l:.2}")).collect(),
+    })
     .into_response()
 }
 

@@ -27,12 +27,12 @@ impl ApiError {
         Self { status, body: Message::new(message) }
     }
 
-    pub fn with_details(status: StatusCode, message: impl Into<String>, details: impl Into<String>) -> Self {
-        Self { status, body: Message::with_details(message, details) }
-    }
-
     pub fn status(&self) -> StatusCode {
         self.status
+    }
+
+    pub fn with_details(status: StatusCode, message: impl Into<String>, details: impl Into<String>) -> Self {
+        Self { status, body: Message::with_details(message, details) }
     }
 
     /// The start/stop/reload route words a missing load balancer as the

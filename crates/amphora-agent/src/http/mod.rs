@@ -2,6 +2,14 @@
 //! routers, request logging, and JSON answers for unknown routes and
 //! methods (upstream's controller takes a non-JSON 404 for "agent not
 //! ready" and keeps retrying).
+//!
+//! Every stage of a request has a time limit (handshake, headers, body), and
+//! a request is handled only once it has fully arrived. The number of open
+//! connections is capped: at the cap, a new client takes the slot of the
+//! oldest connection that has no request being handled (one still in its
+//! handshake, idle between requests, or sending a request), so clients that
+//! hold connections open cannot lock the controller out, and no handler is
+//! ever cut half-way.
 
 mod appliance;
 mod error;
@@ -9,23 +17,31 @@ mod extract;
 mod v0_1;
 mod v1;
 
+use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use amphora_proto::Versions;
+use amphora_proto::{ApiVersion, Versions, paths};
 use axum::Json;
 use axum::Router;
+use axum::body::{Body, HttpBody};
 use axum::extract::State;
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::{Bytes, BytesMut};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 
 pub use error::ApiError;
 
@@ -48,24 +64,24 @@ pub struct AppState {
     pub vrrp: Arc<Vrrp>,
     pub topology: Arc<TopologyService>,
     /// The API versions served (configuration `api_versions`).
-    pub versions: Arc<Vec<String>>,
+    pub versions: Arc<Vec<ApiVersion>>,
 }
 
 /// The complete application: the enabled API surfaces over one state.
 pub fn app(state: AppState, max_body: usize) -> Router {
-    let enabled = |v: &str| state.versions.iter().any(|e| e == v);
-    let mut router = Router::new().route("/", get(version_discovery));
-    if enabled("1.0") || enabled("0.1") {
+    let enabled = |v: ApiVersion| state.versions.contains(&v);
+    let mut router = Router::new().route(paths::ROOT, get(version_discovery));
+    if enabled(ApiVersion::V1_0) || enabled(ApiVersion::V0_1) {
         // Both specifications call /info the one unversioned route.
-        router = router.route("/info", get(v1::info));
+        router = router.route(paths::INFO, get(v1::info));
     }
-    if enabled("1.0") {
+    if enabled(ApiVersion::V1_0) {
         router = router.merge(v1::router());
     }
-    if enabled("0.1") {
+    if enabled(ApiVersion::V0_1) {
         router = router.merge(v0_1::router());
     }
-    if enabled("appliance") {
+    if enabled(ApiVersion::Appliance) {
         router = router.merge(appliance::router());
     }
     router
@@ -80,11 +96,10 @@ pub fn app(state: AppState, max_body: usize) -> Router {
 /// `GET /`: upstream's controller reads `api_version`; `versions` lists
 /// everything served.
 async fn version_discovery(State(state): State<AppState>) -> Json<Versions> {
-    let api_version = ["1.0", "0.1", "appliance"]
+    let api_version = [ApiVersion::V1_0, ApiVersion::V0_1, ApiVersion::Appliance]
         .into_iter()
-        .find(|v| state.versions.iter().any(|e| e == v))
-        .unwrap_or("1.0")
-        .to_owned();
+        .find(|v| state.versions.contains(v))
+        .unwrap_or(ApiVersion::V1_0);
     Json(Versions { api_version, versions: state.versions.as_ref().clone() })
 }
 
@@ -157,13 +172,93 @@ fn merge_slashes<B>(mut request: hyper::Request<B>) -> hyper::Request<B> {
     request
 }
 
-/// Time limits of client connections.
+/// Limits of client connections.
 #[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
+pub struct Limits {
     /// For the TLS handshake.
     pub handshake: Duration,
-    /// For a request's headers, and for an idle keep-alive connection.
+    /// For a request's headers, for its body (counted from the end of the
+    /// headers), and for an idle keep-alive connection.
     pub read: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// The largest request body (`max_request_body_size`).
+    pub max_body: usize,
+}
+
+/// One client connection, as the connection table sees it.
+#[derive(Debug, Default)]
+struct Connection {
+    /// A request that fully arrived is being handled: the connection must
+    /// not be cut, or the operation would stop half-way.
+    working: AtomicBool,
+    /// Asks the connection to make room for a new client.
+    evict: Notify,
+}
+
+/// Open connections, oldest first.
+#[derive(Debug, Default)]
+struct Connections {
+    open: Mutex<BTreeMap<u64, Arc<Connection>>>,
+}
+
+impl Connections {
+    /// Admits a new connection, evicting the oldest one that is not
+    /// working when all `max` slots are taken. `None` when every
+    /// connection is working.
+    fn admit(&self, id: u64, max: usize) -> Option<Arc<Connection>> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.len() >= max {
+            let victim = open.iter().find(|(_, c)| !c.working.load(Ordering::SeqCst)).map(|(id, _)| *id)?;
+            if let Some(evicted) = open.remove(&victim) {
+                evicted.evict.notify_one();
+            }
+        }
+        let connection = Arc::new(Connection::default());
+        open.insert(id, connection.clone());
+        Some(connection)
+    }
+
+    fn release(&self, id: u64) {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+}
+
+/// Reads a request body whole, within the time and size limits.
+async fn read_body(mut body: Incoming, limits: &Limits) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::with_details(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request body too large",
+            format!("the limit is {} bytes", limits.max_body),
+        )
+    };
+    let deadline = tokio::time::Instant::now() + limits.read;
+    let mut data = BytesMut::new();
+    loop {
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
+        match tokio::time::timeout_at(deadline, frame).await {
+            Err(_) => {
+                return Err(ApiError::with_details(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "Request Timeout",
+                    format!("the request body did not arrive within {:?}", limits.read),
+                ));
+            }
+            Ok(None) => return Ok(data.freeze()),
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::with_details(StatusCode::BAD_REQUEST, "Invalid request", e.to_string()));
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Ok(chunk) = frame.into_data() {
+                    if data.len() + chunk.len() > limits.max_body {
+                        return Err(too_large());
+                    }
+                    data.extend_from_slice(&chunk);
+                }
+            }
+        }
+    }
 }
 
 /// Accepts connections until `shutdown` resolves. Each connection is
@@ -172,10 +267,12 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<TlsState>,
     app: Router,
-    timeouts: Timeouts,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let connections = Arc::new(Connections::default());
+    let mut next_id = 0u64;
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -189,33 +286,94 @@ pub async fn serve(
             },
             () = &mut shutdown => return,
         };
+        next_id += 1;
+        let id = next_id;
+        let Some(connection) = connections.admit(id, limits.max_connections) else {
+            tracing::warn!(%peer, max = limits.max_connections, "every connection is busy; refusing a new one");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = TlsAcceptor::from(tls.current());
         let app = app.clone();
+        let connections = connections.clone();
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(timeouts.handshake, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::warn!(%peer, error = %e, "TLS handshake refused");
-                    return;
-                }
-                Err(_) => {
-                    tracing::warn!(%peer, "TLS handshake timed out");
-                    return;
+            serve_connection(tcp, peer, acceptor, app, limits, connection).await;
+            connections.release(id);
+        });
+    }
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: std::net::SocketAddr,
+    acceptor: TlsAcceptor,
+    app: Router,
+    limits: Limits,
+    connection: Arc<Connection>,
+) {
+    let stream = tokio::select! {
+        handshake = tokio::time::timeout(limits.handshake, acceptor.accept(tcp)) => match handshake {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, error = %e, "TLS handshake refused");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+        () = connection.evict.notified() => {
+            tracing::info!(%peer, "connection closed during its handshake to make room for a new one");
+            return;
+        }
+    };
+    let state = connection.clone();
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let app = app.clone();
+        let connection = state.clone();
+        async move {
+            let (parts, body) = merge_slashes(request).into_parts();
+            let body = match read_body(body, &limits).await {
+                Ok(body) => body,
+                Err(error) => {
+                    let status = error.status().as_u16();
+                    tracing::warn!(%peer, method = %parts.method, path = parts.uri.path(), status, "request refused");
+                    let mut response = error.into_response();
+                    if status == StatusCode::REQUEST_TIMEOUT.as_u16() {
+                        // The rest of a late body would be taken for the
+                        // next request: the connection ends here.
+                        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    return Ok::<_, Infallible>(response);
                 }
             };
-            let service =
-                TowerToHyperService::new(tower::ServiceBuilder::new().map_request(merge_slashes).service(app));
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .keep_alive(true)
-                .header_read_timeout(timeouts.read)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            connection.working.store(true, Ordering::SeqCst);
+            let response = app.oneshot(Request::from_parts(parts, Body::from(body))).await;
+            connection.working.store(false, Ordering::SeqCst);
+            response
+        }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(limits.read)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(served);
+    let outcome = tokio::select! {
+        outcome = served.as_mut() => outcome,
+        () = connection.evict.notified() => {
+            if !connection.working.load(Ordering::SeqCst) {
+                tracing::info!(%peer, "idle connection closed to make room for a new one");
+                return;
             }
-        });
+            // A request is being handled: finish it, then close.
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(e) = outcome {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 

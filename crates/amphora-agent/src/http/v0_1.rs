@@ -4,7 +4,8 @@
 //! specifications differ (201 for uploads, 404 for deleting what is not
 //! there), each follows its own.
 
-use amphora_proto::{CertificateMd5, Message};
+use amphora_proto::v0_1::{self, TopologyKind, TopologyResponse};
+use amphora_proto::{ApiVersion, CertificateMd5, Message, Topology, TopologyStatus};
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
@@ -22,21 +23,19 @@ use crate::lb::{Action, LbError, Outcome};
 use crate::topology;
 
 pub fn router() -> Router<AppState> {
+    use amphora_proto::paths::v0_1 as path;
     Router::new()
-        .route("/v0.1/topology", get(get_topology).post(set_topology))
-        .route("/v0.1/info", get(info))
-        .route("/v0.1/details", get(details))
-        .route("/v0.1/listeners", get(listeners))
-        .route("/v0.1/listeners/{listener}", get(listener).delete(delete_listener))
-        .route("/v0.1/listeners/{listener}/{action}", put(act))
-        .route("/v0.1/listeners/{listener}/haproxy", put(upload_config).get(get_config))
-        .route(
-            "/v0.1/listeners/{listener}/certificates/{filename}",
-            put(upload_certificate).get(certificate_md5).delete(delete_certificate),
-        )
-        .route("/v0.1/plug/vip/{vip}", post(plug_vip))
-        .route("/v0.1/plug/network", post(plug_network))
-        .route("/v0.1/plug/network/", post(plug_network))
+        .route(path::TOPOLOGY, get(get_topology).post(set_topology))
+        .route(path::INFO, get(info))
+        .route(path::DETAILS, get(details))
+        .route(path::LISTENERS, get(listeners))
+        .route(path::LISTENER, get(listener).delete(delete_listener))
+        .route(path::LISTENER_ACTION, put(act))
+        .route(path::LISTENER_CONFIG, put(upload_config).get(get_config))
+        .route(path::LISTENER_CERTIFICATE, put(upload_certificate).get(certificate_md5).delete(delete_certificate))
+        .route(path::PLUG_VIP, post(plug_vip))
+        .route(path::PLUG_NETWORK, post(plug_network))
+        .route(path::PLUG_NETWORK_SLASH, post(plug_network))
 }
 
 /// 0.1 words a missing listener as "Listener Not Found" everywhere.
@@ -58,14 +57,17 @@ fn require_listener(state: &AppState, id: &LbId) -> Result<(), ApiError> {
 async fn get_topology(State(state): State<AppState>) -> Response {
     let record = state.topology.record().unwrap_or_default();
     let info = state.info.info();
-    Json(serde_json::json!({
-        "hostname": info.hostname,
-        "uuid": info.uuid,
-        "topology": record.topology.as_str(),
-        "role": match record.role { topology::Role::Active => "ACTIVE", topology::Role::Standby => "STANDBY" },
-        "ha_ip": record.ha_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-        "topology_status": state.topology.status(),
-    }))
+    Json(TopologyResponse {
+        hostname: info.hostname,
+        uuid: info.uuid,
+        topology: TopologyKind::from(record.topology.as_str()),
+        role: match record.role {
+            topology::Role::Active => v0_1::Role::Active,
+            topology::Role::Standby => v0_1::Role::Standby,
+        },
+        ha_ip: record.ha_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        topology_status: TopologyStatus::from(state.topology.status()),
+    })
     .into_response()
 }
 
@@ -85,17 +87,20 @@ async fn set_topology(State(state): State<AppState>, RawBody(body): RawBody) -> 
 
 async fn info(State(state): State<AppState>) -> Response {
     let mut info = state.info.info();
-    info.api_version = "0.1".into();
+    info.api_version = ApiVersion::V0_1;
     Json(info).into_response()
 }
 
 async fn details(State(state): State<AppState>) -> Response {
     let mut details = state.info.details().await;
-    details.api_version = "0.1".into();
-    if let Some(record) = state.topology.record() {
-        details.topology = record.topology.as_str().into();
-    }
-    Json(details).into_response()
+    details.info.api_version = ApiVersion::V0_1;
+    // The 0.1 API spells topologies its own way.
+    let topology = match state.topology.record() {
+        Some(record) => TopologyKind::from(record.topology.as_str()),
+        None if details.topology == Topology::ActiveStandby => TopologyKind::ActiveStandby,
+        None => TopologyKind::Single,
+    };
+    Json(details.with_topology(topology)).into_response()
 }
 
 async fn listeners(State(state): State<AppState>) -> Response {

@@ -1,6 +1,8 @@
 //! The 1.0 API router: each handler extracts and validates its inputs,
 //! makes one call on a domain service and shapes the answer.
 
+use amphora_proto::net::InterfaceLookup;
+use amphora_proto::paths::v1;
 use amphora_proto::{CertificateMd5, Message};
 use axum::Json;
 use axum::Router;
@@ -21,26 +23,23 @@ use crate::vrrp;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/1.0/info", get(info))
-        .route("/1.0/details", get(details))
-        .route("/1.0/listeners", get(listeners))
-        .route("/1.0/listeners/{id}", get(listener).delete(delete_lb))
-        .route("/1.0/loadbalancer/{first}/haproxy", get(get_config))
-        .route("/1.0/loadbalancer/{first}/{second}", put(act))
-        .route("/1.0/loadbalancer/{first}/{second}/haproxy", put(upload_config))
-        .route("/1.0/certificate", put(rotate_certificate))
-        .route("/1.0/plug/vip/{vip}", post(plug_vip))
-        .route("/1.0/plug/network", post(plug_network))
-        .route("/1.0/plug/network/", post(plug_network))
-        .route("/1.0/interface/{ip}", get(interface))
-        .route("/1.0/interface/{ip}/rules", put(interface_rules))
-        .route("/1.0/vrrp/upload", put(upload_vrrp))
-        .route("/1.0/vrrp/{action}", put(vrrp_action))
-        .route("/1.0/config", put(update_config))
-        .route(
-            "/1.0/loadbalancer/{first}/certificates/{filename}",
-            put(upload_certificate).get(certificate_md5).delete(delete_certificate),
-        )
+        .route(v1::INFO, get(info))
+        .route(v1::DETAILS, get(details))
+        .route(v1::LISTENERS, get(listeners))
+        .route(v1::LISTENER, get(listener).delete(delete_lb))
+        .route(v1::LB_CONFIG, get(get_config))
+        .route(v1::LB_ACTION, put(act))
+        .route(v1::LB_UPLOAD_CONFIG, put(upload_config))
+        .route(v1::SERVER_CERTIFICATE, put(rotate_certificate))
+        .route(v1::PLUG_VIP, post(plug_vip))
+        .route(v1::PLUG_NETWORK, post(plug_network))
+        .route(v1::PLUG_NETWORK_SLASH, post(plug_network))
+        .route(v1::INTERFACE, get(interface))
+        .route(v1::INTERFACE_RULES, put(interface_rules))
+        .route(v1::VRRP_UPLOAD, put(upload_vrrp))
+        .route(v1::VRRP_ACTION, put(vrrp_action))
+        .route(v1::AGENT_CONFIG, put(update_config))
+        .route(v1::LB_CERTIFICATE, put(upload_certificate).get(certificate_md5).delete(delete_certificate))
 }
 
 pub(super) async fn info(State(state): State<AppState>) -> Response {
@@ -180,7 +179,7 @@ async fn plug_network(State(state): State<AppState>, RawBody(body): RawBody) -> 
 async fn interface(State(state): State<AppState>, PathParams(ip): PathParams<String>) -> Result<Response, ApiError> {
     let name =
         state.net.interface_of(&ip).await.map_err(|e| ApiError::from_net(e, "Error looking up the interface"))?;
-    Ok(Json(serde_json::json!({"message": "OK", "interface": name})).into_response())
+    Ok(Json(InterfaceLookup { message: "OK".into(), interface: name }).into_response())
 }
 
 async fn interface_rules(

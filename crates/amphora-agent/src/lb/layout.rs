@@ -11,6 +11,19 @@ use std::path::{Path, PathBuf};
 use crate::haproxy::Instance;
 use crate::ids::LbId;
 
+/// `{base_path}/interfaces/`: the stored network interface definitions and
+/// firewall rules.
+pub const INTERFACES_DIR: &str = "interfaces";
+/// `{base_path}/vrrp/`: keepalived's files.
+pub const VRRP_DIR: &str = "vrrp";
+/// `{base_path}/lvs/`: keepalived instances of UDP and SCTP listeners.
+pub const LVS_DIR: &str = "lvs";
+/// `{base_path}/certs/`: upstream's default `base_cert_dir`.
+pub const CERTS_DIR: &str = "certs";
+/// Entries of `base_path` that are the agent's own: no load balancer id may
+/// name them.
+pub const RESERVED_NAMES: &[&str] = &[INTERFACES_DIR, VRRP_DIR, LVS_DIR, CERTS_DIR];
+
 #[derive(Debug, Clone)]
 pub struct Layout {
     base_path: PathBuf,
@@ -28,6 +41,26 @@ impl Layout {
 
     pub fn lb_dir(&self, id: &LbId) -> PathBuf {
         self.base_path.join(id.as_str())
+    }
+
+    /// The stats socket upstream's controller configures for a load
+    /// balancer, `{base_path}/{lb}.sock`: the only one the agent removes.
+    pub fn stats_socket(&self, id: &LbId) -> PathBuf {
+        self.base_path.join(format!("{id}.sock"))
+    }
+
+    pub fn interfaces_dir(&self) -> PathBuf {
+        self.base_path.join(INTERFACES_DIR)
+    }
+
+    /// Whether the load balancer's directory holds anything the agent wrote
+    /// there for a load balancer (a configuration, staged or rejected, or
+    /// the agent's record). Only such a directory may be removed as the
+    /// load balancer's.
+    pub fn holds_load_balancer(&self, id: &LbId) -> bool {
+        [self.config(id), self.new_config(id), self.failed_config(id), self.agent_state(id)]
+            .iter()
+            .any(|path| path.symlink_metadata().is_ok_and(|m| m.is_file()))
     }
 
     pub fn config(&self, id: &LbId) -> PathBuf {
@@ -90,14 +123,6 @@ impl Layout {
         ids.sort();
         ids
     }
-
-    /// Whether `path` is inside the state directory, so the agent may
-    /// remove it.
-    pub fn owns(&self, path: &Path) -> bool {
-        path.is_absolute()
-            && path.starts_with(&self.base_path)
-            && !path.components().any(|c| matches!(c, std::path::Component::ParentDir))
-    }
 }
 
 #[cfg(test)]
@@ -115,6 +140,7 @@ mod tests {
         assert_eq!(layout.config(&lb), PathBuf::from("/var/lib/octavia/85e2111b/haproxy.cfg"));
         assert_eq!(layout.servers_state(&lb), PathBuf::from("/var/lib/octavia/85e2111b/servers-state"));
         assert_eq!(layout.cert_dir(&lb), PathBuf::from("/var/lib/octavia/certs/85e2111b"));
+        assert_eq!(layout.stats_socket(&lb), PathBuf::from("/var/lib/octavia/85e2111b.sock"));
         assert_eq!(layout.instance(&lb, "p".into()).pid_file, PathBuf::from("/var/lib/octavia/85e2111b/85e2111b.pid"));
         assert_eq!(layout.user_group_config(), PathBuf::from("/var/lib/octavia/haproxy-default-user-group.conf"));
     }
@@ -131,14 +157,5 @@ mod tests {
         }
         fs::write(dir.path().join("stray.cfg"), "").expect("write");
         assert_eq!(layout.load_balancers(), vec![id("a-lb"), id("b-lb")]);
-    }
-
-    #[test]
-    fn owns_only_paths_below_the_state_directory() {
-        let layout = Layout::new("/var/lib/octavia".into(), "/var/lib/octavia/certs".into());
-        assert!(layout.owns(Path::new("/var/lib/octavia/lb.sock")));
-        assert!(!layout.owns(Path::new("/var/lib/octavia/../../etc/passwd")));
-        assert!(!layout.owns(Path::new("/etc/passwd")));
-        assert!(!layout.owns(Path::new("lb.sock")));
     }
 }

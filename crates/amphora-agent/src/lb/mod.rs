@@ -18,11 +18,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use amphora_proto::{ListenerDetail, ListenerState, ListenerStatus, PoolStatus};
+use amphora_proto::{
+    ListenerDetail, ListenerProtocol, ListenerState, ListenerStatus, MemberState, PoolState, PoolStatus,
+};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-pub use layout::Layout;
+pub use layout::{Layout, RESERVED_NAMES, VRRP_DIR};
 
 use crate::certs::{self, CertFileName, KeyRule, PemError};
 use crate::fsutil;
@@ -135,6 +137,8 @@ pub struct LbService {
     haproxy: Haproxy,
     /// Peer name for configurations the agent did not receive itself.
     default_peer: String,
+    /// The group haproxy drops to (`user_group`); detected when unset.
+    user_group: Option<String>,
     slots: Mutex<HashMap<LbId, Arc<Slot>>>,
     /// Advertises VIPs after haproxy starts or reloads.
     net: Option<Arc<NetService>>,
@@ -148,6 +152,7 @@ impl LbService {
         layout: Layout,
         haproxy: Haproxy,
         amphora_id: &str,
+        user_group: Option<String>,
         net: Option<Arc<NetService>>,
         vrrp: Option<Arc<Vrrp>>,
     ) -> Arc<Self> {
@@ -155,6 +160,7 @@ impl LbService {
             layout,
             haproxy,
             default_peer: haproxy::peer_name(amphora_id),
+            user_group,
             slots: Mutex::new(HashMap::new()),
             net,
             vrrp,
@@ -209,8 +215,16 @@ impl LbService {
     fn save_record(&self, id: &LbId, record: &LbRecord) -> Result<(), LbError> {
         let bytes = serde_json::to_vec(record)
             .map_err(|e| LbError::Io { what: "cannot encode the load balancer record".into(), source: e.into() })?;
-        fsutil::write_atomic(&self.layout.agent_state(id), &bytes, 0o600)
-            .map_err(io_error(format!("cannot record the state of {id}")))
+        let path = self.layout.agent_state(id);
+        match fsutil::write_atomic(&path, &bytes, 0o600) {
+            // A full disk must not stop a stop: the record keeps its length
+            // when only `desired` changes, so it can be rewritten in place.
+            Err(e) if fsutil::is_full(&e) && fsutil::overwrite_in_place(&path, &bytes).is_ok() => {
+                tracing::warn!(lb = %id, error = %e, "state file system full; load balancer record rewritten in place");
+                Ok(())
+            }
+            written => written.map_err(io_error(format!("cannot record the state of {id}"))),
+        }
     }
 
     fn set_desired(&self, id: &LbId, desired: Desired) -> Result<(), LbError> {
@@ -224,6 +238,15 @@ impl LbService {
 
     fn instance(&self, id: &LbId) -> Instance {
         self.layout.instance(id, self.record(id).peer_name)
+    }
+
+    /// Writes the user group configuration every haproxy command reads,
+    /// when it is missing: someone may have emptied the state directory
+    /// since the agent started.
+    fn ensure_haproxy_files(&self) -> Result<(), LbError> {
+        let path = self.layout.user_group_config();
+        ensure_user_group_config(&path, self.user_group.as_deref())
+            .map_err(io_error(format!("cannot write {}", path.display())))
     }
 
     fn require_config(&self, id: &LbId) -> Result<(), LbError> {
@@ -243,6 +266,7 @@ impl LbService {
         let dir = self.layout.lb_dir(id);
         fsutil::create_dir_all(&dir, 0o755).map_err(io_error(format!("cannot create {}", dir.display())))?;
 
+        self.ensure_haproxy_files()?;
         // Not synced yet: if the check fails it is only a debugging aid.
         let staged = self.layout.new_config(id);
         let mut file = fs::OpenOptions::new()
@@ -317,6 +341,7 @@ impl LbService {
                     // haproxy cannot reload what does not run; upstream starts it.
                     None => self.start_locked(id, &mut generation).await.map(|()| Outcome::Started),
                     Some(pid) => {
+                        self.ensure_haproxy_files()?;
                         self.set_desired(id, Desired::Running)?;
                         self.save_servers_state(id).await;
                         self.haproxy
@@ -344,6 +369,7 @@ impl LbService {
         if process::running_pid(&instance).is_some() {
             return Ok(());
         }
+        self.ensure_haproxy_files()?;
         let pid = self
             .haproxy
             .start(&instance)
@@ -404,13 +430,28 @@ impl LbService {
         if !dir.exists() {
             return Ok(());
         }
-        let summary = self.summary(id);
-        if self.layout.config(id).is_file() {
-            self.stop_locked(id, &mut generation).await?;
+        if !self.layout.holds_load_balancer(id) {
+            // Whatever it is, the agent did not put it there for a load
+            // balancer: there is no load balancer to delete.
+            tracing::warn!(lb = %id, path = %dir.display(), "not removing a directory that holds no load balancer");
+            return Ok(());
         }
-        if let Some(socket) = summary.stats_socket.filter(|s| self.layout.owns(s)) {
-            fsutil::remove_file_if_exists(&socket).map_err(io_error("cannot remove the stats socket"))?;
+        let instance = self.instance(id);
+        // Supervisors stand down, and the configuration goes before the
+        // process: without it nothing starts this load balancer again (not
+        // a supervisor, not a reboot), and removing it, unlike rewriting
+        // the record, needs no free space.
+        *generation += 1;
+        fsutil::remove_file_if_exists(&self.layout.config(id)).map_err(io_error("cannot remove the configuration"))?;
+        fsutil::sync_dir(&dir).map_err(io_error(format!("cannot sync {}", dir.display())))?;
+        if let Some(pid) = process::running_pid(&instance) {
+            self.haproxy
+                .stop(pid)
+                .await
+                .map_err(|e| LbError::Action { action: Action::Stop, detail: e.to_string() })?;
+            tracing::info!(lb = %id, %pid, "haproxy stopped");
         }
+        self.remove_stats_socket(id);
         fsutil::remove_dir_all_if_exists(&self.layout.cert_dir(id))
             .map_err(io_error("cannot remove the certificates"))?;
         fsutil::remove_dir_all_if_exists(&dir).map_err(io_error(format!("cannot remove {}", dir.display())))?;
@@ -418,6 +459,28 @@ impl LbService {
         self.load_balancers_changed();
         tracing::info!(lb = %id, "load balancer deleted");
         Ok(())
+    }
+
+    /// Removes the stats socket haproxy leaves behind, if it is where the
+    /// controller puts it. Whatever else the configuration named is not the
+    /// agent's to remove (it could be any file under the state directory),
+    /// and a socket that cannot be removed does not make the load balancer
+    /// undeletable.
+    fn remove_stats_socket(&self, id: &LbId) {
+        use std::os::unix::fs::FileTypeExt;
+        let socket = self.layout.stats_socket(id);
+        let removed = match socket.symlink_metadata() {
+            Ok(meta) if meta.file_type().is_socket() => fs::remove_file(&socket),
+            Ok(_) => {
+                tracing::warn!(lb = %id, path = %socket.display(), "not a socket; left alone");
+                return;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = removed {
+            tracing::warn!(lb = %id, path = %socket.display(), error = %e, "cannot remove the stats socket");
+        }
     }
 
     /// Validates and stores a certificate file for haproxy (mode 0600,
@@ -507,7 +570,7 @@ impl LbService {
                         _ => ListenerState::Stopped,
                     },
                 };
-                all.push(ListenerStatus { status, uuid: frontend.name, kind: frontend.kind });
+                all.push(ListenerStatus { status, uuid: frontend.name, kind: ListenerProtocol::from(frontend.kind) });
             }
         }
         all
@@ -570,18 +633,17 @@ impl LbService {
                 pools.push(PoolStatus {
                     uuid: name.split(':').next().unwrap_or(name).to_owned(),
                     status: if degraded {
-                        "DEGRADED"
+                        PoolState::Degraded
                     } else if up {
-                        "UP"
+                        PoolState::Up
                     } else {
-                        "DOWN"
-                    }
-                    .to_owned(),
-                    members: members.into_iter().map(|(k, v)| BTreeMap::from([(k, v)])).collect(),
+                        PoolState::Down
+                    },
+                    members: members.into_iter().map(|(k, v)| BTreeMap::from([(k, MemberState::from(v))])).collect(),
                 });
             }
         }
-        Ok(ListenerDetail { status, uuid: id.to_owned(), kind: frontend.kind, pools })
+        Ok(ListenerDetail { status, uuid: id.to_owned(), kind: ListenerProtocol::from(frontend.kind), pools })
     }
 
     /// Reloads every running load balancer (a topology transition).
@@ -701,6 +763,10 @@ impl LbService {
                 let instance = service.instance(&id);
                 if let Some(running) = process::running_pid(&instance) {
                     pid = running;
+                    continue;
+                }
+                if let Err(e) = service.ensure_haproxy_files() {
+                    tracing::error!(lb = %id, error = %e, "cannot restart haproxy");
                     continue;
                 }
                 match service.haproxy.start(&instance).await {

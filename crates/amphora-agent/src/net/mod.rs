@@ -53,13 +53,6 @@ pub enum NetError {
     Persist { name: String, source: std::io::Error },
 }
 
-/// What a plug call is, for error wording.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PlugKind {
-    Vip,
-    Port,
-}
-
 #[derive(Debug)]
 pub struct NetService {
     netns: Option<Arc<Netns>>,

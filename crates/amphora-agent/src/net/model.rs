@@ -87,72 +87,8 @@ impl From<Mac> for String {
     }
 }
 
-/// `{"destination": "10.0.0.0/8", "nexthop": "192.0.2.1"}`
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct HostRouteRequest {
-    pub destination: String,
-    pub nexthop: String,
-}
-
-/// An additional VIP of `POST /1.0/plug/vip/{ip}`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct AdditionalVipRequest {
-    pub ip_address: String,
-    pub subnet_cidr: String,
-    #[serde(default)]
-    pub gateway: Option<String>,
-    #[serde(default)]
-    pub host_routes: Vec<HostRouteRequest>,
-}
-
-/// The body of `POST /1.0/plug/vip/{ip}`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct PlugVipRequest {
-    pub subnet_cidr: String,
-    #[serde(default)]
-    pub gateway: Option<String>,
-    pub mac_address: String,
-    #[serde(default)]
-    pub mtu: Option<u32>,
-    #[serde(default)]
-    pub vrrp_ip: Option<String>,
-    #[serde(default)]
-    pub host_routes: Vec<HostRouteRequest>,
-    #[serde(default)]
-    pub additional_vips: Vec<AdditionalVipRequest>,
-}
-
-/// A fixed IP of `POST /1.0/plug/network`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct FixedIpRequest {
-    pub ip_address: String,
-    #[serde(default)]
-    pub subnet_cidr: Option<String>,
-    #[serde(default)]
-    pub gateway: Option<String>,
-    #[serde(default)]
-    pub host_routes: Vec<HostRouteRequest>,
-}
-
-/// `vip_net_info`: plugging a further subnet on the VIP port.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct VipNetInfo {
-    pub vip: String,
-    #[serde(flatten)]
-    pub vip_request: PlugVipRequest,
-}
-
-/// The body of `POST /1.0/plug/network`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct PlugNetworkRequest {
-    pub mac_address: String,
-    #[serde(default)]
-    pub fixed_ips: Option<Vec<FixedIpRequest>>,
-    #[serde(default)]
-    pub mtu: Option<u32>,
-    #[serde(default)]
-    pub vip_net_info: Option<VipNetInfo>,
-}
+// The request bodies are the wire contract's; this module validates them.
+pub use amphora_proto::net::{FixedIpRequest, HostRouteRequest, PlugNetworkRequest, PlugVipRequest};
 
 /// Whether the interface carries VIPs or member traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,6 @@ use std::fmt::Write as _;
 use std::process::Stdio;
 
 use ipnet::IpNet;
-use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
@@ -19,13 +18,7 @@ pub const TABLE: &str = "amphora_table";
 pub const MAX_RULES: usize = 4096;
 
 /// One entry of `PUT /1.0/interface/{ip}/rules`, as sent.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleRequest {
-    pub protocol: String,
-    pub cidr: Option<String>,
-    pub port: serde_json::Number,
-}
+pub use amphora_proto::net::{RuleProtocol, RuleRequest};
 
 /// Validates a rule set; the error names the offending entry.
 pub fn validate(rules: &[RuleRequest]) -> Result<Vec<FirewallRule>, String> {
@@ -37,12 +30,14 @@ pub fn validate(rules: &[RuleRequest]) -> Result<Vec<FirewallRule>, String> {
         .enumerate()
         .map(|(i, rule)| {
             let describe = || format!("rule {i} ({rule:?})");
-            let protocol = match rule.protocol.as_str() {
-                "TCP" => Protocol::Tcp,
-                "UDP" => Protocol::Udp,
-                "SCTP" => Protocol::Sctp,
-                "VRRP" => Protocol::Vrrp,
-                other => return Err(format!("{}: unknown protocol {other:?} (TCP, UDP, SCTP or VRRP)", describe())),
+            let protocol = match &rule.protocol {
+                RuleProtocol::Tcp => Protocol::Tcp,
+                RuleProtocol::Udp => Protocol::Udp,
+                RuleProtocol::Sctp => Protocol::Sctp,
+                RuleProtocol::Vrrp => Protocol::Vrrp,
+                RuleProtocol::Other(other) => {
+                    return Err(format!("{}: unknown protocol {other:?} (TCP, UDP, SCTP or VRRP)", describe()));
+                }
             };
             let port = rule
                 .port

@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
+use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::{RouteMessage, RouteScope};
 use rtnetlink::packet_route::rule::RuleAction;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
@@ -271,13 +271,6 @@ impl Rtnl {
             }
         }
         Ok(addresses)
-    }
-
-    /// Whether the link is administratively up.
-    pub async fn is_up(&self, index: u32) -> Result<bool, RtnlError> {
-        let mut stream = self.handle.link().get().match_index(index).execute();
-        let message = stream.try_next().await.map_err(request("cannot read a link"))?;
-        Ok(message.is_some_and(|m| m.header.flags.contains(LinkFlags::Up)))
     }
 }
 

@@ -33,11 +33,19 @@ pub struct Field {
     pub aliases: &'static [&'static str],
     /// Whether it can be a filter (JSON columns cannot).
     pub filter: bool,
+    /// Read for filters and post-processing but not part of the answer
+    /// (`strip_hidden`), e.g. a listener's `loadbalancer_id`.
+    pub hidden: bool,
 }
 
 impl Field {
     pub const fn new(name: &'static str, column: &'static str, kind: Kind) -> Field {
-        Field { name, column, kind, aliases: &[], filter: !matches!(kind, Kind::Json) }
+        Field { name, column, kind, aliases: &[], filter: !matches!(kind, Kind::Json), hidden: false }
+    }
+
+    pub const fn hidden(mut self) -> Field {
+        self.hidden = true;
+        self
     }
 
     pub const fn aka(mut self, aliases: &'static [&'static str]) -> Field {
@@ -84,6 +92,90 @@ impl Resource {
         }
         Ok(out)
     }
+}
+
+impl Resource {
+    /// Drops the hidden fields of a row read with `row_json`.
+    pub fn strip_hidden(&self, mut row: Map<String, Value>) -> Map<String, Value> {
+        for f in self.fields.iter().filter(|f| f.hidden) {
+            row.remove(f.name);
+        }
+        row
+    }
+
+    /// One row by id (with `extra`, a condition on its own columns using
+    /// `$2`...), or None.
+    pub async fn fetch(
+        &self,
+        db: &Db,
+        id: &str,
+        extra: &str,
+        params: &[Param],
+    ) -> ApiResult<Option<Map<String, Value>>> {
+        let sql = format!("SELECT {} FROM {} WHERE id = $1{extra}", self.columns(""), self.table);
+        let mut all = vec![Param::Text(id.to_owned())];
+        all.extend_from_slice(params);
+        let row = bind(sqlx::query(&sql), &all).fetch_optional(&db.pool).await?;
+        Ok(row.map(|r| self.row_json(&r)).transpose()?)
+    }
+}
+
+impl Resource {
+    /// Every row matching `condition` (on its own columns, `$1`...), oldest
+    /// first.
+    pub async fn fetch_all(&self, db: &Db, condition: &str, params: &[Param]) -> ApiResult<Vec<Map<String, Value>>> {
+        let sql = format!(
+            "SELECT {} FROM {t} WHERE {condition} ORDER BY {t}.created_at, {t}.id",
+            self.columns(""),
+            t = self.table
+        );
+        let rows = bind(sqlx::query(&sql), params).fetch_all(&db.pool).await?;
+        Ok(rows.iter().map(|r| self.row_json(r)).collect::<Result<Vec<_>, _>>()?)
+    }
+}
+
+/// A nested list of `{"id": ...}` objects: the ids of `table`'s rows whose
+/// `column` is the row's `parent` field (e.g. a load balancer's listeners).
+#[derive(Debug)]
+pub struct Children {
+    pub key: &'static str,
+    pub table: &'static str,
+    pub column: &'static str,
+    pub parent: &'static str,
+}
+
+/// Adds each `Children` list to every row, one query per kind of child
+/// for the whole page.
+pub async fn attach_children(db: &Db, rows: &mut [Map<String, Value>], children: &[Children]) -> ApiResult<()> {
+    for child in children {
+        let parents: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r.get(child.parent).and_then(Value::as_str).map(str::to_owned))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut found: std::collections::HashMap<String, Vec<Value>> = std::collections::HashMap::new();
+        for chunk in parents.chunks(500) {
+            let marks = (1..=chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+            let sql = format!(
+                "SELECT {col}, id FROM {table} WHERE {col} IN ({marks}) ORDER BY created_at, id",
+                col = child.column,
+                table = child.table
+            );
+            let params: Vec<Param> = chunk.iter().cloned().map(Param::Text).collect();
+            for row in bind(sqlx::query(&sql), &params).fetch_all(&db.pool).await? {
+                let parent: String = row.try_get(0)?;
+                let id: String = row.try_get(1)?;
+                found.entry(parent).or_default().push(serde_json::json!({"id": id}));
+            }
+        }
+        for row in rows.iter_mut() {
+            let ids =
+                row.get(child.parent).and_then(Value::as_str).and_then(|p| found.get(p).cloned()).unwrap_or_default();
+            row.insert(child.key.to_owned(), Value::Array(ids));
+        }
+    }
+    Ok(())
 }
 
 /// A value bound to a query.

@@ -7,6 +7,7 @@
 
 pub mod amphora;
 pub mod error;
+pub mod lbaas;
 pub mod listing;
 pub mod network;
 pub mod root;
@@ -88,6 +89,7 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let v2 = Router::new()
         .merge(amphora::routes())
+        .merge(lbaas::routes())
         .merge(network::routes())
         .route("/", axum::routing::get(|| async { axum::Json(Value::String("v2".into())) }))
         .fallback(no_route)

@@ -5,7 +5,12 @@
 //!
 //! Every call may be repeated after a crash (a step can run again when the
 //! worker died between the call and its progress write), so drivers treat
-//! deletes of unknown objects as success.
+//! deletes of unknown objects as success, and creations are keyed by the
+//! object they are for: a real `create` should find the instance it made
+//! for the same amphora (e.g. by name) before booting another, and
+//! `allocate_vip` / `allocate_vrrp_port` the port made for the same load
+//! balancer / amphora. `deallocate_vip` must leave alone a port the user
+//! brought (`vip_port_id` given at create), as upstream's network driver does.
 //!
 //! The `noop` drivers are upstream's idea (its API tests run on them): they
 //! do nothing but wait `[noop_drivers] step_delay` per call, so clients see

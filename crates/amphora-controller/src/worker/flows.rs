@@ -1010,3 +1010,53 @@ async fn delete_children(tx: &mut WriteTx<'_>, lb: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(topology: Topology, lb: Option<&str>, amps: Value) -> Map<String, Value> {
+        let v = json!({"planned": true, "topology": topology.as_str(), "lb_id": lb, "amps": amps});
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn create_allocates_the_vip_first_and_marks_active_last() {
+        let p = planned(Topology::ActiveStandby, Some("lb"), json!([{}, {}]));
+        let s = build(JobKind::CreateLoadBalancer, &p);
+        assert_eq!(s.first(), Some(&Step::AllocateVip));
+        assert_eq!(&s[s.len() - 3..], &[Step::UpdateVrrpAll, Step::EnableHealthMonitoring, Step::MarkLbActive]);
+        assert_eq!(s.iter().filter(|x| matches!(x, Step::ComputeCreate(_))).count(), 2);
+        let single = build(JobKind::CreateLoadBalancer, &planned(Topology::Single, Some("lb"), json!([{}])));
+        assert!(!single.contains(&Step::UpdateVrrpAll));
+    }
+
+    #[test]
+    fn failover_builds_the_replacement_before_deleting_the_failed_amphora() {
+        let p = planned(Topology::Single, Some("lb"), json!([{"old": "a"}]));
+        let s = build(JobKind::FailoverAmphora, &p);
+        let pos = |step: Step| s.iter().position(|x| *x == step).unwrap_or(usize::MAX);
+        assert_eq!(s[0], Step::MarkPendingDelete(Amp::Old(0)));
+        assert!(pos(Step::MarkAllocated(0)) < pos(Step::ComputeDelete(Amp::Old(0))));
+        assert!(pos(Step::PlugVip(0)) < pos(Step::MarkAmphoraDeleted(Amp::Old(0))));
+        assert_eq!(s.last(), Some(&Step::MarkLbActive));
+    }
+
+    #[test]
+    fn a_spare_is_only_deleted_and_a_deleted_amphora_only_loses_its_health() {
+        let spare = build(JobKind::FailoverAmphora, &planned(Topology::Single, None, json!([{"old": "a"}])));
+        assert!(!spare.iter().any(|x| matches!(x, Step::CreateAmphoraInDb(_))));
+        assert_eq!(spare.last(), Some(&Step::MarkAmphoraDeleted(Amp::Old(0))));
+        let mut p = planned(Topology::Single, None, json!([{"old": "a"}]));
+        p.insert("deleted".into(), Value::Bool(true));
+        assert_eq!(build(JobKind::FailoverAmphora, &p), vec![Step::RemoveHealth(Amp::Old(0))]);
+    }
+
+    #[test]
+    fn roles_and_priorities_are_upstreams() {
+        assert_eq!(role_slot(Topology::Single, 0)["role"], role::STANDALONE);
+        assert_eq!(role_slot(Topology::ActiveStandby, 0)["vrrp_priority"], 100);
+        assert_eq!(role_slot(Topology::ActiveStandby, 1)["role"], role::BACKUP);
+        assert_eq!(role_slot(Topology::ActiveStandby, 1)["vrrp_priority"], 90);
+    }
+}

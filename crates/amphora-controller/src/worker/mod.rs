@@ -33,8 +33,9 @@ use flow::{Claimed, Outcome};
 /// another process, leases that ran out).
 const POLL: Duration = Duration::from_secs(1);
 
-/// How long a job that stopped on an error (not a flow failure: e.g. the
-/// database went away) waits before it is claimed again.
+/// The longest a job that stopped on an error (not a flow failure: e.g.
+/// the database went away) waits before it is claimed again; shorter when
+/// the lease is.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
@@ -92,6 +93,7 @@ impl Worker {
                         let (db, drivers, config) = (self.db.clone(), drivers.clone(), self.config.clone());
                         let (owner, stop) = (self.id.clone(), shutdown.clone());
                         let (wake, mine) = (self.wake.clone(), self.running.clone());
+                        let retry_after = self.config.worker.job_lease.min(RETRY_AFTER);
                         mine.lock().unwrap_or_else(|e| e.into_inner()).insert(job.id.clone());
                         running.spawn(async move {
                             let id = job.id.clone();
@@ -105,7 +107,7 @@ impl Worker {
                                 // The job is not lost: it goes back to the
                                 // queue with its progress, after a pause.
                                 tracing::error!(job = %id, "job stopped: {trouble}; retrying later");
-                                if let Err(e) = release_after_error(&db, &id, &owner).await {
+                                if let Err(e) = release_after_error(&db, &id, &owner, retry_after).await {
                                     tracing::error!(job = %id, "cannot release the job: {e:#}");
                                 }
                             }
@@ -152,14 +154,16 @@ impl Worker {
         let now = now_millis();
         let lease = now + self.config.worker.job_lease.as_millis() as i64;
         // Runnable: QUEUED (lease_until is 0, or a retry time), or RUNNING
-        // with a lease that ran out (its worker died). A job whose target
-        // has a live job already waits for it (the API's PENDING states make
-        // that rare; this makes it impossible).
+        // with a lease that ran out (its worker died). The jobs of one
+        // target run one at a time, in the order they were queued (the
+        // API's PENDING states make a second one rare; this makes running
+        // them at once or out of order impossible).
         let sql = format!(
             "UPDATE job SET state = $1, owner = $2, lease_until = $3, attempts = attempts + 1, updated_at = $4 \
              WHERE id = (SELECT j.id FROM job j WHERE j.state IN ($5, $1) AND j.lease_until < $6 \
              AND NOT EXISTS (SELECT 1 FROM job o WHERE o.target_id = j.target_id AND o.id <> j.id \
-             AND o.state = $1 AND o.lease_until >= $6) \
+             AND ((o.state = $1 AND o.lease_until >= $6) OR (o.state IN ($5, $1) \
+             AND (o.created_at < j.created_at OR (o.created_at = j.created_at AND o.id < j.id))))) \
              ORDER BY j.created_at, j.id LIMIT 1{}) \
              RETURNING id, kind, target_id, payload, step, CASE WHEN reverting THEN CAST(1 AS BIGINT) ELSE CAST(0 AS BIGINT) END, attempts, error",
             self.db.skip_locked()
@@ -229,15 +233,15 @@ impl Worker {
 }
 
 /// Puts a job that stopped on an error back in the queue, claimable again
-/// after `RETRY_AFTER`.
-async fn release_after_error(db: &Db, id: &str, owner: &str) -> anyhow::Result<()> {
+/// after `retry_after`.
+async fn release_after_error(db: &Db, id: &str, owner: &str, retry_after: Duration) -> anyhow::Result<()> {
     let mut tx = db.write().await?;
     sqlx::query(
         "UPDATE job SET state = $1, owner = NULL, lease_until = $2, updated_at = $3 \
          WHERE id = $4 AND owner = $5 AND state = $6",
     )
     .bind(state::QUEUED)
-    .bind(now_millis() + RETRY_AFTER.as_millis() as i64)
+    .bind(now_millis() + retry_after.as_millis() as i64)
     .bind(now_text())
     .bind(id)
     .bind(owner)
