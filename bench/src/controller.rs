@@ -562,6 +562,26 @@ async fn measure_creates(addr: SocketAddr, n: usize, concurrency: usize) -> anyh
     })
 }
 
+/// Marks the load balancers (and amphorae) a create run made DELETED: the
+/// noop network driver hands out VIPs from one /24 (253 addresses) among
+/// live load balancers, so two runs of 200 would run out.
+async fn retire_created(url: &str) -> anyhow::Result<()> {
+    let db = Db::connect(url).await?;
+    let mut tx = db.write().await?;
+    sqlx::query(
+        "UPDATE amphora SET status = 'DELETED' WHERE load_balancer_id IN \
+         (SELECT id FROM load_balancer WHERE name = 'bench-create')",
+    )
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE load_balancer SET provisioning_status = 'DELETED' WHERE name = 'bench-create'")
+        .execute(&mut **tx)
+        .await?;
+    tx.commit().await?;
+    db.pool.close().await;
+    Ok(())
+}
+
 async fn measure_ours(args: &ControllerArgs, controller: &Path, backend: &str) -> Side {
     let mut side = Side::default();
     if let Err(e) = ours_inner(args, controller, backend, &mut side).await {
@@ -600,6 +620,7 @@ async fn ours_inner(args: &ControllerArgs, controller: &Path, backend: &str, sid
     for (delay, tag) in [(0.0, "0"), (0.05, "0.05")] {
         if delay > 0.0 {
             server.stop().await;
+            retire_created(&url).await?;
             server = start_ours(controller, dir.path(), &url, delay, &format!("{backend}-{tag}"))?;
             server.wait_ready("/", Duration::from_secs(60)).await?;
         }
