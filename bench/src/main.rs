@@ -6,6 +6,7 @@
 //! `bench/run.sh`, which builds the release binary and the upstream
 //! virtualenv first.
 
+mod controller;
 mod heartbeat;
 mod load;
 mod scenario;
@@ -21,8 +22,10 @@ use crate::scenario::{Figures, Measure};
 use crate::target::{Kind, Launchers};
 
 #[derive(Debug, Parser)]
-#[command(about = "Benchmark our amphora agent against upstream's")]
+#[command(about = "Benchmark our amphora agent (and, with `controller`, our controller) against upstream's")]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Cold starts (and idle memory readings) per agent.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
@@ -49,8 +52,18 @@ struct Args {
     output: PathBuf,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// The controller: API lists and shows over a seeded database, load
+    /// balancer creates, idle memory (bench/run-controller.sh).
+    Controller(controller::ControllerArgs),
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::Controller(c)) = &args.command {
+        return controller::main(c);
+    }
     let launchers = Launchers {
         ours: std::fs::canonicalize(&args.agent)?,
         python: args.python.clone(),
@@ -83,6 +96,11 @@ fn main() -> anyhow::Result<()> {
     let mut report = render(&args, &results);
     if let Some(beats) = beats {
         report.push_str(&beats);
+    }
+    // The controller's section is written by its own run: keep it.
+    if let Some(section) = std::fs::read_to_string(&args.output).ok().and_then(|r| controller::existing_section(&r)) {
+        report.push('\n');
+        report.push_str(&section);
     }
     std::fs::write(&args.output, &report)?;
     println!("{report}");
