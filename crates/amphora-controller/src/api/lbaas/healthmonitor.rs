@@ -265,12 +265,10 @@ pub async fn insert_monitor(tx: &mut WriteTx<'_>, pool_id: &str, project: &str, 
         ("created_at", Val::text(now_text())),
     ];
     all.extend(m.cols);
-    for (col, val) in [("enabled", Val::Bool(true)), ("max_retries_down", Val::Int(Some(3))), ("tags", Val::text("[]"))]
-    {
-        if !all.iter().any(|(c, _)| *c == col) {
-            all.push((col, val));
-        }
-    }
+    super::fill_defaults(
+        &mut all,
+        [("enabled", Val::Bool(true)), ("max_retries_down", Val::Int(Some(3))), ("tags", Val::text("[]"))],
+    );
     super::insert(tx, "health_monitor", &all).await?;
     Ok(id)
 }

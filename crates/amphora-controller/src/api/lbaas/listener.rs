@@ -374,11 +374,7 @@ pub async fn insert_listener(tx: &mut WriteTx<'_>, lb_id: &str, project: &str, l
         };
         all.push((col, val));
     }
-    for (col, val) in defaults {
-        if !all.iter().any(|(c, _)| *c == col) {
-            all.push((col, val));
-        }
-    }
+    super::fill_defaults(&mut all, defaults);
     super::insert(tx, "listener", &all).await?;
     Ok(id)
 }

@@ -165,16 +165,15 @@ pub async fn insert_member(tx: &mut WriteTx<'_>, pool_id: &str, project: &str, m
         ("created_at", Val::text(now_text())),
     ];
     all.extend(m.cols);
-    for (col, val) in [
-        ("enabled", Val::Bool(true)),
-        ("weight", Val::Int(Some(1))),
-        ("backup", Val::Bool(false)),
-        ("tags", Val::text("[]")),
-    ] {
-        if !all.iter().any(|(c, _)| *c == col) {
-            all.push((col, val));
-        }
-    }
+    super::fill_defaults(
+        &mut all,
+        [
+            ("enabled", Val::Bool(true)),
+            ("weight", Val::Int(Some(1))),
+            ("backup", Val::Bool(false)),
+            ("tags", Val::text("[]")),
+        ],
+    );
     super::insert(tx, "member", &all).await?;
     Ok(id)
 }

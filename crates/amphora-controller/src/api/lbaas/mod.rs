@@ -76,6 +76,15 @@ fn bind_vals<'q>(
     q
 }
 
+/// Adds each default whose column the row does not set yet.
+pub fn fill_defaults<'a>(row: &mut Vec<(&'a str, Val)>, defaults: impl IntoIterator<Item = (&'a str, Val)>) {
+    for (col, val) in defaults {
+        if !row.iter().any(|(c, _)| *c == col) {
+            row.push((col, val));
+        }
+    }
+}
+
 /// `INSERT INTO table (cols) VALUES ($1, ...)`.
 pub async fn insert(tx: &mut WriteTx<'_>, table: &str, cols: &[(&str, Val)]) -> ApiResult<()> {
     let names = cols.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ");

@@ -281,11 +281,7 @@ pub async fn insert_pool(tx: &mut WriteTx<'_>, lb_id: &str, project: &str, p: Ne
         ("created_at", Val::text(now_text())),
     ];
     all.extend(p.cols);
-    for (col, val) in [("enabled", Val::Bool(true)), ("tags", Val::text("[]"))] {
-        if !all.iter().any(|(c, _)| *c == col) {
-            all.push((col, val));
-        }
-    }
+    super::fill_defaults(&mut all, [("enabled", Val::Bool(true)), ("tags", Val::text("[]"))]);
     super::insert(tx, "pool", &all).await?;
     Ok(id)
 }
