@@ -23,6 +23,50 @@ pub struct Config {
     pub housekeeping: HouseKeeping,
     pub keystone: Option<KeystoneAuthtoken>,
     pub noop: NoopDrivers,
+    pub certificates: Certificates,
+    pub amphora_agent: AmphoraConnection,
+}
+
+/// The key type of the certificates the controller's CA issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertKeyAlgorithm {
+    EcdsaP256,
+    Rsa2048,
+}
+
+/// `[certificates]` and the certificate paths of `[haproxy_amphora]` and
+/// `[controller_worker]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certificates {
+    pub ca_certificate: PathBuf,
+    pub ca_private_key: PathBuf,
+    /// Lifetime of issued certificates (`cert_validity_time`, seconds).
+    pub cert_validity_time: Duration,
+    /// Our option `key_algorithm`: `ecdsa_p256` (default) or `rsa2048`.
+    pub key_algorithm: CertKeyAlgorithm,
+    /// The controller's client certificate and key (`[haproxy_amphora]
+    /// client_cert`), issued by the CA when missing.
+    pub client_cert: PathBuf,
+    /// The CA that signs amphora server certificates (`[haproxy_amphora]
+    /// server_ca`); our CA when unset.
+    pub server_ca: PathBuf,
+    /// The CA the agents trust for the controller's client certificate
+    /// (`[controller_worker] client_ca`); our CA when unset.
+    pub client_ca: PathBuf,
+}
+
+/// How the controller reaches agents (`[haproxy_amphora]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AmphoraConnection {
+    /// The agents' port (`bind_port`).
+    pub bind_port: u16,
+    pub connection_max_retries: u32,
+    pub connection_retry_interval: Duration,
+    /// Retries towards amphorae that already answered once.
+    pub active_connection_max_retries: u32,
+    pub active_connection_retry_interval: Duration,
+    pub rest_request_conn_timeout: Duration,
+    pub rest_request_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,6 +298,7 @@ const KNOWN_OPTIONS: &oslo_ini::KnownOptions = &[
             "rest_request_read_timeout",
             "client_cert",
             "server_ca",
+            "bind_port",
         ],
     ),
     (
@@ -264,6 +309,8 @@ const KNOWN_OPTIONS: &oslo_ini::KnownOptions = &[
             "ca_private_key_passphrase",
             "server_certs_key_passphrase",
             "cert_generator",
+            "cert_validity_time",
+            "key_algorithm",
         ],
     ),
     ("oslo_messaging", &["topic"]),
@@ -297,6 +344,10 @@ fn ip(v: &str) -> Result<IpAddr, String> {
 
 fn port(v: &str) -> Result<u16, String> {
     oslo_ini::parse_int(v, 0, 65535).map(|n| n as u16)
+}
+
+fn path(v: &str) -> Result<PathBuf, String> {
+    if v.is_empty() { Err("expected a path".into()) } else { Ok(PathBuf::from(v)) }
 }
 
 fn seconds(v: &str) -> Result<Duration, String> {
@@ -373,6 +424,63 @@ fn from_layers(mut layers: Layers) -> Result<Loaded, ConfigError> {
         None
     };
     let noop = NoopDrivers { step_delay: l.get("noop_drivers", "step_delay", Duration::from_millis(50), seconds)? };
+    l.get("certificates", "ca_private_key_passphrase", (), |v| {
+        if v.is_empty() {
+            Ok(())
+        } else {
+            Err("encrypted CA keys are not supported: store the key unencrypted with mode 0600".into())
+        }
+    })?;
+    let ca_certificate = l.path("certificates", "ca_certificate", "/etc/octavia/certs/ca_01.pem")?;
+    let certificates = Certificates {
+        ca_private_key: l.path("certificates", "ca_private_key", "/etc/octavia/certs/private/cakey.pem")?,
+        cert_validity_time: Duration::from_secs(l.int(
+            "certificates",
+            "cert_validity_time",
+            63_072_000,
+            60,
+            3_153_600_000,
+        )?),
+        key_algorithm: l.get("certificates", "key_algorithm", CertKeyAlgorithm::EcdsaP256, |v| match v {
+            "ecdsa_p256" => Ok(CertKeyAlgorithm::EcdsaP256),
+            "rsa2048" => Ok(CertKeyAlgorithm::Rsa2048),
+            _ => Err("expected ecdsa_p256 or rsa2048".into()),
+        })?,
+        client_cert: l.path("haproxy_amphora", "client_cert", "/etc/octavia/certs/client.pem")?,
+        server_ca: l.get("haproxy_amphora", "server_ca", ca_certificate.clone(), path)?,
+        client_ca: l.get("controller_worker", "client_ca", ca_certificate.clone(), path)?,
+        ca_certificate,
+    };
+    let amphora_agent = AmphoraConnection {
+        bind_port: l.get("haproxy_amphora", "bind_port", 9443, port)?,
+        connection_max_retries: l.int("haproxy_amphora", "connection_max_retries", 120, 1, 1_000_000)? as u32,
+        connection_retry_interval: l.get(
+            "haproxy_amphora",
+            "connection_retry_interval",
+            Duration::from_secs(5),
+            seconds,
+        )?,
+        active_connection_max_retries: l.int("haproxy_amphora", "active_connection_max_retries", 15, 1, 1_000_000)?
+            as u32,
+        active_connection_retry_interval: l.get(
+            "haproxy_amphora",
+            "active_connection_retry_interval",
+            Duration::from_secs(2),
+            seconds,
+        )?,
+        rest_request_conn_timeout: l.get(
+            "haproxy_amphora",
+            "rest_request_conn_timeout",
+            Duration::from_secs(10),
+            seconds,
+        )?,
+        rest_request_read_timeout: l.get(
+            "haproxy_amphora",
+            "rest_request_read_timeout",
+            Duration::from_secs(60),
+            seconds,
+        )?,
+    };
     let config = Config {
         debug: l.bool("DEFAULT", "debug", false)?,
         api,
@@ -382,6 +490,8 @@ fn from_layers(mut layers: Layers) -> Result<Loaded, ConfigError> {
         housekeeping,
         keystone,
         noop,
+        certificates,
+        amphora_agent,
     };
     Ok(Loaded { config, warnings })
 }

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod certs;
 pub mod config;
 pub mod db;
 pub mod health;
