@@ -163,6 +163,10 @@ pub struct HouseKeeping {
     pub cleanup_interval: u64,
     pub amphora_expiry_age: u64,
     pub load_balancer_expiry_age: u64,
+    /// Seconds between certificate rotation passes.
+    pub cert_interval: u64,
+    /// Amphora certificates expiring within this many seconds are rotated.
+    pub cert_expiry_buffer: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -409,6 +413,8 @@ fn from_layers(mut layers: Layers) -> Result<Loaded, ConfigError> {
         cleanup_interval: l.int("house_keeping", "cleanup_interval", 30, 1, 86_400)?,
         amphora_expiry_age: l.int("house_keeping", "amphora_expiry_age", 604_800, 0, u64::MAX)?,
         load_balancer_expiry_age: l.int("house_keeping", "load_balancer_expiry_age", 604_800, 0, u64::MAX)?,
+        cert_interval: l.int("house_keeping", "cert_interval", 3600, 1, 86_400 * 365)?,
+        cert_expiry_buffer: l.int("house_keeping", "cert_expiry_buffer", 1_209_600, 0, 86_400 * 3650)?,
     };
     let keystone = if api.auth_strategy == AuthStrategy::Keystone {
         Some(KeystoneAuthtoken {

@@ -19,10 +19,13 @@ pub enum JobKind {
     FailoverAmphora,
     DeleteAmphora,
     ConfigureAmphora,
+    /// Give an amphora a new server certificate before its current one
+    /// expires (upstream's cert rotation flow).
+    RotateCertificate,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 7] = [
+    pub const ALL: [JobKind; 8] = [
         JobKind::CreateLoadBalancer,
         JobKind::UpdateLoadBalancer,
         JobKind::DeleteLoadBalancer,
@@ -30,6 +33,7 @@ impl JobKind {
         JobKind::FailoverAmphora,
         JobKind::DeleteAmphora,
         JobKind::ConfigureAmphora,
+        JobKind::RotateCertificate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +45,7 @@ impl JobKind {
             JobKind::FailoverAmphora => "failover_amphora",
             JobKind::DeleteAmphora => "delete_amphora",
             JobKind::ConfigureAmphora => "configure_amphora",
+            JobKind::RotateCertificate => "rotate_certificate",
         }
     }
 

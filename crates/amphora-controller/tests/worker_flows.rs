@@ -408,3 +408,47 @@ async fn a_failing_failover_sets_the_amphora_and_the_load_balancer_error() {
         w.stop().await;
     }
 }
+
+#[tokio::test]
+async fn housekeeping_rotates_a_certificate_near_expiry_once_and_clears_cert_busy() {
+    for db in common::databases().await {
+        let mut c = config(&db, 0, Topology::Single);
+        c.housekeeping.cert_expiry_buffer = 14 * 86_400;
+        let e = env(&db, c.clone()).await;
+        let lb = e.insert_lb("PENDING_CREATE").await;
+        let job = e.enqueue(JobKind::CreateLoadBalancer, &lb, json!({})).await;
+        let w = e.worker(None);
+        e.wait_job(&job, "DONE").await;
+        w.stop().await;
+        let amp = e.amphorae(&lb).await[0]["id"].as_str().unwrap().to_owned();
+        // Two amphorae: one expiring in a day, one far from it.
+        let soon = amphora_controller::db::format_time(time::OffsetDateTime::now_utc() + time::Duration::days(1));
+        e.exec(&format!("UPDATE amphora SET cert_expiration = '{soon}' WHERE id = '{amp}'")).await;
+        let far_lb = e.insert_lb("PENDING_CREATE").await;
+        let far_job = e.enqueue(JobKind::CreateLoadBalancer, &far_lb, json!({})).await;
+        let w = e.worker(None);
+        e.wait_job(&far_job, "DONE").await;
+        w.stop().await;
+
+        let queued = amphora_controller::housekeeping::rotate_certificates(&e.db, &c).await.unwrap();
+        assert_eq!(queued, 1);
+        assert_eq!(e.count(&format!("SELECT COUNT(*) FROM amphora WHERE id = '{amp}' AND cert_busy = TRUE")).await, 1);
+        // A second pass while the first rotation is pending queues nothing.
+        assert_eq!(amphora_controller::housekeeping::rotate_certificates(&e.db, &c).await.unwrap(), 0);
+        let jobs = e.count("SELECT COUNT(*) FROM job WHERE kind = 'rotate_certificate'").await;
+        assert_eq!(jobs, 1);
+
+        let w = e.worker(None);
+        eventually("the rotation to finish", || async {
+            (e.count("SELECT COUNT(*) FROM job WHERE kind = 'rotate_certificate' AND state = 'DONE'").await == 1)
+                .then_some(())
+        })
+        .await;
+        w.stop().await;
+        let expiration = e.text(&format!("SELECT cert_expiration FROM amphora WHERE id = '{amp}'")).await.unwrap();
+        let in_a_year =
+            amphora_controller::db::format_time(time::OffsetDateTime::now_utc() + time::Duration::days(365));
+        assert!(expiration > in_a_year, "{expiration}");
+        assert_eq!(e.count(&format!("SELECT COUNT(*) FROM amphora WHERE id = '{amp}' AND cert_busy = FALSE")).await, 1);
+    }
+}

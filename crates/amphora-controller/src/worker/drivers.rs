@@ -106,6 +106,9 @@ pub trait AmphoraDriver: Send + Sync + std::fmt::Debug {
     fn update_vrrp<'a>(&'a self, amp: &'a AmphoraTarget, load_balancer_id: &'a str) -> DriverFuture<'a, String>;
     /// `PUT /1.0/config`.
     fn update_agent_config<'a>(&'a self, amp: &'a AmphoraTarget) -> DriverFuture<'a, ()>;
+    /// Issues a new server certificate and installs it (`PUT
+    /// /1.0/certificate`); returns its expiry.
+    fn rotate_certificate<'a>(&'a self, amp: &'a AmphoraTarget) -> DriverFuture<'a, time::OffsetDateTime>;
 }
 
 /// The three drivers a worker uses.
@@ -346,6 +349,14 @@ impl AmphoraDriver for NoopAmphora {
 
     fn update_agent_config<'a>(&'a self, _amp: &'a AmphoraTarget) -> DriverFuture<'a, ()> {
         Box::pin(pause_ok(self.delay))
+    }
+
+    fn rotate_certificate<'a>(&'a self, _amp: &'a AmphoraTarget) -> DriverFuture<'a, time::OffsetDateTime> {
+        Box::pin(async move {
+            pause(self.delay).await;
+            // The noop certificate generator's validity: two years.
+            Ok(time::OffsetDateTime::now_utc() + time::Duration::days(730))
+        })
     }
 }
 

@@ -61,6 +61,7 @@ pub enum Step {
     DeleteLbInDb,
     // The agent's own configuration.
     UpdateAgentConfig(Amp),
+    RotateCertificate(Amp),
 }
 
 // ---------------------------------------------------------------------------
@@ -229,7 +230,7 @@ pub async fn plan(cx: &mut Cx) -> anyhow::Result<()> {
             }
             lb_id = Some(target);
         }
-        JobKind::DeleteAmphora | JobKind::ConfigureAmphora => {
+        JobKind::DeleteAmphora | JobKind::ConfigureAmphora | JobKind::RotateCertificate => {
             amps.push(json!({"old": target}));
         }
     }
@@ -323,6 +324,7 @@ pub fn build(kind: JobKind, payload: &Map<String, Value>) -> Vec<Step> {
             delete_amphora(&mut s, Amp::Old(0));
         }
         JobKind::ConfigureAmphora => s.push(Step::UpdateAgentConfig(Amp::Old(0))),
+        JobKind::RotateCertificate => s.push(Step::RotateCertificate(Amp::Old(0))),
     }
     s
 }
@@ -375,7 +377,9 @@ fn lb_id(cx: &Cx) -> Option<String> {
         | JobKind::UpdateLoadBalancer
         | JobKind::DeleteLoadBalancer
         | JobKind::FailoverLoadBalancer => Some(cx.target_id.clone()),
-        JobKind::FailoverAmphora | JobKind::DeleteAmphora | JobKind::ConfigureAmphora => None,
+        JobKind::FailoverAmphora | JobKind::DeleteAmphora | JobKind::ConfigureAmphora | JobKind::RotateCertificate => {
+            None
+        }
     }
 }
 
@@ -764,6 +768,28 @@ pub async fn execute(step: &Step, cx: &mut Cx) -> StepResult {
             let amp = need_amp_row(cx, a).await?;
             cx.drivers.amphora.update_agent_config(&amp.target).await.context("update agent configuration")?;
         }
+        Step::RotateCertificate(a) => {
+            let amp = need_amp_row(cx, a).await?;
+            let expiration = if amp.status == amphora_status::ALLOCATED {
+                Some(cx.drivers.amphora.rotate_certificate(&amp.target).await.context("rotate certificate")?)
+            } else {
+                // Deleted or failed over since the job was queued.
+                None
+            };
+            let mut tx = db.write().await?;
+            sqlx::query(
+                "UPDATE amphora SET cert_expiration = COALESCE($1, cert_expiration), cert_busy = $2, updated_at = $3 \
+                 WHERE id = $4",
+            )
+            .bind(expiration.map(format_time))
+            .bind(false)
+            .bind(now_text())
+            .bind(amp.target.id.as_str())
+            .execute(&mut **tx)
+            .await?;
+            cx.save(&mut tx).await?;
+            tx.commit().await?;
+        }
     }
     Ok(())
 }
@@ -855,8 +881,17 @@ pub async fn on_failure(cx: &Cx, tx: &mut WriteTx<'_>) -> anyhow::Result<()> {
         // Upstream's ListenerToErrorOnRevertTask and friends: the object
         // that failed goes ERROR, the load balancer back to ACTIVE.
         JobKind::UpdateLoadBalancer => Some(provisioning::ACTIVE),
-        JobKind::DeleteAmphora | JobKind::ConfigureAmphora => None,
+        JobKind::DeleteAmphora | JobKind::ConfigureAmphora | JobKind::RotateCertificate => None,
     };
+    if cx.kind == JobKind::RotateCertificate {
+        // The next housekeeping pass tries again.
+        sqlx::query("UPDATE amphora SET cert_busy = $1, updated_at = $2 WHERE id = $3")
+            .bind(false)
+            .bind(now.as_str())
+            .bind(cx.target_id.as_str())
+            .execute(&mut ***tx)
+            .await?;
+    }
     if matches!(cx.kind, JobKind::CreateLoadBalancer | JobKind::UpdateLoadBalancer)
         && let Some(lb) = &lb
     {

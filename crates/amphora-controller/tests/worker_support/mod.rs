@@ -370,4 +370,11 @@ impl AmphoraDriver for TestDriver {
             self.inner.amphora.update_agent_config(amp).await
         })
     }
+
+    fn rotate_certificate<'a>(&'a self, amp: &'a AmphoraTarget) -> DriverFuture<'a, time::OffsetDateTime> {
+        Box::pin(async move {
+            self.enter("rotate_certificate", &amp.id).await?;
+            self.inner.amphora.rotate_certificate(amp).await
+        })
+    }
 }
