@@ -24,7 +24,10 @@ pub struct Config {
     pub keystone: Option<KeystoneAuthtoken>,
     pub noop: NoopDrivers,
     pub certificates: Certificates,
-    pub amphora_agent: AmphoraConnection,
+    pub amphora_connection: AmphoraConnection,
+    pub haproxy_amphora: HaproxyAmphora,
+    pub keepalived_vrrp: KeepalivedVrrp,
+    pub amphora_agent: AmphoraAgent,
 }
 
 /// The key type of the certificates the controller's CA issues.
@@ -58,8 +61,6 @@ pub struct Certificates {
 /// How the controller reaches agents (`[haproxy_amphora]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AmphoraConnection {
-    /// The agents' port (`bind_port`).
-    pub bind_port: u16,
     pub connection_max_retries: u32,
     pub connection_retry_interval: Duration,
     /// Retries towards amphorae that already answered once.
@@ -91,6 +92,9 @@ pub struct ApiSettings {
     pub allow_field_selection: bool,
     /// Our extension: the largest request body accepted, in bytes.
     pub max_request_body_size: usize,
+    /// Cipher suites only TLSv1.3 knows (haproxy takes them apart from the
+    /// others).
+    pub tls1_3_supported_ciphers: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +104,8 @@ pub struct Database {
     pub connection: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Topology {
     Single,
     ActiveStandby,
@@ -187,6 +192,57 @@ pub struct NoopDrivers {
     pub step_delay: Duration,
 }
 
+/// `[haproxy_amphora]`: what the controller renders into haproxy's file and
+/// the agent's configuration (upstream's options and defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaproxyAmphora {
+    pub base_path: String,
+    pub base_cert_dir: String,
+    pub connection_logging: bool,
+    pub haproxy_stick_size: String,
+    pub user_log_format: String,
+    pub bind_host: IpAddr,
+    pub bind_port: u16,
+    pub haproxy_cmd: String,
+    pub timeout_client_data: i64,
+    pub timeout_member_connect: i64,
+    pub timeout_member_data: i64,
+    pub timeout_tcp_inspect: i64,
+    pub default_connection_limit: i64,
+}
+
+/// `[keepalived_vrrp]`, upstream's options and defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeepalivedVrrp {
+    pub vrrp_advert_int: u64,
+    pub vrrp_check_interval: u64,
+    pub vrrp_fail_count: u64,
+    pub vrrp_success_count: u64,
+    pub vrrp_garp_refresh_interval: u64,
+    pub vrrp_garp_refresh_count: u64,
+}
+
+/// `[amphora_agent]`: the options the controller writes into each agent's
+/// configuration (upstream's defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AmphoraAgent {
+    pub agent_server_ca: String,
+    pub agent_server_cert: String,
+    pub agent_server_network_dir: Option<String>,
+    pub agent_request_read_timeout: u64,
+    pub agent_tls_protocol: String,
+    pub amphora_udp_driver: String,
+    pub user_log_facility: u8,
+    pub administrative_log_facility: u8,
+}
+
+/// Upstream's `user_log_format` default.
+pub const DEFAULT_USER_LOG_FORMAT: &str =
+    "{{ project_id }} {{ lb_id }} %f %ci %cp %t %{+Q}r %ST %B %U %[ssl_c_verify] %{+Q}[ssl_c_s_dn] %b %s %Tt %tsc";
+
+/// Upstream's `[api_settings] tls1_3_supported_ciphers` default.
+pub const DEFAULT_TLS1_3_SUPPORTED_CIPHERS: &str = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_CCM_SHA256:TLS_AES_128_CCM_8_SHA256";
+
 const KNOWN_OPTIONS: &oslo_ini::KnownOptions = &[
     (
         "DEFAULT",
@@ -220,6 +276,7 @@ const KNOWN_OPTIONS: &oslo_ini::KnownOptions = &[
             "enabled_provider_drivers",
             "default_provider_driver",
             "healthcheck_enabled",
+            "tls1_3_supported_ciphers",
         ],
     ),
     (
@@ -302,7 +359,44 @@ const KNOWN_OPTIONS: &oslo_ini::KnownOptions = &[
             "rest_request_read_timeout",
             "client_cert",
             "server_ca",
+            "base_path",
+            "base_cert_dir",
+            "haproxy_template",
+            "connection_logging",
+            "haproxy_stick_size",
+            "user_log_format",
+            "bind_host",
             "bind_port",
+            "haproxy_cmd",
+            "timeout_client_data",
+            "timeout_member_connect",
+            "timeout_member_data",
+            "timeout_tcp_inspect",
+            "default_connection_limit",
+        ],
+    ),
+    (
+        "keepalived_vrrp",
+        &[
+            "vrrp_advert_int",
+            "vrrp_check_interval",
+            "vrrp_fail_count",
+            "vrrp_success_count",
+            "vrrp_garp_refresh_interval",
+            "vrrp_garp_refresh_count",
+        ],
+    ),
+    (
+        "amphora_agent",
+        &[
+            "agent_server_ca",
+            "agent_server_cert",
+            "agent_server_network_dir",
+            "agent_request_read_timeout",
+            "agent_tls_protocol",
+            "amphora_udp_driver",
+            "user_log_facility",
+            "administrative_log_facility",
         ],
     ),
     (
@@ -362,6 +456,10 @@ fn seconds(v: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(s))
 }
 
+fn signed(v: &str) -> Result<i64, String> {
+    v.trim().parse().map_err(|_| "expected an integer".to_owned())
+}
+
 fn from_layers(mut layers: Layers) -> Result<Loaded, ConfigError> {
     let warnings = layers.take_warnings();
     let l = &layers;
@@ -382,6 +480,11 @@ fn from_layers(mut layers: Layers) -> Result<Loaded, ConfigError> {
         allow_filtering: l.bool("api_settings", "allow_filtering", true)?,
         allow_field_selection: l.bool("api_settings", "allow_field_selection", true)?,
         max_request_body_size: l.int("api_settings", "max_request_body_size", 1024 * 1024, 1024, 1 << 30)? as usize,
+        tls1_3_supported_ciphers: l.string(
+            "api_settings",
+            "tls1_3_supported_ciphers",
+            DEFAULT_TLS1_3_SUPPORTED_CIPHERS,
+        )?,
     };
     let database = Database { connection: l.string("database", "connection", "sqlite:///var/lib/octavia/octavia.db")? };
     let worker = ControllerWorker {
@@ -457,8 +560,7 @@ fn from_layers(mut layers: Layers) -> Result<Loaded, ConfigError> {
         client_ca: l.get("controller_worker", "client_ca", ca_certificate.clone(), path)?,
         ca_certificate,
     };
-    let amphora_agent = AmphoraConnection {
-        bind_port: l.get("haproxy_amphora", "bind_port", 9443, port)?,
+    let amphora_connection = AmphoraConnection {
         connection_max_retries: l.int("haproxy_amphora", "connection_max_retries", 120, 1, 1_000_000)? as u32,
         connection_retry_interval: l.get(
             "haproxy_amphora",
@@ -487,6 +589,55 @@ fn from_layers(mut layers: Layers) -> Result<Loaded, ConfigError> {
             seconds,
         )?,
     };
+    let h = "haproxy_amphora";
+    let haproxy_amphora = HaproxyAmphora {
+        base_path: l.string(h, "base_path", "/var/lib/octavia")?,
+        base_cert_dir: l.string(h, "base_cert_dir", "/var/lib/octavia/certs")?,
+        connection_logging: l.bool(h, "connection_logging", true)?,
+        haproxy_stick_size: l.get(h, "haproxy_stick_size", "10k".to_owned(), |v| {
+            let digits = v.trim_end_matches(['k', 'm', 'g']);
+            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                Ok(v.to_owned())
+            } else {
+                Err("expected a size: digits with an optional k, m or g suffix".into())
+            }
+        })?,
+        user_log_format: l.string(h, "user_log_format", DEFAULT_USER_LOG_FORMAT)?,
+        bind_host: l.get(h, "bind_host", IpAddr::from([0u16; 8]), ip)?,
+        bind_port: l.get(h, "bind_port", 9443, port)?,
+        haproxy_cmd: l.string(h, "haproxy_cmd", "/usr/sbin/haproxy")?,
+        timeout_client_data: l.get(h, "timeout_client_data", 50_000, signed)?,
+        timeout_member_connect: l.get(h, "timeout_member_connect", 5_000, signed)?,
+        timeout_member_data: l.get(h, "timeout_member_data", 50_000, signed)?,
+        timeout_tcp_inspect: l.get(h, "timeout_tcp_inspect", 0, signed)?,
+        default_connection_limit: l.get(h, "default_connection_limit", 50_000, signed)?,
+    };
+    let k = "keepalived_vrrp";
+    let keepalived_vrrp = KeepalivedVrrp {
+        vrrp_advert_int: l.int(k, "vrrp_advert_int", 1, 1, 255)?,
+        vrrp_check_interval: l.int(k, "vrrp_check_interval", 5, 1, 86_400)?,
+        vrrp_fail_count: l.int(k, "vrrp_fail_count", 2, 1, 1_000)?,
+        vrrp_success_count: l.int(k, "vrrp_success_count", 2, 1, 1_000)?,
+        vrrp_garp_refresh_interval: l.int(k, "vrrp_garp_refresh_interval", 5, 0, 86_400)?,
+        vrrp_garp_refresh_count: l.int(k, "vrrp_garp_refresh_count", 2, 0, 1_000)?,
+    };
+    let a = "amphora_agent";
+    let amphora_agent = AmphoraAgent {
+        agent_server_ca: l.string(a, "agent_server_ca", "/etc/octavia/certs/client_ca.pem")?,
+        agent_server_cert: l.string(a, "agent_server_cert", "/etc/octavia/certs/server.pem")?,
+        agent_server_network_dir: l.optional_string(a, "agent_server_network_dir")?,
+        agent_request_read_timeout: l.int(a, "agent_request_read_timeout", 180, 1, 86_400)?,
+        agent_tls_protocol: l.get(a, "agent_tls_protocol", "TLSv1.2".to_owned(), |v| {
+            if ["SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"].contains(&v) {
+                Ok(v.to_owned())
+            } else {
+                Err("expected one of SSLv3, TLSv1, TLSv1.1, TLSv1.2, TLSv1.3".into())
+            }
+        })?,
+        amphora_udp_driver: l.string(a, "amphora_udp_driver", "keepalived_lvs")?,
+        user_log_facility: l.int(a, "user_log_facility", 0, 0, 7)? as u8,
+        administrative_log_facility: l.int(a, "administrative_log_facility", 1, 0, 7)? as u8,
+    };
     let config = Config {
         debug: l.bool("DEFAULT", "debug", false)?,
         api,
@@ -497,6 +648,9 @@ fn from_layers(mut layers: Layers) -> Result<Loaded, ConfigError> {
         keystone,
         noop,
         certificates,
+        haproxy_amphora,
+        keepalived_vrrp,
+        amphora_connection,
         amphora_agent,
     };
     Ok(Loaded { config, warnings })

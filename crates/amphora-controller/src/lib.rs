@@ -16,6 +16,7 @@ pub mod housekeeping;
 pub mod jobs;
 pub mod keystone;
 pub mod model;
+pub mod render;
 pub mod worker;
 
 use std::net::SocketAddr;
