@@ -685,6 +685,41 @@ mod tests {
     }
 
     #[test]
+    fn rendering_options_default_to_upstreams() {
+        let c = parse([(Path::new("/o.conf"), "[api_settings]\nauth_strategy = noauth\n")]).expect("valid").config;
+        let h = &c.haproxy_amphora;
+        assert_eq!((h.base_path.as_str(), h.base_cert_dir.as_str()), ("/var/lib/octavia", "/var/lib/octavia/certs"));
+        assert_eq!((h.haproxy_stick_size.as_str(), h.default_connection_limit), ("10k", 50_000));
+        assert_eq!(
+            (h.timeout_client_data, h.timeout_member_connect, h.timeout_member_data, h.timeout_tcp_inspect),
+            (50_000, 5_000, 50_000, 0)
+        );
+        assert!(h.connection_logging);
+        assert_eq!((h.bind_host.to_string().as_str(), h.bind_port), ("::", 9443));
+        let k = &c.keepalived_vrrp;
+        assert_eq!((k.vrrp_advert_int, k.vrrp_check_interval, k.vrrp_fail_count, k.vrrp_success_count), (1, 5, 2, 2));
+        assert_eq!((k.vrrp_garp_refresh_interval, k.vrrp_garp_refresh_count), (5, 2));
+        let a = &c.amphora_agent;
+        assert_eq!((a.user_log_facility, a.administrative_log_facility), (0, 1));
+        assert_eq!((a.agent_tls_protocol.as_str(), a.agent_request_read_timeout), ("TLSv1.2", 180));
+        assert!(c.api.tls1_3_supported_ciphers.starts_with("TLS_AES_128_GCM_SHA256:"));
+    }
+
+    #[test]
+    fn bad_rendering_options_name_the_option() {
+        for (text, option) in [
+            ("[haproxy_amphora]\nhaproxy_stick_size = lots\n", "[haproxy_amphora] haproxy_stick_size"),
+            ("[haproxy_amphora]\ntimeout_client_data = soon\n", "[haproxy_amphora] timeout_client_data"),
+            ("[amphora_agent]\nuser_log_facility = 8\n", "[amphora_agent] user_log_facility"),
+            ("[amphora_agent]\nagent_tls_protocol = TLSv9\n", "[amphora_agent] agent_tls_protocol"),
+        ] {
+            let text = format!("[api_settings]\nauth_strategy = noauth\n{text}");
+            let err = parse([(Path::new("/o.conf"), text.as_str())]).expect_err("invalid").to_string();
+            assert!(err.contains(option), "{err}");
+        }
+    }
+
+    #[test]
     fn keystone_needs_its_credentials() {
         let err = parse([(Path::new("/o.conf"), "[api_settings]\nauth_strategy = keystone\n")]).expect_err("missing");
         assert!(err.to_string().contains("[keystone_authtoken] auth_url"), "{err}");

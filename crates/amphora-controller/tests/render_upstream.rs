@@ -167,9 +167,9 @@ fn renderings_match_upstreams_templaters() {
     }
     // What was compared (counted from upstream's files): the frontends and
     // backends of every enabled listener, on each amphora; keepalived's
-    // nine blocks on both ACTIVE_STANDBY amphorae.
-    assert_eq!(proxies, 4 + 2 * 6 + 5, "frontends and backends compared");
-    assert_eq!(vrrp_blocks, 2 * 9, "keepalived blocks compared");
+    // nine blocks on the two amphorae of both ACTIVE_STANDBY cases.
+    assert_eq!(proxies, 4 + 2 * 6 + 2 * 6 + 5, "frontends and backends compared");
+    assert_eq!(vrrp_blocks, 2 * 2 * 9, "keepalived blocks compared");
     assert!(problems.is_empty(), "renderings differ from upstream's:\n{}", problems.join("\n"));
 }
 

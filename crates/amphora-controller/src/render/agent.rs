@@ -26,7 +26,7 @@ pub fn agent_config(amphora_id: &str, topology: Topology, config: &Config) -> Re
         RenderError("[health_manager] heartbeat_key is not set: amphorae could not sign their heartbeats".into())
     })?;
     let controllers = hm.controller_ip_port_list.join(", ");
-    let values: [(&str, &str); 9] = [
+    let values = [
         ("amphora_id", amphora_id),
         ("heartbeat_key", heartbeat_key),
         ("controller_ip_port_list", &controllers),
@@ -35,14 +35,11 @@ pub fn agent_config(amphora_id: &str, topology: Topology, config: &Config) -> Re
         ("haproxy_cmd", &h.haproxy_cmd),
         ("agent_server_ca", &a.agent_server_ca),
         ("agent_server_cert", &a.agent_server_cert),
+        ("agent_server_network_dir", a.agent_server_network_dir.as_deref().unwrap_or("")),
         ("amphora_udp_driver", &a.amphora_udp_driver),
     ];
-    for (name, value) in
-        values.iter().chain([("agent_server_network_dir", a.agent_server_network_dir.as_deref().unwrap_or(""))].iter())
-    {
-        if value.contains(['\n', '\r']) {
-            return Err(RenderError(format!("{name} {value:?} holds a line break")));
-        }
+    if let Some((name, value)) = values.iter().find(|(_, value)| value.contains(['\n', '\r'])) {
+        return Err(RenderError(format!("{name} {value:?} holds a line break")));
     }
     if amphora_id.trim().is_empty() {
         return Err(RenderError("the amphora id is empty".into()));

@@ -226,6 +226,21 @@ pub fn terminated_https() -> LoadBalancer {
     lb
 }
 
+/// ACTIVE_STANDBY with an IPv6 VIP over IPv4 VRRP addresses: the VIP goes
+/// to keepalived's excluded addresses.
+pub fn active_standby_ipv6_vip() -> LoadBalancer {
+    let mut lb = active_standby();
+    lb.id = "55555555-6666-4777-8888-999999999999".into();
+    lb.vrrp_group.as_mut().expect("group").name = lb.id.replace('-', "");
+    lb.vip.address = "fd00:20::100".into();
+    lb.vip_subnet =
+        Some(Subnet { cidr: "fd00:20::/64".into(), gateway_ip: Some("fd00:20::1".into()), host_routes: vec![] });
+    for amp in &mut lb.amphorae {
+        amp.ha_ip = Some(lb.vip.address.clone());
+    }
+    lb
+}
+
 /// A disabled load balancer keeps its global section only.
 pub fn disabled() -> LoadBalancer {
     let mut lb = single_http_tcp();
@@ -238,6 +253,7 @@ pub fn all_cases() -> Vec<(&'static str, LoadBalancer)> {
     vec![
         ("single_http_tcp", single_http_tcp()),
         ("active_standby", active_standby()),
+        ("active_standby_ipv6_vip", active_standby_ipv6_vip()),
         ("terminated_https", terminated_https()),
         ("disabled", disabled()),
     ]
