@@ -23,6 +23,10 @@ pub struct Config {
     pub housekeeping: HouseKeeping,
     pub keystone: Option<KeystoneAuthtoken>,
     pub noop: NoopDrivers,
+    /// Our extension: the local drivers' networks (`crate::local`).
+    pub local_network: crate::local::LocalNetworkSettings,
+    /// Our extension: the local compute driver (`crate::local`).
+    pub local_compute: crate::local::LocalComputeSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,6 +273,8 @@ const KNOWN_OPTIONS: &oslo_ini::KnownOptions = &[
     ("oslo_messaging", &["topic"]),
     ("task_flow", &["jobboard_enabled"]),
     ("noop_drivers", &["step_delay"]),
+    ("local_network", crate::local::NETWORK_OPTIONS),
+    ("local_compute", crate::local::COMPUTE_OPTIONS),
 ];
 
 /// A parsed configuration and what the operator should be told about it.
@@ -382,6 +388,8 @@ fn from_layers(mut layers: Layers) -> Result<Loaded, ConfigError> {
         housekeeping,
         keystone,
         noop,
+        local_network: crate::local::LocalNetworkSettings::from_layers(l)?,
+        local_compute: crate::local::LocalComputeSettings::from_layers(l)?,
     };
     Ok(Loaded { config, warnings })
 }
