@@ -435,3 +435,62 @@ async fn a_dead_amphora_is_not_restarted_and_deletes_cleanly() {
     assert!(ports.iter().all(|p| p.port.address != info.lb_network_ip), "{ports:?}");
     assert!(!compute.instance_dir(&compute_id).exists());
 }
+
+#[tokio::test]
+async fn the_api_takes_the_configured_subnets_and_rejects_unknown_ones_with_upstreams_400() {
+    for test_db in common::databases().await {
+        let env = Env::new(&test_db.url);
+        let api = common::api_with(&test_db, env.config.clone()).await;
+        let unknown = "00000000-0000-4000-8000-0000000000ff";
+        let lb = |field: &str, id: &str| Some(serde_json::json!({"loadbalancer": {field: id}}));
+
+        let (status, body) = api.call("POST", "/v2/lbaas/loadbalancers", lb("vip_subnet_id", unknown)).await;
+        assert_eq!(status, 400, "{}: {body}", test_db.name);
+        assert_eq!(body["faultstring"], format!("Subnet {unknown} not found."), "{}", test_db.name);
+        let (status, body) = api.call("POST", "/v2/lbaas/loadbalancers", lb("vip_network_id", unknown)).await;
+        assert_eq!(
+            (status.as_u16(), body["faultstring"].as_str()),
+            (400, Some(&*format!("Network {unknown} not found.")))
+        );
+        let (status, body) = api.call("POST", "/v2/lbaas/loadbalancers", lb("vip_port_id", unknown)).await;
+        assert_eq!(
+            (status.as_u16(), body["faultstring"].as_str()),
+            (400, Some(&*format!("Port {unknown} not found.")))
+        );
+        // A subnet of another network than the one named.
+        let body = serde_json::json!({"loadbalancer": {"vip_network_id": DEFAULT_VIP_NETWORK_ID,
+                                                       "vip_subnet_id": DEFAULT_MEMBER_SUBNET_ID}});
+        let (status, _) = api.call("POST", "/v2/lbaas/loadbalancers", Some(body)).await;
+        assert_eq!(status, 400);
+
+        let (status, body) =
+            api.call("POST", "/v2/lbaas/loadbalancers", lb("vip_subnet_id", DEFAULT_VIP_SUBNET_ID)).await;
+        assert_eq!(status, 201, "{}: {body}", test_db.name);
+        let (status, body) =
+            api.call("POST", "/v2/lbaas/loadbalancers", lb("vip_network_id", DEFAULT_VIP_NETWORK_ID)).await;
+        assert_eq!(status, 201, "{}: {body}", test_db.name);
+
+        // Members: the same check of subnet_id, also inside a create graph.
+        let graph = serde_json::json!({"loadbalancer": {"vip_subnet_id": DEFAULT_VIP_SUBNET_ID,
+            "pools": [{"protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN",
+                       "members": [{"address": "198.51.100.10", "protocol_port": 80, "subnet_id": unknown}]}]}});
+        let (status, body) = api.call("POST", "/v2/lbaas/loadbalancers", Some(graph)).await;
+        assert_eq!(
+            (status.as_u16(), body["faultstring"].as_str()),
+            (400, Some(&*format!("Subnet {unknown} not found.")))
+        );
+
+        // The CLI's lookups see the configured objects, by id and by name.
+        let (status, body) = api.call("GET", &format!("/v2.0/subnets/{DEFAULT_VIP_SUBNET_ID}"), None).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["subnet"]["cidr"], "203.0.113.0/24");
+        assert_eq!(body["subnet"]["network_id"], DEFAULT_VIP_NETWORK_ID);
+        let (_, body) = api.call("GET", "/v2.0/subnets?name=vip-subnet", None).await;
+        assert_eq!(body["subnets"][0]["id"], DEFAULT_VIP_SUBNET_ID);
+        let (_, body) = api.call("GET", "/v2.0/networks?name=member-net", None).await;
+        assert_eq!(body["networks"][0]["subnets"][0], DEFAULT_MEMBER_SUBNET_ID);
+        let (status, body) = api.call("GET", &format!("/v2.0/subnets/{unknown}"), None).await;
+        assert_eq!(status, 404);
+        assert_eq!(body["NeutronError"]["type"], "SubnetNotFound");
+    }
+}
