@@ -49,12 +49,19 @@ fn random() -> u32 {
 /// One test's controller settings, and the teardown of what they made.
 struct Env {
     config: Config,
+    /// The configuration as a file, for the binary.
+    config_file: PathBuf,
     dir: tempfile::TempDir,
     management: IpNet,
 }
 
 impl Env {
     fn new(db_url: &str) -> Env {
+        Env::with(db_url, "")
+    }
+
+    /// `local_network`: further `[local_network]` lines.
+    fn with(db_url: &str, local_network: &str) -> Env {
         let dir = tempfile::tempdir().expect("temp dir");
         let r = random();
         let prefix = format!("t{:07x}", r & 0x0fff_ffff);
@@ -63,13 +70,15 @@ impl Env {
         let text = format!(
             "[api_settings]\nauth_strategy = noauth\n[database]\nconnection = {db_url}\n\
              [controller_worker]\ncompute_driver = local\nnetwork_driver = local\n\
-             [local_network]\nname_prefix = {prefix}\nmanagement_cidr = {management}\n\
+             [local_network]\nname_prefix = {prefix}\nmanagement_cidr = {management}\n{local_network}\n\
              [local_compute]\nstate_dir = {state}\nagent_path = {agent}\nboot_timeout = 60\n",
             state = dir.path().join("state").display(),
             agent = agent_binary().display(),
         );
         let config = config::parse([(Path::new("<test>"), text.as_str())]).expect("valid configuration").config;
-        Env { config, dir, management }
+        let config_file = dir.path().join("octavia.conf");
+        std::fs::write(&config_file, &text).expect("write the configuration");
+        Env { config, config_file, dir, management }
     }
 
     fn prefix(&self) -> &str {
@@ -283,7 +292,16 @@ fn haproxy_config(base: &Path, lb: &str, vip: &str, amphora_id: &str) -> String 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_amphora_boots_serves_its_vip_survives_restarts_and_leaves_nothing_behind() {
     let test_db = common::databases().await.remove(0);
-    let env = Env::new(&test_db.url);
+    // The host reaches the VIP network too: a VIP subnet of its own then,
+    // as the management one (distinct from it by one bit).
+    let r = random();
+    let vip_cidr: IpNet = format!("198.{}.{}.0/24", 18 + r % 2, 128 + (r >> 8) % 128).parse().expect("cidr");
+    let env = loop {
+        let env = Env::with(&test_db.url, &format!("host_vip_access = True\nvip_cidr = {vip_cidr}\nvip_ipv6_cidr =\n"));
+        if env.management.network() != vip_cidr.network() {
+            break env;
+        }
+    };
     let db = Db::open(&test_db.url).await.expect("database");
     let net = LocalNetwork::new(db.clone(), &env.config);
     net.ensure_fabric().await.expect("fabric");
@@ -325,7 +343,8 @@ async fn an_amphora_boots_serves_its_vip_survives_restarts_and_leaves_nothing_be
     compute.attach_port(&compute_id, &vip).await.expect("attach");
     compute.attach_port(&compute_id, &vip).await.expect("attach again");
     let subnet = net.get_subnet(&vip.subnet_id).await.expect("subnet");
-    assert_eq!((subnet.cidr.as_str(), subnet.gateway_ip.as_deref()), ("203.0.113.0/24", Some("203.0.113.1")));
+    let vip_gateway = amphora_controller::local::first_host(vip_cidr).to_string();
+    assert_eq!((subnet.cidr.clone(), subnet.gateway_ip.clone()), (vip_cidr.to_string(), Some(vip_gateway)));
     let plug = PlugVipRequest {
         subnet_cidr: subnet.cidr.clone(),
         gateway: subnet.gateway_ip.clone(),
@@ -351,6 +370,15 @@ async fn an_amphora_boots_serves_its_vip_survives_restarts_and_leaves_nothing_be
     client.start(&lb_id).await.expect("start haproxy");
     let vip_addr = SocketAddr::new(vip.address.parse().expect("VIP"), 80);
     let response = wait::until("haproxy to answer on the VIP", DEADLINE, || http_get_in(&client_ns.0, vip_addr)).await;
+    assert!(response.contains(&format!("served by {amphora_id}")), "{response}");
+    // And from the host, through its veth into the VIP network.
+    let mut stream = tokio::time::timeout(DEADLINE, tokio::net::TcpStream::connect(vip_addr))
+        .await
+        .expect("connect in time")
+        .expect("the host reaches the VIP");
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n").await.expect("request");
+    let mut response = String::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_string(&mut response)).await.expect("in time").expect("read");
     assert!(response.contains(&format!("served by {amphora_id}")), "{response}");
 
     // The agent dies: its supervisor starts it again.
@@ -395,12 +423,23 @@ async fn an_amphora_boots_serves_its_vip_survives_restarts_and_leaves_nothing_be
     // Teardown leaves nothing on the host.
     drop(compute);
     drop(client_ns);
-    teardown(&env.config.local_network, env.state_dir()).await.expect("teardown");
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_amphora-controller"))
+        .arg("--config-file")
+        .arg(&env.config_file)
+        .args(["local", "teardown"])
+        .status()
+        .await
+        .expect("run amphora-controller local teardown");
+    assert!(status.success(), "amphora-controller local teardown: {status}");
     teardown(&env.config.local_network, env.state_dir()).await.expect("teardown again");
     let prefix = format!("{}-", env.prefix());
     assert!(netns_names().iter().all(|n| !n.starts_with(&prefix)), "{:?}", netns_names());
-    assert!(!ip_output(&["link", "show"]).contains(&env.config.local_network.host_management_interface()));
-    assert!(!ip_output(&["addr", "show"]).contains(&format!("{}/", env.controller_ip())));
+    let links = ip_output(&["link", "show"]);
+    assert!(!links.contains(&env.config.local_network.host_management_interface()), "{links}");
+    assert!(!links.contains(&env.config.local_network.host_vip_interface()), "{links}");
+    let addresses = ip_output(&["addr", "show"]);
+    assert!(!addresses.contains(&format!(" {}/", env.controller_ip())), "{addresses}");
+    assert!(!addresses.contains(&format!(" {}/", amphora_controller::local::first_host(vip_cidr))), "{addresses}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -359,3 +359,51 @@ impl LocalComputeSettings {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::parse;
+
+    fn error(text: &str) -> String {
+        let text = format!("[api_settings]\nauth_strategy = noauth\n{text}");
+        parse([(Path::new("/o.conf"), text.as_str())]).expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn defaults_are_the_documentation_networks() {
+        let c = parse([(Path::new("/o.conf"), "[api_settings]\nauth_strategy = noauth\n")]).expect("valid").config;
+        let n = &c.local_network;
+        assert_eq!(n.fabric_namespace, "octavia-fabric");
+        assert_eq!(n.host_management_interface(), "octavia-hm0");
+        assert_eq!(n.controller_ip().to_string(), "192.0.2.1");
+        let cidrs: Vec<String> = n.networks.iter().flat_map(|n| &n.subnets).map(|s| s.cidr.to_string()).collect();
+        assert_eq!(cidrs, ["192.0.2.0/24", "203.0.113.0/24", "2001:db8:0:1::/64", "198.51.100.0/24"]);
+        assert_eq!(
+            n.subnet(super::DEFAULT_VIP_IPV6_SUBNET_ID).map(|(net, _)| net.id.as_str()),
+            Some(super::DEFAULT_VIP_NETWORK_ID)
+        );
+        assert_eq!(c.local_compute.agent_bind_port, 9443);
+    }
+
+    #[test]
+    fn bad_local_options_name_the_option_and_the_reason() {
+        let e = error("[local_network]\nname_prefix = Octavia-1\n");
+        assert!(e.contains("[local_network] name_prefix") && e.contains("lowercase"), "{e}");
+        let e = error("[local_network]\nvip_cidr = 203.0.113.7/24\n");
+        assert!(e.contains("vip_cidr") && e.contains("203.0.113.0/24"), "{e}");
+        let e = error("[local_network]\nmember_gateway = 192.0.2.9\n");
+        assert!(e.contains("member_gateway") && e.contains("not a host address of 198.51.100.0/24"), "{e}");
+        let e = error("[local_network]\nmember_cidr = 192.0.2.128/25\n");
+        assert!(e.contains("overlaps"), "{e}");
+        let e = error("[local_network]\nmanagement_gateway =\n");
+        assert!(e.contains("management_gateway"), "{e}");
+        let e = error("[local_network]\nvip_ipv6_cidr = 10.0.0.0/8\n");
+        assert!(e.contains("expected an IPv6 CIDR"), "{e}");
+        let e = error(&format!("[local_network]\nmember_subnet_id = {}\n", super::DEFAULT_VIP_SUBNET_ID));
+        assert!(e.contains("distinct"), "{e}");
+        let e = error("[local_compute]\nstate_dir = /var/lib/octavia/a-rather-long-directory-name/local\n");
+        assert!(e.contains("[local_compute] state_dir") && e.contains("at most 37"), "{e}");
+    }
+}
