@@ -195,6 +195,16 @@ async fn ports_get_distinct_addresses_concurrently_and_after_a_restart() {
             .await
             .expect("IPv6 VIP");
         assert_eq!((v6.address.as_str(), v6.subnet_id.as_str()), ("2001:db8:0:1::50", DEFAULT_VIP_IPV6_SUBNET_ID));
+        // A VIP port must be one this driver made for this load balancer.
+        let adopt = |port_id: &str| VipRequest {
+            load_balancer_id: "lb-4".into(),
+            port_id: Some(port_id.into()),
+            ..VipRequest::default()
+        };
+        let err = net.allocate_vip(&adopt(&first[0].id)).await.expect_err("another owner's port");
+        assert!(err.to_string().contains("in use by test-owner-"), "{err:#}");
+        let err = net.allocate_vip(&adopt("00000000-0000-4000-8000-000000000001")).await.expect_err("unknown port");
+        assert_eq!(err.to_string(), "Port 00000000-0000-4000-8000-000000000001 could not be found.");
         let unknown = net.get_subnet("00000000-0000-4000-8000-000000000000").await.expect_err("unknown subnet");
         assert_eq!(unknown.to_string(), "Subnet 00000000-0000-4000-8000-000000000000 could not be found.");
 
@@ -443,7 +453,7 @@ async fn an_amphora_boots_serves_its_vip_survives_restarts_and_leaves_nothing_be
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_dead_amphora_is_not_restarted_and_deletes_cleanly() {
+async fn an_agent_dead_at_controller_start_is_started_but_a_dead_vm_is_not_and_deletes_cleanly() {
     let test_db = common::databases().await.remove(0);
     let env = Env::new(&test_db.url);
     let db = Db::open(&test_db.url).await.expect("database");
@@ -454,10 +464,23 @@ async fn a_dead_amphora_is_not_restarted_and_deletes_cleanly() {
     let files = booted.files(SocketAddr::new(env.controller_ip(), 9));
     let compute_id = compute.create(&amphora_id, &files).await.expect("create");
     let info = compute.wait_active(&compute_id).await.expect("wait_active");
+    let log = std::fs::read_to_string(compute.instance_dir(&compute_id).join("agent.log")).expect("agent log");
+    assert!(log.contains(&amphora_id), "the agent's output goes to its log:\n{log}");
+
+    // The agent dies while the controller is down: the next controller
+    // starts it again.
+    let pid = compute.agent_pid(&compute_id).expect("agent pid");
+    drop(compute);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    wait::until("the agent to die", DEADLINE, || async { process_gone(pid).then_some(()) }).await;
+    let compute = LocalCompute::new(db.clone(), &env.config).expect("compute driver again");
+    let restarted = compute.agent_pid(&compute_id).expect("an agent again");
+    assert_ne!(restarted, pid);
+    compute.wait_active(&compute_id).await.expect("active again");
 
     // The "VM" dies: its processes and its namespaces vanish.
     let vm_ns = env.config.local_network.amphora_namespace(&compute_id);
-    let pid = compute.agent_pid(&compute_id).expect("agent pid");
+    let pid = restarted;
     netns::delete(&vm_ns);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
     wait::until("the supervisor to give up", DEADLINE, || async {
