@@ -450,6 +450,20 @@ async fn an_amphora_boots_serves_its_vip_survives_restarts_and_leaves_nothing_be
     let addresses = ip_output(&["addr", "show"]);
     assert!(!addresses.contains(&format!(" {}/", env.controller_ip())), "{addresses}");
     assert!(!addresses.contains(&format!(" {}/", amphora_controller::local::first_host(vip_cidr))), "{addresses}");
+    // No process runs from the state directory (agents, haproxy, keepalived).
+    let state = env.state_dir().as_os_str().as_encoded_bytes().to_vec();
+    let leftovers: Vec<String> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| !process_gone(*pid))
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cmdline.windows(state.len()).any(|w| w == state.as_slice())
+        })
+        .map(|pid| pid.to_string())
+        .collect();
+    assert!(leftovers.is_empty(), "processes left behind: {leftovers:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
