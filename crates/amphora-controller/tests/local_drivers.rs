@@ -25,7 +25,7 @@ use amphora_controller::local::{
     LocalNetwork, teardown,
 };
 use amphora_controller::worker::drivers::{BootFiles, ComputeDriver, NetworkDriver, Port, VipRequest};
-use amphora_proto::net::PlugVipRequest;
+use amphora_proto::net::{FixedIpRequest, PlugNetworkRequest, PlugVipRequest};
 use amphora_testkit::pki::Pki;
 use amphora_testkit::{netns, wait};
 use ipnet::IpNet;
@@ -391,6 +391,27 @@ async fn an_amphora_boots_serves_its_vip_survives_restarts_and_leaves_nothing_be
     tokio::time::timeout(DEADLINE, stream.read_to_string(&mut response)).await.expect("in time").expect("read");
     assert!(response.contains(&format!("served by {amphora_id}")), "{response}");
 
+    // A member network port, plugged through the agent, lands in the
+    // amphora namespace with its address.
+    let member = net.allocate_port(DEFAULT_MEMBER_SUBNET_ID, &format!("member:{amphora_id}")).await.expect("port");
+    compute.attach_port(&compute_id, &member).await.expect("attach the member port");
+    let member_subnet = net.get_subnet(&member.subnet_id).await.expect("member subnet");
+    let request = PlugNetworkRequest {
+        mac_address: member.mac_address.clone(),
+        fixed_ips: Some(vec![FixedIpRequest {
+            ip_address: member.address.clone(),
+            subnet_cidr: Some(member_subnet.cidr.clone()),
+            gateway: member_subnet.gateway_ip.clone(),
+            host_routes: Vec::new(),
+        }]),
+        mtu: Some(member_subnet.mtu),
+        vip_net_info: None,
+    };
+    client.plug_network(&request).await.expect("plug network");
+    let lb_ns = env.config.local_network.haproxy_namespace(&compute_id);
+    let addresses = ip_output(&["-n", &lb_ns, "addr", "show"]);
+    assert!(addresses.contains(&format!(" {}/24", member.address)), "{addresses}");
+
     // The agent dies: its supervisor starts it again.
     let first_pid = compute.agent_pid(&compute_id).expect("agent pid");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(first_pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
@@ -410,7 +431,6 @@ async fn an_amphora_boots_serves_its_vip_survives_restarts_and_leaves_nothing_be
 
     // Delete: every process, namespace, veth, port and file goes.
     let vm_ns = env.config.local_network.amphora_namespace(&compute_id);
-    let lb_ns = env.config.local_network.haproxy_namespace(&compute_id);
     let haproxy_pids = netns_pids(&lb_ns);
     assert!(!haproxy_pids.is_empty(), "haproxy runs in {lb_ns}");
     let dir = compute.instance_dir(&compute_id);
@@ -429,6 +449,8 @@ async fn an_amphora_boots_serves_its_vip_survives_restarts_and_leaves_nothing_be
     assert_eq!(vip_row.device_id, None);
     net.deallocate_vip(&vip.id).await.expect("deallocate");
     net.deallocate_vip(&vip.id).await.expect("deallocate again");
+
+    net.delete_port(&member.id).await.expect("delete the member port");
 
     // Teardown leaves nothing on the host.
     drop(compute);
@@ -569,4 +591,19 @@ async fn the_api_takes_the_configured_subnets_and_rejects_unknown_ones_with_upst
         assert_eq!(status, 404);
         assert_eq!(body["NeutronError"]["type"], "SubnetNotFound");
     }
+}
+
+#[tokio::test]
+async fn the_configuration_selects_the_local_drivers_and_a_missing_agent_is_a_clear_error() {
+    let test_db = common::databases().await.remove(0);
+    let env = Env::new(&test_db.url);
+    let db = Db::open(&test_db.url).await.expect("database");
+    let drivers = amphora_controller::worker::drivers::Drivers::from_config(&db, &env.config).expect("drivers");
+    let shown = format!("{drivers:?}");
+    assert!(shown.contains("LocalCompute") && shown.contains("LocalNetwork"), "{shown}");
+
+    let mut config = env.config.clone();
+    config.local_compute.agent_path = Some(env.dir.path().join("no-such-agent"));
+    let err = amphora_controller::worker::drivers::Drivers::from_config(&db, &config).expect_err("no agent");
+    assert!(err.to_string().contains("[local_compute] agent_path"), "{err:#}");
 }
