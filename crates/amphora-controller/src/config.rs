@@ -28,6 +28,10 @@ pub struct Config {
     pub haproxy_amphora: HaproxyAmphora,
     pub keepalived_vrrp: KeepalivedVrrp,
     pub amphora_agent: AmphoraAgent,
+    /// Our extension: the local drivers' networks (`crate::local`).
+    pub local_network: crate::local::LocalNetworkSettings,
+    /// Our extension: the local compute driver (`crate::local`).
+    pub local_compute: crate::local::LocalComputeSettings,
 }
 
 /// The key type of the certificates the controller's CA issues.
@@ -414,6 +418,8 @@ const KNOWN_OPTIONS: &oslo_ini::KnownOptions = &[
     ("oslo_messaging", &["topic"]),
     ("task_flow", &["jobboard_enabled"]),
     ("noop_drivers", &["step_delay"]),
+    ("local_network", crate::local::NETWORK_OPTIONS),
+    ("local_compute", crate::local::COMPUTE_OPTIONS),
 ];
 
 /// A parsed configuration and what the operator should be told about it.
@@ -652,6 +658,8 @@ fn from_layers(mut layers: Layers) -> Result<Loaded, ConfigError> {
         keepalived_vrrp,
         amphora_connection,
         amphora_agent,
+        local_network: crate::local::LocalNetworkSettings::from_layers(l)?,
+        local_compute: crate::local::LocalComputeSettings::from_layers(l)?,
     };
     Ok(Loaded { config, warnings })
 }

@@ -15,6 +15,7 @@ pub mod health;
 pub mod housekeeping;
 pub mod jobs;
 pub mod keystone;
+pub mod local;
 pub mod model;
 pub mod render;
 pub mod worker;
@@ -76,6 +77,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let db = Db::open(&config.database.connection).await?;
+    if config.worker.network_driver == "local" {
+        // The management veth first: the health role binds to it and the
+        // worker connects through it.
+        local::Fabric::new(config.local_network.clone()).ensure().await?;
+    }
     let jobs_queued = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
     let mut api_addr = None;

@@ -38,6 +38,20 @@ enum Command {
         #[command(subcommand)]
         action: DbAction,
     },
+    /// The local compute and network drivers' objects on this host.
+    Local {
+        #[command(subcommand)]
+        action: LocalAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LocalAction {
+    /// Delete every amphora namespace and process, the fabric namespace
+    /// and the host veths of this configuration's `[local_network]
+    /// name_prefix`, and the amphora directories of `[local_compute]
+    /// state_dir`. The database is left alone.
+    Teardown,
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +88,12 @@ fn main() -> ExitCode {
                 let db = amphora_controller::db::Db::connect(&loaded.config.database.connection).await?;
                 db.upgrade().await?;
                 tracing::info!("database schema is up to date");
+                Ok(())
+            }
+            Command::Local { action: LocalAction::Teardown } => {
+                let c = &loaded.config;
+                amphora_controller::local::teardown(&c.local_network, &c.local_compute.state_dir).await?;
+                tracing::info!(prefix = c.local_network.name_prefix, "local drivers' objects deleted");
                 Ok(())
             }
             Command::Run { roles, ready_file } => {

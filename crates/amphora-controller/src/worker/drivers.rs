@@ -46,6 +46,40 @@ pub struct Port {
     pub id: String,
     pub address: String,
     pub network_id: String,
+    /// What the agent finds the port by once it is attached.
+    pub mac_address: String,
+    pub subnet_id: String,
+}
+
+/// A subnet as the agent's plug vip / plug network bodies need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subnet {
+    pub id: String,
+    pub network_id: String,
+    pub cidr: String,
+    pub gateway_ip: Option<String>,
+    /// (destination CIDR, next hop).
+    pub host_routes: Vec<(String, String)>,
+    pub mtu: u32,
+}
+
+/// What the controller hands an amphora at boot (upstream: Nova's config
+/// drive).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct BootFiles {
+    /// The upstream-format amphora-agent.conf the controller rendered.
+    pub agent_config: String,
+    /// The amphora's certificate and private key.
+    pub server_pem: String,
+    /// The CA that signs the controller's client certificate.
+    pub client_ca_pem: String,
+}
+
+impl std::fmt::Debug for BootFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the private key.
+        f.debug_struct("BootFiles").field("agent_config", &self.agent_config.len()).finish_non_exhaustive()
+    }
 }
 
 /// The VIP a load balancer asks for (the API's fields, possibly empty).
@@ -71,12 +105,17 @@ pub struct AmphoraTarget {
 }
 
 pub trait ComputeDriver: Send + Sync + std::fmt::Debug {
-    /// Boots an amphora; returns its compute id.
-    fn create<'a>(&'a self, amphora_id: &'a str) -> DriverFuture<'a, String>;
+    /// Boots an amphora with its boot files; returns its compute id.
+    fn create<'a>(&'a self, amphora_id: &'a str, boot: &'a BootFiles) -> DriverFuture<'a, String>;
     /// Waits until the instance runs; returns its management address etc.
     fn wait_active<'a>(&'a self, compute_id: &'a str) -> DriverFuture<'a, ComputeInfo>;
     /// Deletes an instance (success when it is already gone).
     fn delete<'a>(&'a self, compute_id: &'a str) -> DriverFuture<'a, ()>;
+    /// Attaches a port (Nova's interface attach): it appears inside the
+    /// instance with the port's MAC. Repeating it is harmless.
+    fn attach_port<'a>(&'a self, compute_id: &'a str, port: &'a Port) -> DriverFuture<'a, ()>;
+    /// Detaches a port (success when it is not attached).
+    fn detach_port<'a>(&'a self, compute_id: &'a str, port: &'a Port) -> DriverFuture<'a, ()>;
 }
 
 pub trait NetworkDriver: Send + Sync + std::fmt::Debug {
@@ -88,6 +127,11 @@ pub trait NetworkDriver: Send + Sync + std::fmt::Debug {
     fn allocate_vrrp_port<'a>(&'a self, amphora_id: &'a str, vip: &'a Port) -> DriverFuture<'a, Port>;
     /// Deletes a port (success when it is already gone).
     fn delete_port<'a>(&'a self, port_id: &'a str) -> DriverFuture<'a, ()>;
+    /// A subnet's addressing.
+    fn get_subnet<'a>(&'a self, subnet_id: &'a str) -> DriverFuture<'a, Subnet>;
+    /// A port on a network or subnet (member networks), for `owner` (the
+    /// same owner gets the same port back).
+    fn allocate_port<'a>(&'a self, network_or_subnet_id: &'a str, owner: &'a str) -> DriverFuture<'a, Port>;
 }
 
 pub trait AmphoraDriver: Send + Sync + std::fmt::Debug {
@@ -126,10 +170,12 @@ impl Drivers {
         let w = &config.worker;
         let compute: Arc<dyn ComputeDriver> = match w.compute_driver.as_str() {
             "compute_noop_driver" | "noop" => Arc::new(NoopCompute::new(db.clone(), delay, config)),
+            "local" => Arc::new(crate::local::LocalCompute::new(db.clone(), config)?),
             other => bail!("[controller_worker] compute_driver = {other} is not available in this build"),
         };
         let network: Arc<dyn NetworkDriver> = match w.network_driver.as_str() {
             "network_noop_driver" | "noop" => Arc::new(NoopNetwork::new(db.clone(), delay)),
+            "local" => Arc::new(crate::local::LocalNetwork::new(db.clone(), config)),
             other => bail!("[controller_worker] network_driver = {other} is not available in this build"),
         };
         let amphora: Arc<dyn AmphoraDriver> = match w.amphora_driver.as_str() {
@@ -220,7 +266,7 @@ impl NoopCompute {
 }
 
 impl ComputeDriver for NoopCompute {
-    fn create<'a>(&'a self, _amphora_id: &'a str) -> DriverFuture<'a, String> {
+    fn create<'a>(&'a self, _amphora_id: &'a str, _boot: &'a BootFiles) -> DriverFuture<'a, String> {
         Box::pin(async move {
             pause(self.delay).await;
             Ok(new_id())
@@ -247,6 +293,20 @@ impl ComputeDriver for NoopCompute {
             Ok(())
         })
     }
+
+    fn attach_port<'a>(&'a self, _compute_id: &'a str, _port: &'a Port) -> DriverFuture<'a, ()> {
+        Box::pin(pause_ok(self.delay))
+    }
+
+    fn detach_port<'a>(&'a self, _compute_id: &'a str, _port: &'a Port) -> DriverFuture<'a, ()> {
+        Box::pin(pause_ok(self.delay))
+    }
+}
+
+/// A MAC in OpenStack's `fa:16:3e` range.
+pub fn random_mac() -> String {
+    let b = uuid::Uuid::new_v4().into_bytes();
+    format!("fa:16:3e:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
 }
 
 /// upstream's `network_noop_driver`: VIPs from 203.0.113.0/24, VRRP ports
@@ -284,6 +344,8 @@ impl NetworkDriver for NoopNetwork {
                 id: vip.port_id.clone().unwrap_or_else(new_id),
                 address,
                 network_id: vip.network_id.clone().unwrap_or_else(new_id),
+                mac_address: random_mac(),
+                subnet_id: vip.subnet_id.clone().unwrap_or_else(new_id),
             })
         })
     }
@@ -300,7 +362,13 @@ impl NetworkDriver for NoopNetwork {
             pause(self.delay).await;
             let used = used_addresses(&self.db, "SELECT vrrp_ip FROM amphora WHERE status <> 'DELETED'").await?;
             let address = self.vrrp.pick([198, 51, 100], &used).context("allocating a VRRP port")?;
-            Ok(Port { id: new_id(), address: address.to_string(), network_id: vip.network_id.clone() })
+            Ok(Port {
+                id: new_id(),
+                address: address.to_string(),
+                network_id: vip.network_id.clone(),
+                mac_address: random_mac(),
+                subnet_id: vip.subnet_id.clone(),
+            })
         })
     }
 
@@ -308,6 +376,36 @@ impl NetworkDriver for NoopNetwork {
         Box::pin(async move {
             pause(self.delay).await;
             Ok(())
+        })
+    }
+
+    fn get_subnet<'a>(&'a self, subnet_id: &'a str) -> DriverFuture<'a, Subnet> {
+        Box::pin(async move {
+            pause(self.delay).await;
+            // Like the noop lookups of api/network.rs: every id is a subnet.
+            Ok(Subnet {
+                id: subnet_id.to_owned(),
+                network_id: subnet_id.to_owned(),
+                cidr: "203.0.113.0/24".into(),
+                gateway_ip: None,
+                host_routes: Vec::new(),
+                mtu: 1500,
+            })
+        })
+    }
+
+    fn allocate_port<'a>(&'a self, network_or_subnet_id: &'a str, _owner: &'a str) -> DriverFuture<'a, Port> {
+        Box::pin(async move {
+            pause(self.delay).await;
+            let used = used_addresses(&self.db, "SELECT vrrp_ip FROM amphora WHERE status <> 'DELETED'").await?;
+            let address = self.vrrp.pick([198, 51, 100], &used).context("allocating a port")?;
+            Ok(Port {
+                id: new_id(),
+                address: address.to_string(),
+                network_id: network_or_subnet_id.to_owned(),
+                mac_address: random_mac(),
+                subnet_id: network_or_subnet_id.to_owned(),
+            })
         })
     }
 }

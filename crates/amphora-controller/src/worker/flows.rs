@@ -16,7 +16,7 @@ use anyhow::{Context as _, anyhow, bail};
 use serde_json::{Map, Value, json};
 use sqlx::Row;
 
-use super::drivers::{AmphoraTarget, Port, VipRequest};
+use super::drivers::{AmphoraTarget, BootFiles, Port, VipRequest};
 use super::flow::{Cx, StepResult};
 use crate::config::Topology;
 use crate::db::{Db, WriteTx, format_time, now_millis, now_text};
@@ -446,7 +446,13 @@ async fn lb_vip(cx: &Cx) -> anyhow::Result<Port> {
     let lb_id = need_lb(cx)?;
     let lb = load_lb(&cx.db, &lb_id).await?.ok_or_else(|| anyhow!("load balancer {lb_id} not found"))?;
     match (lb.vip_port_id, lb.vip_address) {
-        (Some(id), Some(address)) => Ok(Port { id, address, network_id: lb.vip_network_id.unwrap_or_default() }),
+        (Some(id), Some(address)) => Ok(Port {
+            id,
+            address,
+            network_id: lb.vip_network_id.unwrap_or_default(),
+            mac_address: String::new(),
+            subnet_id: lb.vip_subnet_id.unwrap_or_default(),
+        }),
         _ => bail!("load balancer {lb_id} has no VIP port"),
     }
 }
@@ -502,7 +508,7 @@ pub async fn execute(step: &Step, cx: &mut Cx) -> StepResult {
         }
         Step::ComputeCreate(i) => {
             let id = need_amp(cx, Amp::New(i))?;
-            let compute_id = cx.drivers.compute.create(&id).await.context("compute create")?;
+            let compute_id = cx.drivers.compute.create(&id, &BootFiles::default()).await.context("compute create")?;
             let mut tx = db.write().await?;
             sqlx::query("UPDATE amphora SET compute_id = $1, status = $2, updated_at = $3 WHERE id = $4")
                 .bind(compute_id.as_str())

@@ -14,7 +14,8 @@ use amphora_controller::db::{Db, new_id, now_text};
 use amphora_controller::jobs::{self, JobKind};
 use amphora_controller::worker::Worker;
 use amphora_controller::worker::drivers::{
-    AmphoraDriver, AmphoraTarget, ComputeDriver, ComputeInfo, DriverFuture, Drivers, NetworkDriver, Port, VipRequest,
+    AmphoraDriver, AmphoraTarget, BootFiles, ComputeDriver, ComputeInfo, DriverFuture, Drivers, NetworkDriver, Port,
+    Subnet, VipRequest,
 };
 use serde_json::Value;
 use sqlx::Row;
@@ -269,10 +270,10 @@ impl TestDriver {
 }
 
 impl ComputeDriver for TestDriver {
-    fn create<'a>(&'a self, amphora_id: &'a str) -> DriverFuture<'a, String> {
+    fn create<'a>(&'a self, amphora_id: &'a str, boot: &'a BootFiles) -> DriverFuture<'a, String> {
         Box::pin(async move {
             self.enter("compute_create", amphora_id).await?;
-            self.inner.compute.create(amphora_id).await
+            self.inner.compute.create(amphora_id, boot).await
         })
     }
 
@@ -287,6 +288,20 @@ impl ComputeDriver for TestDriver {
         Box::pin(async move {
             self.enter("compute_delete", compute_id).await?;
             self.inner.compute.delete(compute_id).await
+        })
+    }
+
+    fn attach_port<'a>(&'a self, compute_id: &'a str, port: &'a Port) -> DriverFuture<'a, ()> {
+        Box::pin(async move {
+            self.enter("attach_port", &port.id).await?;
+            self.inner.compute.attach_port(compute_id, port).await
+        })
+    }
+
+    fn detach_port<'a>(&'a self, compute_id: &'a str, port: &'a Port) -> DriverFuture<'a, ()> {
+        Box::pin(async move {
+            self.enter("detach_port", &port.id).await?;
+            self.inner.compute.detach_port(compute_id, port).await
         })
     }
 }
@@ -317,6 +332,20 @@ impl NetworkDriver for TestDriver {
         Box::pin(async move {
             self.enter("delete_port", port_id).await?;
             self.inner.network.delete_port(port_id).await
+        })
+    }
+
+    fn get_subnet<'a>(&'a self, subnet_id: &'a str) -> DriverFuture<'a, Subnet> {
+        Box::pin(async move {
+            self.enter("get_subnet", subnet_id).await?;
+            self.inner.network.get_subnet(subnet_id).await
+        })
+    }
+
+    fn allocate_port<'a>(&'a self, network_or_subnet_id: &'a str, owner: &'a str) -> DriverFuture<'a, Port> {
+        Box::pin(async move {
+            self.enter("allocate_port", owner).await?;
+            self.inner.network.allocate_port(network_or_subnet_id, owner).await
         })
     }
 }

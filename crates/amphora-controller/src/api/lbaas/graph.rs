@@ -43,6 +43,11 @@ impl Graph {
     pub fn is_empty(&self) -> bool {
         self.pools.is_empty() && self.listeners.is_empty()
     }
+
+    /// The `subnet_id` of every member, for the network driver to check.
+    pub fn member_subnets(&self) -> impl Iterator<Item = &str> {
+        self.pools.iter().flat_map(|p| &p.members).filter_map(|m| m.subnet_id.as_deref())
+    }
 }
 
 fn items(b: &Body, key: &str) -> ApiResult<Vec<Value>> {

@@ -211,6 +211,11 @@ async fn create(
         return Err(validation("additional_vips are not supported by this deployment."));
     }
     let graph = super::graph::parse(&b)?;
+    crate::api::network::check_vip(&state, vip_port_id.as_deref(), vip_network_id.as_deref(), vip_subnet_id.as_deref())
+        .await?;
+    for subnet in graph.member_subnets() {
+        crate::api::network::check_subnet(&state, Some(subnet))?;
+    }
 
     let id = new_id();
     let mut tx = state.db.write().await?;

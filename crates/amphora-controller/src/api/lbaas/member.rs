@@ -136,6 +136,7 @@ fn common_columns(b: &Body) -> ApiResult<Vec<(&'static str, Val)>> {
 pub struct NewMember {
     pub address: String,
     pub port: i64,
+    pub subnet_id: Option<String>,
     pub cols: Vec<(&'static str, Val)>,
 }
 
@@ -148,8 +149,8 @@ pub fn new_member(b: &Body) -> ApiResult<NewMember> {
         return Err(validation("SR-IOV member ports are not supported by this deployment."));
     }
     let mut cols = common_columns(b)?;
-    cols.push(("subnet_id", Val::Text(subnet)));
-    Ok(NewMember { address, port, cols })
+    cols.push(("subnet_id", Val::Text(subnet.clone())));
+    Ok(NewMember { address, port, subnet_id: subnet, cols })
 }
 
 pub async fn insert_member(tx: &mut WriteTx<'_>, pool_id: &str, project: &str, m: NewMember) -> ApiResult<String> {
@@ -197,6 +198,7 @@ async fn create(
     let allowed: Vec<&str> = PUT_FIELDS.iter().chain(POST_ONLY).copied().collect();
     let b = Body::parse(&bytes, "member", &allowed)?;
     let m = new_member(&b)?;
+    crate::api::network::check_subnet(&state, m.subnet_id.as_deref())?;
     let pool = writable_pool(&state, &ctx, &pool_id).await?;
     let lb_id = text(&pool, "loadbalancer_id").to_owned();
     let mut tx = state.db.write().await?;
@@ -290,7 +292,9 @@ async fn batch(
     let mut wanted = Vec::with_capacity(items.len());
     for item in items {
         let b = Body::from_value(item, "members", &allowed)?;
-        wanted.push(new_member(&b)?);
+        let m = new_member(&b)?;
+        crate::api::network::check_subnet(&state, m.subnet_id.as_deref())?;
+        wanted.push(m);
     }
     let pool = writable_pool(&state, &ctx, &pool_id).await?;
     let project = text(&pool, "project_id").to_owned();
