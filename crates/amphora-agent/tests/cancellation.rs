@@ -143,7 +143,9 @@ async fn a_start_finding_haproxy_running_unsupervised_supervises_it() {
         .map(|arg| String::from_utf8_lossy(arg).into_owned())
         .collect();
     assert_eq!(client.put(&format!("/1.0/loadbalancer/{LB}/stop"), "").await.status, 202);
-    assert!(haproxy_masters(&agent).is_empty(), "stopped");
+    // The master has exited; its workers may take a moment longer.
+    wait::until("every haproxy process to exit", WAIT, || async { haproxy_masters(&agent).is_empty().then_some(()) })
+        .await;
     let namespace = agent.netns.as_deref().expect("namespace");
     let status = std::process::Command::new("ip")
         .args(["netns", "exec", namespace])
