@@ -113,6 +113,39 @@ async fn a_start_abandoned_by_its_client_runs_haproxy_under_supervision() {
     assert_eq!(listeners[0].status, ListenerState::Active);
 }
 
+#[test]
+fn the_agent_finishes_an_abandoned_start_before_it_exits() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let gate = GatedHaproxy::new();
+    let mut agent = gated_agent(&gate);
+    runtime.block_on(async {
+        let reply = agent.client().put(&upload_path(&agent, LB), lb_config(&agent, LB, LISTENER, 1)).await;
+        assert_eq!(reply.status, 202, "{}", reply.text());
+        gate.hold(Stage::Start);
+        let request = RawRequest::send(&agent, "PUT", &start_path(), b"", None).await.expect("send the start");
+        gate.wait_entered(Stage::Start, WAIT).await;
+        assert_eq!(request.abandon().await, Ending::HungUp, "the client left while haproxy was starting");
+    });
+    let addr = agent.addr;
+    let status = std::thread::scope(|scope| {
+        let exiting = scope.spawn(|| agent.terminate());
+        // It has the signal once it stops listening; the start is still held.
+        wait::until_blocking("the agent to stop listening", WAIT, || {
+            std::net::TcpStream::connect(addr).is_err().then_some(())
+        });
+        assert!(!exiting.is_finished(), "the agent exited with a start in progress");
+        runtime.block_on(gate.open(Stage::Start, WAIT));
+        exiting.join().expect("terminate")
+    });
+    assert!(status.success(), "{status}");
+    let logs = agent.logs();
+    let started = logs.find("haproxy started").expect("the start finished before the exit");
+    let stopping = logs.find("amphora agent stopping").expect("the agent's exit is logged");
+    assert!(started < stopping, "{logs}");
+    let pid = agent.haproxy_pid(LB).expect("pid");
+    assert!(alive(pid), "haproxy outlives the agent");
+}
+
 /// Kills haproxy's master `pid` and its workers; the supervisor must bring
 /// a new one back, serving.
 async fn assert_supervised(agent: &Agent, ns: &NsRuntime, pid: i32) {
