@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -135,7 +136,21 @@ pub struct Keepalived {
     /// Serialises actions; counts deliberate starts and stops so a
     /// supervisor of an older process stands down.
     lock: tokio::sync::Mutex<u64>,
+    /// The generation of the live supervisor; 0 when none watches.
+    supervised: Arc<AtomicU64>,
     me: Weak<Keepalived>,
+}
+
+/// Clears the supervisor mark when the supervisor ends, however it ends.
+struct SupervisorMark {
+    supervised: Arc<AtomicU64>,
+    generation: u64,
+}
+
+impl Drop for SupervisorMark {
+    fn drop(&mut self) {
+        let _ = self.supervised.compare_exchange(self.generation, 0, Ordering::SeqCst, Ordering::SeqCst);
+    }
 }
 
 impl Keepalived {
@@ -154,6 +169,7 @@ impl Keepalived {
             files,
             subsystem,
             lock: tokio::sync::Mutex::new(0),
+            supervised: Arc::new(AtomicU64::new(0)),
             me: me.clone(),
         })
     }
@@ -244,8 +260,17 @@ impl Keepalived {
             (Action::Start | Action::Reload, Some(pid)) => {
                 self.set_desired(Desired::Running)?;
                 match self.subsystem {
-                    Subsystem::Vrrp => signal::kill(pid, Signal::SIGHUP)
-                        .map_err(|e| KeepalivedError::Failed(format!("cannot signal {} {pid}: {e}", self.label)))?,
+                    Subsystem::Vrrp => {
+                        signal::kill(pid, Signal::SIGHUP)
+                            .map_err(|e| KeepalivedError::Failed(format!("cannot signal {} {pid}: {e}", self.label)))?;
+                        // A start cut short, or a keepalived someone else
+                        // started: it runs, but nothing would restart it.
+                        if *generation == 0 || self.supervised.load(Ordering::SeqCst) != *generation {
+                            *generation += 1;
+                            self.supervise(pid, *generation);
+                            tracing::warn!(%pid, instance = self.label, "keepalived was running without a supervisor; supervising it");
+                        }
+                    }
                     Subsystem::Checkers => {
                         *generation += 1;
                         stop(pid, &self.label).await?;
@@ -343,7 +368,10 @@ impl Keepalived {
     /// Restarts keepalived with backoff if it dies while it should run.
     fn supervise(&self, pid: Pid, generation: u64) {
         let me = self.me.clone();
+        self.supervised.store(generation, Ordering::SeqCst);
+        let mark = SupervisorMark { supervised: self.supervised.clone(), generation };
         tokio::spawn(async move {
+            let _mark = mark;
             let mut pid = pid;
             let mut backoff = MIN_BACKOFF;
             loop {

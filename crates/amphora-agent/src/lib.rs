@@ -148,10 +148,20 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
         max_connections: max_connections(),
         max_body: config.amphora_agent.max_request_body_size,
     };
-    http::serve(listener, tls, app, limits, shutdown_signal()).await;
+    let operations = http::Operations::new();
+    http::serve(listener, tls, app, limits, operations.clone(), shutdown_signal()).await;
+    // An operation whose client left must still not be cut by the exit.
+    if operations.drain(SHUTDOWN_GRACE).await.is_none() {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "exiting with operations still in flight");
+    }
     tracing::info!("amphora agent stopping; haproxy processes keep running");
     Ok(())
 }
+
+/// How long the agent waits at exit for operations in flight: haproxy's
+/// start and check are the longest, and their own limit is two minutes, but
+/// an init system's patience (systemd: 90 s) is shorter.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 
 /// Client connections served at once: a quarter of the open-file limit
 /// (each takes a descriptor; files, haproxy's sockets, netlink and process

@@ -394,3 +394,50 @@ async fn dropping_the_harness_ends_keepalived_too() {
     // SIGKILL is immediate; only the reaping of the orphan takes a moment.
     wait::until("keepalived to be gone", WAIT, || async { (!alive(pid)).then_some(()) }).await;
 }
+
+#[tokio::test]
+async fn a_start_finding_keepalived_running_unsupervised_supervises_it() {
+    let agent = builder().start();
+    let ns = agent.netns.clone().expect("namespace");
+    netns::ip_in(&ns, &["link", "add", "eth1", "type", "veth", "peer", "name", "eth9"]);
+    netns::ip_in(&ns, &["addr", "add", "10.0.0.11/24", "dev", "eth1"]);
+    netns::ip_in(&ns, &["link", "set", "eth1", "up"]);
+    let client = agent.client();
+    let config = keepalived_config(&agent, "10.0.0.11", "10.0.0.12", 100);
+    assert_eq!(client.put("/1.0/vrrp/upload", config).await.status, 200);
+    assert_eq!(client.put("/1.0/vrrp/start", "").await.status, 202);
+    let pid = keepalived_pid(&agent).expect("pid");
+    // The agent's own command line for it, to run it again behind the
+    // agent's back: what a start abandoned half-way used to leave.
+    let cmdline: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .expect("keepalived's command line")
+        .split(|b| *b == 0)
+        .filter(|arg| !arg.is_empty())
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect();
+    assert_eq!(client.put("/1.0/vrrp/stop", "").await.status, 202);
+    wait::until("keepalived to exit", WAIT, || async { (!alive(pid)).then_some(()) }).await;
+    let mut by_hand = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .args(&cmdline)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run keepalived");
+    let unsupervised =
+        wait::until("the hand-started keepalived", WAIT, || async { keepalived_pid(&agent).filter(|p| alive(*p)) })
+            .await;
+
+    // Starting finds it running, reloads it, and now watches it.
+    let reply = client.put("/1.0/vrrp/start", "").await;
+    assert_eq!(reply.json::<Message>(), Message::with_details("OK", "keepalived reloaded"));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(unsupervised), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    let _ = by_hand.wait();
+    let restarted = wait::until("keepalived to be restarted", WAIT, || async {
+        keepalived_pid(&agent).filter(|p| *p != unsupervised && alive(*p))
+    })
+    .await;
+    assert_eq!(client.put("/1.0/vrrp/stop", "").await.status, 202);
+    wait::until("keepalived to exit", WAIT, || async { (!alive(restarted)).then_some(()) }).await;
+}

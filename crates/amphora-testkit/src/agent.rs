@@ -178,7 +178,8 @@ impl AgentBuilder {
     }
 }
 
-fn haproxy_binary() -> String {
+/// The haproxy binary of this system.
+pub fn haproxy_binary() -> String {
     for candidate in ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy", "/usr/bin/haproxy"] {
         if Path::new(candidate).exists() {
             return candidate.into();

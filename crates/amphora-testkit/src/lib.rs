@@ -4,10 +4,12 @@
 //! namespace, and throwaway virtual machines for what this kernel lacks.
 //! Nothing here is used by the agent itself.
 
+pub mod abandon;
 pub mod agent;
 pub mod capture;
 pub mod client;
 pub mod contract;
+pub mod gate;
 pub mod netns;
 pub mod pki;
 pub mod traffic;

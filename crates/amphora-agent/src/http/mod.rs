@@ -9,11 +9,14 @@
 //! oldest connection that has no request being handled (one still in its
 //! handshake, idle between requests, or sending a request), so clients that
 //! hold connections open cannot lock the controller out, and no handler is
-//! ever cut half-way.
+//! ever cut half-way. A mutating request that fully arrived runs to
+//! completion even if its client goes away before the answer
+//! ([`operations`]).
 
 mod appliance;
 mod error;
 mod extract;
+mod operations;
 mod v0_1;
 mod v1;
 
@@ -44,6 +47,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 pub use error::ApiError;
+pub use operations::Operations;
 
 use crate::info::InfoService;
 use crate::lb::LbService;
@@ -103,11 +107,14 @@ async fn version_discovery(State(state): State<AppState>) -> Json<Versions> {
     Json(Versions { api_version, versions: state.versions.as_ref().clone() })
 }
 
+fn is_mutating(method: &Method) -> bool {
+    matches!(*method, Method::PUT | Method::POST | Method::DELETE | Method::PATCH)
+}
+
 /// While the topology changes, every mutating call of every API waits its
 /// turn: 503, as the specification says.
 async fn topology_gate(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let mutating = matches!(*request.method(), Method::PUT | Method::POST | Method::DELETE | Method::PATCH);
-    if mutating && state.topology.changing() {
+    if is_mutating(request.method()) && state.topology.changing() {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Topology transition in progress").into_response();
     }
     next.run(request).await
@@ -262,12 +269,14 @@ async fn read_body(mut body: Incoming, limits: &Limits) -> Result<Bytes, ApiErro
 }
 
 /// Accepts connections until `shutdown` resolves. Each connection is
-/// verified by mutual TLS, then serves any number of requests.
+/// verified by mutual TLS, then serves any number of requests; mutating
+/// ones run as `operations`, to completion.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<TlsState>,
     app: Router,
     limits: Limits,
+    operations: Operations,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -296,11 +305,44 @@ pub async fn serve(
         let acceptor = TlsAcceptor::from(tls.current());
         let app = app.clone();
         let connections = connections.clone();
+        let operations = operations.clone();
         tokio::spawn(async move {
-            serve_connection(tcp, peer, acceptor, app, limits, connection).await;
+            serve_connection(tcp, peer, acceptor, app, limits, connection, operations).await;
             connections.release(id);
         });
     }
+}
+
+/// One request: its body read whole within the limits, then routed.
+async fn handle(
+    request: hyper::Request<Incoming>,
+    app: Router,
+    limits: Limits,
+    peer: std::net::SocketAddr,
+    connection: Arc<Connection>,
+) -> Response {
+    let (parts, body) = merge_slashes(request).into_parts();
+    let body = match read_body(body, &limits).await {
+        Ok(body) => body,
+        Err(error) => {
+            let status = error.status().as_u16();
+            tracing::warn!(%peer, method = %parts.method, path = parts.uri.path(), status, "request refused");
+            let mut response = error.into_response();
+            if status == StatusCode::REQUEST_TIMEOUT.as_u16() {
+                // The rest of a late body would be taken for the next
+                // request: the connection ends here.
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            return response;
+        }
+    };
+    connection.working.store(true, Ordering::SeqCst);
+    let response = match app.oneshot(Request::from_parts(parts, Body::from(body))).await {
+        Ok(response) => response,
+        Err(infallible) => match infallible {},
+    };
+    connection.working.store(false, Ordering::SeqCst);
+    response
 }
 
 async fn serve_connection(
@@ -310,6 +352,7 @@ async fn serve_connection(
     app: Router,
     limits: Limits,
     connection: Arc<Connection>,
+    operations: Operations,
 ) {
     let stream = tokio::select! {
         handshake = tokio::time::timeout(limits.handshake, acceptor.accept(tcp)) => match handshake {
@@ -330,29 +373,28 @@ async fn serve_connection(
     };
     let state = connection.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-        let app = app.clone();
-        let connection = state.clone();
-        async move {
-            let (parts, body) = merge_slashes(request).into_parts();
-            let body = match read_body(body, &limits).await {
-                Ok(body) => body,
-                Err(error) => {
-                    let status = error.status().as_u16();
-                    tracing::warn!(%peer, method = %parts.method, path = parts.uri.path(), status, "request refused");
-                    let mut response = error.into_response();
-                    if status == StatusCode::REQUEST_TIMEOUT.as_u16() {
-                        // The rest of a late body would be taken for the
-                        // next request: the connection ends here.
-                        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    }
-                    return Ok::<_, Infallible>(response);
-                }
-            };
-            connection.working.store(true, Ordering::SeqCst);
-            let response = app.oneshot(Request::from_parts(parts, Body::from(body))).await;
-            connection.working.store(false, Ordering::SeqCst);
-            response
-        }
+        let mutating = is_mutating(request.method());
+        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+        let handling = handle(request, app.clone(), limits, peer, state.clone());
+        // Started here, not when hyper first polls the answer: hyper may
+        // drop the answer unpolled when the client's close arrives with
+        // its request.
+        let answer: Pin<Box<dyn Future<Output = Response> + Send>> = if !mutating {
+            Box::pin(handling)
+        } else {
+            match operations.spawn(handling) {
+                Ok(operation) => Box::pin(async move {
+                    operation.output().await.unwrap_or_else(|e| {
+                        tracing::error!(%peer, %method, path, error = %e, "request handler failed");
+                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response()
+                    })
+                }),
+                Err(e) => Box::pin(std::future::ready(
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+                )),
+            }
+        };
+        async move { Ok::<_, Infallible>(answer.await) }
     });
     let served = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

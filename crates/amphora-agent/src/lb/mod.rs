@@ -15,6 +15,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -128,6 +129,24 @@ struct LbRecord {
 #[derive(Debug, Default)]
 struct Slot {
     op: tokio::sync::Mutex<u64>,
+    /// The generation of the supervisor watching this load balancer's
+    /// haproxy; 0 when none does. A start or reload that finds haproxy
+    /// running unwatched (someone else started it, or the agent lost a
+    /// supervisor) attaches one.
+    supervised: AtomicU64,
+}
+
+/// Clears a slot's supervisor mark when its supervisor ends, however it
+/// ends.
+struct SupervisorMark {
+    slot: Arc<Slot>,
+    generation: u64,
+}
+
+impl Drop for SupervisorMark {
+    fn drop(&mut self) {
+        let _ = self.slot.supervised.compare_exchange(self.generation, 0, Ordering::SeqCst, Ordering::SeqCst);
+    }
 }
 
 /// The load balancers of this amphora.
@@ -341,6 +360,7 @@ impl LbService {
                     // haproxy cannot reload what does not run; upstream starts it.
                     None => self.start_locked(id, &mut generation).await.map(|()| Outcome::Started),
                     Some(pid) => {
+                        self.ensure_supervised(id, pid, &mut generation);
                         self.ensure_haproxy_files()?;
                         self.set_desired(id, Desired::Running)?;
                         self.save_servers_state(id).await;
@@ -366,7 +386,8 @@ impl LbService {
     async fn start_locked(&self, id: &LbId, generation: &mut u64) -> Result<(), LbError> {
         self.set_desired(id, Desired::Running)?;
         let instance = self.instance(id);
-        if process::running_pid(&instance).is_some() {
+        if let Some(pid) = process::running_pid(&instance) {
+            self.ensure_supervised(id, pid, generation);
             return Ok(());
         }
         self.ensure_haproxy_files()?;
@@ -379,6 +400,17 @@ impl LbService {
         self.supervise(id.clone(), pid, *generation);
         tracing::info!(lb = %id, %pid, "haproxy started");
         Ok(())
+    }
+
+    /// Attaches a supervisor to a running haproxy nothing watches. Called
+    /// with the slot's lock held (`generation` is its value).
+    fn ensure_supervised(&self, id: &LbId, pid: Pid, generation: &mut u64) {
+        if *generation != 0 && self.slot(id).supervised.load(Ordering::SeqCst) == *generation {
+            return;
+        }
+        *generation += 1;
+        self.supervise(id.clone(), pid, *generation);
+        tracing::warn!(lb = %id, %pid, "haproxy was running without a supervisor; supervising it");
     }
 
     async fn stop_locked(&self, id: &LbId, generation: &mut u64) -> Result<(), LbError> {
@@ -738,7 +770,11 @@ impl LbService {
     /// exponential backoff until it runs again or someone else takes over.
     fn supervise(&self, id: LbId, pid: Pid, generation: u64) {
         let me = self.me.clone();
+        let slot = self.slot(&id);
+        slot.supervised.store(generation, Ordering::SeqCst);
+        let mark = SupervisorMark { slot, generation };
         tokio::spawn(async move {
+            let _mark = mark;
             let mut pid = pid;
             let mut backoff = MIN_BACKOFF;
             loop {
