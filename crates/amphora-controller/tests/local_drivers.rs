@@ -257,6 +257,7 @@ impl Booted {
             ),
             server_pem: self.pki.server.combined_pem(),
             client_ca_pem: self.pki.client_ca.cert_pem(),
+            cert_expiration: None,
         }
     }
 

@@ -568,7 +568,12 @@ impl LocalCompute {
             if fabric::netns_exists(&fabric_ns) {
                 fabric::delete_link(Some(&fabric_ns), &fabric_link(&record.port.id)).await?;
             }
-            if record.owner == format!("mgmt:{compute_id}") {
+            // The management port and the member-network ports the worker
+            // made for this amphora go with it (the compute id is the
+            // amphora id); VRRP and VIP ports are the network flow's.
+            if record.owner == format!("mgmt:{compute_id}")
+                || record.owner.starts_with(&member_owner_prefix(compute_id))
+            {
                 self.ports.delete(&record.port.id).await?;
             } else {
                 self.ports.set_device(&record.port.id, None).await?;
@@ -576,6 +581,14 @@ impl LocalCompute {
         }
         if let Some(mgmt) = self.ports.by_owner(&format!("mgmt:{compute_id}")).await? {
             self.ports.delete(&mgmt.port.id).await?;
+        }
+        // Member ports allocated but never attached (a flow stopped between
+        // the two).
+        let prefix = member_owner_prefix(compute_id);
+        for record in self.ports.all().await? {
+            if record.owner.starts_with(&prefix) {
+                self.ports.delete(&record.port.id).await?;
+            }
         }
         let dir = self.dir(compute_id);
         match std::fs::remove_dir_all(&dir) {
@@ -613,7 +626,17 @@ impl Drop for LocalCompute {
     }
 }
 
+/// The owner of the ports the worker allocates for an amphora's member
+/// networks start with this (`member:{amphora id}:{subnet id}`).
+pub fn member_owner_prefix(amphora_id: &str) -> String {
+    format!("member:{amphora_id}:")
+}
+
 impl ComputeDriver for LocalCompute {
+    fn agent_base_path(&self, compute_id: &str) -> Option<String> {
+        Some(self.dir(compute_id).join("base").display().to_string())
+    }
+
     fn create<'a>(&'a self, amphora_id: &'a str, boot: &'a BootFiles) -> DriverFuture<'a, String> {
         Box::pin(self.boot(amphora_id, boot))
     }

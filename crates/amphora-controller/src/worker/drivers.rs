@@ -26,7 +26,7 @@ use anyhow::{Context as _, bail};
 use futures_util::future::BoxFuture;
 use sqlx::Row;
 
-use crate::config::Config;
+use crate::config::{Config, Topology};
 use crate::db::{Db, new_id};
 
 pub type DriverFuture<'a, T> = BoxFuture<'a, anyhow::Result<T>>;
@@ -73,6 +73,9 @@ pub struct BootFiles {
     pub server_pem: String,
     /// The CA that signs the controller's client certificate.
     pub client_ca_pem: String,
+    /// When `server_pem` expires (recorded as the amphora's
+    /// `cert_expiration`); `None` when no certificate was made (noop).
+    pub cert_expiration: Option<time::OffsetDateTime>,
 }
 
 impl std::fmt::Debug for BootFiles {
@@ -116,6 +119,12 @@ pub trait ComputeDriver: Send + Sync + std::fmt::Debug {
     fn attach_port<'a>(&'a self, compute_id: &'a str, port: &'a Port) -> DriverFuture<'a, ()>;
     /// Detaches a port (success when it is not attached).
     fn detach_port<'a>(&'a self, compute_id: &'a str, port: &'a Port) -> DriverFuture<'a, ()>;
+    /// The agent's `base_path` inside the instance when it is not
+    /// `[haproxy_amphora] base_path` (local amphorae share the host's
+    /// filesystem, so each has its own); rendered files name it.
+    fn agent_base_path(&self, _compute_id: &str) -> Option<String> {
+        None
+    }
 }
 
 pub trait NetworkDriver: Send + Sync + std::fmt::Debug {
@@ -135,24 +144,44 @@ pub trait NetworkDriver: Send + Sync + std::fmt::Debug {
 }
 
 pub trait AmphoraDriver: Send + Sync + std::fmt::Debug {
+    /// What a new amphora boots with: its rendered agent configuration,
+    /// its server certificate and the CA of the controller's client
+    /// certificate (upstream: Nova's config drive).
+    fn boot_files<'a>(&'a self, amphora_id: &'a str, topology: Topology) -> DriverFuture<'a, BootFiles>;
     /// Connectivity: the agent answers (`GET /`, `GET /1.0/info`).
     fn get_info<'a>(&'a self, amp: &'a AmphoraTarget) -> DriverFuture<'a, ()>;
     fn finalize<'a>(&'a self, amp: &'a AmphoraTarget) -> DriverFuture<'a, ()>;
-    /// `POST /1.0/plug/vip/{vip}`.
-    fn plug_vip<'a>(&'a self, amp: &'a AmphoraTarget, vip: &'a Port) -> DriverFuture<'a, ()>;
-    /// `POST /1.0/plug/network` (member networks).
-    fn plug_network<'a>(&'a self, amp: &'a AmphoraTarget) -> DriverFuture<'a, ()>;
+    /// `POST /1.0/plug/vip/{vip}`: the VIP on the amphora's VRRP port
+    /// (`vrrp`, attached already), on `subnet`.
+    fn plug_vip<'a>(
+        &'a self,
+        amp: &'a AmphoraTarget,
+        vip: &'a Port,
+        vrrp: &'a Port,
+        subnet: &'a Subnet,
+    ) -> DriverFuture<'a, ()>;
+    /// `POST /1.0/plug/network`: a member network's port (attached
+    /// already) on `subnet`.
+    fn plug_network<'a>(&'a self, amp: &'a AmphoraTarget, port: &'a Port, subnet: &'a Subnet) -> DriverFuture<'a, ()>;
     /// Renders and uploads the load balancer's haproxy configuration, then
     /// reloads it.
     fn upload_config<'a>(&'a self, amp: &'a AmphoraTarget, load_balancer_id: &'a str) -> DriverFuture<'a, ()>;
     /// Uploads keepalived's configuration and starts VRRP; returns the VRRP
-    /// interface name.
-    fn update_vrrp<'a>(&'a self, amp: &'a AmphoraTarget, load_balancer_id: &'a str) -> DriverFuture<'a, String>;
+    /// interface name. `vip_subnet` is the VIP's subnet (keepalived's
+    /// routes).
+    fn update_vrrp<'a>(
+        &'a self,
+        amp: &'a AmphoraTarget,
+        load_balancer_id: &'a str,
+        vip_subnet: &'a Subnet,
+    ) -> DriverFuture<'a, String>;
     /// `PUT /1.0/config`.
     fn update_agent_config<'a>(&'a self, amp: &'a AmphoraTarget) -> DriverFuture<'a, ()>;
     /// Issues a new server certificate and installs it (`PUT
     /// /1.0/certificate`); returns its expiry.
     fn rotate_certificate<'a>(&'a self, amp: &'a AmphoraTarget) -> DriverFuture<'a, time::OffsetDateTime>;
+    /// Forgets what the driver keeps for a deleted amphora (connections).
+    fn forget(&self, _amphora_id: &str) {}
 }
 
 /// The three drivers a worker uses.
@@ -180,6 +209,9 @@ impl Drivers {
         };
         let amphora: Arc<dyn AmphoraDriver> = match w.amphora_driver.as_str() {
             "amphora_noop_driver" | "noop" => Arc::new(NoopAmphora { delay }),
+            "amphora_haproxy_rest_driver" | "rest" => {
+                Arc::new(super::rest_driver::RestAmphora::new(db.clone(), Arc::new(config.clone()), compute.clone())?)
+            }
             other => bail!("[controller_worker] amphora_driver = {other} is not available in this build"),
         };
         Ok(Drivers { compute, network, amphora })
@@ -418,6 +450,13 @@ pub struct NoopAmphora {
 }
 
 impl AmphoraDriver for NoopAmphora {
+    fn boot_files<'a>(&'a self, _amphora_id: &'a str, _topology: Topology) -> DriverFuture<'a, BootFiles> {
+        Box::pin(async move {
+            pause(self.delay).await;
+            Ok(BootFiles::default())
+        })
+    }
+
     fn get_info<'a>(&'a self, _amp: &'a AmphoraTarget) -> DriverFuture<'a, ()> {
         Box::pin(pause_ok(self.delay))
     }
@@ -426,11 +465,22 @@ impl AmphoraDriver for NoopAmphora {
         Box::pin(pause_ok(self.delay))
     }
 
-    fn plug_vip<'a>(&'a self, _amp: &'a AmphoraTarget, _vip: &'a Port) -> DriverFuture<'a, ()> {
+    fn plug_vip<'a>(
+        &'a self,
+        _amp: &'a AmphoraTarget,
+        _vip: &'a Port,
+        _vrrp: &'a Port,
+        _subnet: &'a Subnet,
+    ) -> DriverFuture<'a, ()> {
         Box::pin(pause_ok(self.delay))
     }
 
-    fn plug_network<'a>(&'a self, _amp: &'a AmphoraTarget) -> DriverFuture<'a, ()> {
+    fn plug_network<'a>(
+        &'a self,
+        _amp: &'a AmphoraTarget,
+        _port: &'a Port,
+        _subnet: &'a Subnet,
+    ) -> DriverFuture<'a, ()> {
         Box::pin(pause_ok(self.delay))
     }
 
@@ -438,7 +488,12 @@ impl AmphoraDriver for NoopAmphora {
         Box::pin(pause_ok(self.delay))
     }
 
-    fn update_vrrp<'a>(&'a self, _amp: &'a AmphoraTarget, _lb: &'a str) -> DriverFuture<'a, String> {
+    fn update_vrrp<'a>(
+        &'a self,
+        _amp: &'a AmphoraTarget,
+        _lb: &'a str,
+        _subnet: &'a Subnet,
+    ) -> DriverFuture<'a, String> {
         Box::pin(async move {
             pause(self.delay).await;
             Ok("eth1".to_owned())

@@ -16,7 +16,7 @@ use anyhow::{Context as _, anyhow, bail};
 use serde_json::{Map, Value, json};
 use sqlx::Row;
 
-use super::drivers::{AmphoraTarget, BootFiles, Port, VipRequest};
+use super::drivers::{AmphoraTarget, Port, VipRequest};
 use super::flow::{Cx, StepResult};
 use crate::config::Topology;
 use crate::db::{Db, WriteTx, format_time, now_millis, now_text};
@@ -44,7 +44,10 @@ pub enum Step {
     AllocateVip,
     AllocateVrrpPort(usize),
     PlugVip(usize),
-    PlugNetwork(usize),
+    /// Every member subnet the load balancer's members use gets a port
+    /// on each of its amphorae (upstream's CalculateDelta +
+    /// HandleNetworkDelta + AmphoraePostNetworkPlug).
+    PlugMemberNetworks,
     // The load balancer's amphorae together.
     UploadConfigAll,
     UpdateVrrpAll,
@@ -271,13 +274,13 @@ pub fn build(kind: JobKind, payload: &Map<String, Value>) -> Vec<Step> {
             for i in 0..n {
                 s.push(Step::PlugVip(i));
             }
-            s.push(Step::UploadConfigAll);
+            s.extend([Step::PlugMemberNetworks, Step::UploadConfigAll]);
             if active_standby {
                 s.push(Step::UpdateVrrpAll);
             }
             s.extend([Step::EnableHealthMonitoring, Step::MarkLbActive]);
         }
-        JobKind::UpdateLoadBalancer => s.extend([Step::UploadConfigAll, Step::MarkLbActive]),
+        JobKind::UpdateLoadBalancer => s.extend([Step::PlugMemberNetworks, Step::UploadConfigAll, Step::MarkLbActive]),
         JobKind::DeleteLoadBalancer => {
             for i in 0..n {
                 s.push(Step::MarkPendingDelete(Amp::Old(i)));
@@ -305,14 +308,14 @@ pub fn build(kind: JobKind, payload: &Map<String, Value>) -> Vec<Step> {
                 // amphora; a spare (no load balancer) is only deleted.
                 if has_lb {
                     build_amphora(&mut s, i);
-                    s.extend([Step::AllocateVrrpPort(i), Step::PlugVip(i), Step::PlugNetwork(i)]);
+                    s.extend([Step::AllocateVrrpPort(i), Step::PlugVip(i)]);
                 }
                 if old {
                     delete_amphora(&mut s, Amp::Old(i));
                 }
             }
             if has_lb {
-                s.push(Step::UploadConfigAll);
+                s.extend([Step::PlugMemberNetworks, Step::UploadConfigAll]);
                 if active_standby {
                     s.push(Step::UpdateVrrpAll);
                 }
@@ -331,6 +334,22 @@ pub fn build(kind: JobKind, payload: &Map<String, Value>) -> Vec<Step> {
 
 // ---------------------------------------------------------------------------
 // Payload helpers.
+
+fn port_json(port: &Port) -> Value {
+    json!({"id": port.id, "address": port.address, "network_id": port.network_id,
+           "mac_address": port.mac_address, "subnet_id": port.subnet_id})
+}
+
+fn port_of_json(v: &Value) -> Option<Port> {
+    let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    Some(Port {
+        id: text("id")?,
+        address: text("address")?,
+        network_id: text("network_id").unwrap_or_default(),
+        mac_address: text("mac_address").unwrap_or_default(),
+        subnet_id: text("subnet_id").unwrap_or_default(),
+    })
+}
 
 fn slot_str(cx: &Cx, i: usize, key: &str) -> Option<String> {
     slots(&cx.payload).get(i).and_then(|s| s.get(key)).and_then(Value::as_str).map(str::to_owned)
@@ -508,15 +527,21 @@ pub async fn execute(step: &Step, cx: &mut Cx) -> StepResult {
         }
         Step::ComputeCreate(i) => {
             let id = need_amp(cx, Amp::New(i))?;
-            let compute_id = cx.drivers.compute.create(&id, &BootFiles::default()).await.context("compute create")?;
+            // Upstream's GenerateServerPEMTask, then CertComputeCreate.
+            let boot = cx.drivers.amphora.boot_files(&id, topology_of(&cx.payload)).await.context("boot files")?;
+            let compute_id = cx.drivers.compute.create(&id, &boot).await.context("compute create")?;
             let mut tx = db.write().await?;
-            sqlx::query("UPDATE amphora SET compute_id = $1, status = $2, updated_at = $3 WHERE id = $4")
-                .bind(compute_id.as_str())
-                .bind(amphora_status::BOOTING)
-                .bind(now_text())
-                .bind(id.as_str())
-                .execute(&mut **tx)
-                .await?;
+            sqlx::query(
+                "UPDATE amphora SET compute_id = $1, status = $2, updated_at = $3, \
+                 cert_expiration = COALESCE($4, cert_expiration) WHERE id = $5",
+            )
+            .bind(compute_id.as_str())
+            .bind(amphora_status::BOOTING)
+            .bind(now_text())
+            .bind(boot.cert_expiration.map(format_time))
+            .bind(id.as_str())
+            .execute(&mut **tx)
+            .await?;
             cx.save(&mut tx).await?;
             tx.commit().await?;
         }
@@ -600,6 +625,7 @@ pub async fn execute(step: &Step, cx: &mut Cx) -> StepResult {
             let id = need_amp(cx, Amp::New(i))?;
             let vip = lb_vip(cx).await?;
             let port = cx.drivers.network.allocate_vrrp_port(&id, &vip).await.context("allocate VRRP port")?;
+            set_slot(cx, i, "vrrp_port", port_json(&port))?;
             let mut tx = db.write().await?;
             sqlx::query(
                 "UPDATE amphora SET vrrp_ip = $1, vrrp_port_id = $2, ha_ip = $3, ha_port_id = $4, updated_at = $5 \
@@ -619,11 +645,44 @@ pub async fn execute(step: &Step, cx: &mut Cx) -> StepResult {
         Step::PlugVip(i) => {
             let amp = need_amp_row(cx, Amp::New(i)).await?;
             let vip = lb_vip(cx).await?;
-            cx.drivers.amphora.plug_vip(&amp.target, &vip).await.context("plug VIP")?;
+            let vrrp = slots(&cx.payload)
+                .get(i)
+                .and_then(|s| s.get("vrrp_port"))
+                .and_then(port_of_json)
+                .ok_or_else(|| anyhow!("no VRRP port for amphora {} in the job's payload", amp.target.id))?;
+            let compute_id =
+                amp.target.compute_id.clone().ok_or_else(|| anyhow!("amphora {} has no compute id", amp.target.id))?;
+            // Upstream's AttachPort (Nova interface attach), then
+            // AmphoraPostVIPPlug.
+            cx.drivers.compute.attach_port(&compute_id, &vrrp).await.context("attach VRRP port")?;
+            let subnet_id = if vrrp.subnet_id.is_empty() { vip.subnet_id.clone() } else { vrrp.subnet_id.clone() };
+            let subnet = cx.drivers.network.get_subnet(&subnet_id).await.context("VIP subnet")?;
+            cx.drivers.amphora.plug_vip(&amp.target, &vip, &vrrp, &subnet).await.context("plug VIP")?;
         }
-        Step::PlugNetwork(i) => {
-            let amp = need_amp_row(cx, Amp::New(i)).await?;
-            cx.drivers.amphora.plug_network(&amp.target).await.context("plug network")?;
+        Step::PlugMemberNetworks => {
+            let lb = need_lb(cx)?;
+            let vip_subnet = load_lb(&db, &lb).await?.and_then(|l| l.vip_subnet_id).unwrap_or_default();
+            let subnets: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT m.subnet_id FROM member m JOIN pool p ON p.id = m.pool_id \
+                 WHERE p.load_balancer_id = $1 AND m.subnet_id IS NOT NULL AND m.subnet_id <> $2 \
+                 AND m.provisioning_status NOT IN ('PENDING_DELETE', 'DELETED') ORDER BY m.subnet_id",
+            )
+            .bind(lb.as_str())
+            .bind(vip_subnet.as_str())
+            .fetch_all(&db.pool)
+            .await?;
+            for amp in allocated_amphorae(cx).await? {
+                let Some(compute_id) = amp.compute_id.clone() else { continue };
+                for subnet_id in &subnets {
+                    // One port per amphora and subnet, found again when the
+                    // step repeats; it goes with the amphora.
+                    let owner = format!("member:{}:{subnet_id}", amp.id);
+                    let port = cx.drivers.network.allocate_port(subnet_id, &owner).await.context("member port")?;
+                    cx.drivers.compute.attach_port(&compute_id, &port).await.context("attach member port")?;
+                    let subnet = cx.drivers.network.get_subnet(subnet_id).await.context("member subnet")?;
+                    cx.drivers.amphora.plug_network(&amp, &port, &subnet).await.context("plug network")?;
+                }
+            }
         }
         Step::UploadConfigAll => {
             let lb = need_lb(cx)?;
@@ -641,9 +700,21 @@ pub async fn execute(step: &Step, cx: &mut Cx) -> StepResult {
         }
         Step::UpdateVrrpAll => {
             let lb = need_lb(cx)?;
+            // Upstream's CreateVRRPGroupForLB: once per load balancer, kept
+            // across failovers (the peers share its password).
+            let has_group: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM vrrp_group WHERE load_balancer_id = $1")
+                .bind(lb.as_str())
+                .fetch_one(&db.pool)
+                .await?;
+            if has_group == 0 {
+                let group = crate::render::model::VrrpGroup::new(&lb, cx.config.keepalived_vrrp.vrrp_advert_int);
+                crate::render::model::save_vrrp_group(&db, &lb, &group).await?;
+            }
+            let subnet_id = load_lb(&db, &lb).await?.and_then(|l| l.vip_subnet_id).unwrap_or_default();
+            let vip_subnet = cx.drivers.network.get_subnet(&subnet_id).await.context("VIP subnet")?;
             let mut interfaces = Vec::new();
             for amp in allocated_amphorae(cx).await? {
-                let iface = cx.drivers.amphora.update_vrrp(&amp, &lb).await.context("update VRRP")?;
+                let iface = cx.drivers.amphora.update_vrrp(&amp, &lb, &vip_subnet).await.context("update VRRP")?;
                 interfaces.push((amp.id, iface));
             }
             let mut tx = db.write().await?;
@@ -722,6 +793,7 @@ pub async fn execute(step: &Step, cx: &mut Cx) -> StepResult {
         }
         Step::MarkAmphoraDeleted(a) => {
             let id = need_amp(cx, a)?;
+            cx.drivers.amphora.forget(&id);
             let mut tx = db.write().await?;
             set_amp_status(&mut tx, &id, amphora_status::DELETED).await?;
             sqlx::query("DELETE FROM amphora_health WHERE amphora_id = $1")

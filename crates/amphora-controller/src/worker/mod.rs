@@ -11,6 +11,7 @@
 pub mod drivers;
 pub mod flow;
 pub mod flows;
+pub mod rest_driver;
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;

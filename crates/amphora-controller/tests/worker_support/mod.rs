@@ -365,17 +365,30 @@ impl AmphoraDriver for TestDriver {
         })
     }
 
-    fn plug_vip<'a>(&'a self, amp: &'a AmphoraTarget, vip: &'a Port) -> DriverFuture<'a, ()> {
+    fn boot_files<'a>(&'a self, amphora_id: &'a str, topology: Topology) -> DriverFuture<'a, BootFiles> {
         Box::pin(async move {
-            self.enter("plug_vip", &amp.id).await?;
-            self.inner.amphora.plug_vip(amp, vip).await
+            self.enter("boot_files", amphora_id).await?;
+            self.inner.amphora.boot_files(amphora_id, topology).await
         })
     }
 
-    fn plug_network<'a>(&'a self, amp: &'a AmphoraTarget) -> DriverFuture<'a, ()> {
+    fn plug_vip<'a>(
+        &'a self,
+        amp: &'a AmphoraTarget,
+        vip: &'a Port,
+        vrrp: &'a Port,
+        subnet: &'a Subnet,
+    ) -> DriverFuture<'a, ()> {
+        Box::pin(async move {
+            self.enter("plug_vip", &amp.id).await?;
+            self.inner.amphora.plug_vip(amp, vip, vrrp, subnet).await
+        })
+    }
+
+    fn plug_network<'a>(&'a self, amp: &'a AmphoraTarget, port: &'a Port, subnet: &'a Subnet) -> DriverFuture<'a, ()> {
         Box::pin(async move {
             self.enter("plug_network", &amp.id).await?;
-            self.inner.amphora.plug_network(amp).await
+            self.inner.amphora.plug_network(amp, port, subnet).await
         })
     }
 
@@ -386,10 +399,10 @@ impl AmphoraDriver for TestDriver {
         })
     }
 
-    fn update_vrrp<'a>(&'a self, amp: &'a AmphoraTarget, lb: &'a str) -> DriverFuture<'a, String> {
+    fn update_vrrp<'a>(&'a self, amp: &'a AmphoraTarget, lb: &'a str, subnet: &'a Subnet) -> DriverFuture<'a, String> {
         Box::pin(async move {
             self.enter("update_vrrp", &amp.id).await?;
-            self.inner.amphora.update_vrrp(amp, lb).await
+            self.inner.amphora.update_vrrp(amp, lb, subnet).await
         })
     }
 
