@@ -35,8 +35,40 @@ const STALE: &str = "FROM amphora_health h JOIN amphora a ON a.id = h.amphora_id
 pub async fn scan(db: &Db, timeout_ms: i64, threshold: Option<u64>) -> Result<Scan, sqlx::Error> {
     let cutoff = now_millis() - timeout_ms;
     let mut out = Scan::default();
+    let mut tx = db.write().await?;
+    // Upstream's update_failover_stopped: stopped amphorae whose health is
+    // fresh again are ALLOCATED. (A heartbeat does it too; this catches a
+    // row refreshed by a flow.) Written first, so that on SQLite this
+    // transaction holds the write lock before it reads.
+    sqlx::query(
+        "UPDATE amphora SET status = $1, updated_at = $2 WHERE status = $3 AND id IN \
+         (SELECT amphora_id FROM amphora_health WHERE busy = $4 AND last_update >= $5)",
+    )
+    .bind(amphora_status::ALLOCATED)
+    .bind(now_text())
+    .bind(amphora_status::FAILOVER_STOPPED)
+    .bind(false)
+    .bind(cutoff)
+    .execute(&mut **tx)
+    .await?;
     if let Some(threshold) = threshold {
-        let mut tx = db.write().await?;
+        let threshold = i64::try_from(threshold).unwrap_or(i64::MAX);
+        // One statement decides and stops, so two health managers cannot
+        // see different counts.
+        let newly_stopped = sqlx::query(&format!(
+            "UPDATE amphora SET status = $5, updated_at = $6 WHERE status <> $5 \
+             AND id IN (SELECT h.amphora_id {STALE}) AND (SELECT COUNT(*) {STALE}) >= $7"
+        ))
+        .bind(false)
+        .bind(cutoff)
+        .bind(amphora_status::DELETED)
+        .bind(amphora_status::PENDING_DELETE)
+        .bind(amphora_status::FAILOVER_STOPPED)
+        .bind(now_text())
+        .bind(threshold)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
         let count: i64 = sqlx::query(&format!("SELECT COUNT(*) {STALE}"))
             .bind(false)
             .bind(cutoff)
@@ -45,33 +77,20 @@ pub async fn scan(db: &Db, timeout_ms: i64, threshold: Option<u64>) -> Result<Sc
             .fetch_one(&mut **tx)
             .await?
             .try_get(0)?;
-        if count > 0 && u64::try_from(count).unwrap_or(0) >= threshold {
-            let stopped = sqlx::query(&format!(
-                "UPDATE amphora SET status = $5, updated_at = $6 WHERE status <> $5 \
-                 AND id IN (SELECT h.amphora_id {STALE})"
-            ))
-            .bind(false)
-            .bind(cutoff)
-            .bind(amphora_status::DELETED)
-            .bind(amphora_status::PENDING_DELETE)
-            .bind(amphora_status::FAILOVER_STOPPED)
-            .bind(now_text())
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
+        if count >= threshold {
             tx.commit().await?;
             tracing::error!(
                 stale = count,
                 threshold,
-                newly_stopped = stopped,
+                newly_stopped,
                 "stale amphora count reached failover_threshold: they are FAILOVER_STOPPED and none is failed over; \
                  an operator must look at them (they go back to ALLOCATED when they heartbeat again)"
             );
             out.stopped = Some(count);
             return Ok(out);
         }
-        tx.commit().await?;
     }
+    tx.commit().await?;
     loop {
         let mut tx = db.write().await?;
         // Claim: busy = TRUE on rows nobody else holds (SKIP LOCKED on
