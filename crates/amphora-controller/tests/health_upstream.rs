@@ -13,12 +13,12 @@ use serde_json::{Map, Value, json};
 const CASES: u64 = 600;
 
 /// A deterministic choice for case `case`, draw `draw` (splitmix64).
-fn pick<'a, T>(case: u64, draw: u64, from: &'a [T]) -> &'a T {
+fn pick(case: u64, draw: u64, below: usize) -> usize {
     let mut z = case.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(draw.wrapping_mul(0xBF58_476D_1CE4_E5B9));
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
-    &from[(z % from.len() as u64) as usize]
+    (z % below as u64) as usize
 }
 
 const LB_STATUSES: [&str; 4] = ["ONLINE", "OFFLINE", "DEGRADED", "ERROR"];
@@ -35,7 +35,7 @@ struct Dice {
 impl Dice {
     fn next(&mut self, below: usize) -> usize {
         self.draw += 1;
-        *pick(self.case, self.draw, &(0..below).collect::<Vec<_>>())
+        pick(self.case, self.draw, below)
     }
 }
 
