@@ -474,3 +474,54 @@ async fn a_heartbeat_processed_later_than_the_interval_is_ignored() {
         assert_eq!(count(&api, "SELECT COUNT(*) FROM amphora_health").await, 1);
     }
 }
+
+/// The agent binary cargo built next to this test's directory
+/// (`target/debug/amphora-agent`).
+fn agent_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe.parent().and_then(std::path::Path::parent).expect("target directory");
+    let agent = dir.join("amphora-agent");
+    assert!(agent.is_file(), "{} is missing: cargo build -p amphora-agent", agent.display());
+    agent
+}
+
+#[tokio::test]
+#[ignore = "needs the amphora-agent binary and root (network namespaces); scripts/test.sh runs it"]
+async fn a_real_agent_keeps_its_amphora_healthy_until_it_dies() {
+    for db in common::databases().await {
+        let api = common::api(&db).await;
+        let timeout = 3;
+        let role = Role::start(&config(&db, timeout, None)).await;
+        let mut agent = amphora_testkit::Agent::builder(agent_binary())
+            .option("health_manager", "controller_ip_port_list", &role.addr().to_string())
+            .option("health_manager", "heartbeat_interval", "1")
+            .option("health_manager", "heartbeat_key", KEY)
+            .start();
+        let lb = lbaas_support::lb(&api, "agent").await;
+        api.sql(&format!(
+            "INSERT INTO amphora (id, load_balancer_id, compute_id, role, status, created_at) \
+             VALUES ('{}', '{lb}', 'c1', 'STANDALONE', 'ALLOCATED', '2026-01-01T00:00:00')",
+            agent.amphora_id
+        ))
+        .await;
+        let counters = &role.health.counters;
+        wait_counter("the agent's first heartbeat", &counters.applied, 1).await;
+        // Past the start-up grace and a few scans while it heartbeats.
+        let started = Instant::now();
+        wait_counter("scans while the agent lives", &counters.scans, 3).await;
+        assert!(started.elapsed() < Duration::from_secs(timeout + 5));
+        assert!(failover_jobs(&api).await.is_empty(), "{}: a heartbeating amphora is not failed over", db.name);
+        assert!(counters.applied.get() >= 3, "one heartbeat a second");
+        // (Heartbeats sent before the row existed were from an unknown amphora.)
+        assert_eq!(counters.bad_signature.get() + counters.malformed.get(), 0, "the agent's envelopes verify");
+
+        agent.kill();
+        let died = Instant::now();
+        eventually("the dead agent's failover", Duration::from_secs(15), || async {
+            (failover_jobs(&api).await == vec![agent.amphora_id.clone()]).then_some(())
+        })
+        .await;
+        assert!(died.elapsed() >= Duration::from_secs(timeout - 1), "after {:?}", died.elapsed());
+        assert_eq!(lbaas_support::status_of(&api, "load_balancer", &lb).await, "PENDING_UPDATE");
+    }
+}
