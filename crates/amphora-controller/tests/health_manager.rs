@@ -525,3 +525,60 @@ async fn a_real_agent_keeps_its_amphora_healthy_until_it_dies() {
         assert_eq!(lbaas_support::status_of(&api, "load_balancer", &lb).await, "PENDING_UPDATE");
     }
 }
+
+#[tokio::test]
+async fn one_batch_folds_several_heartbeats_of_one_amphora_in_order() {
+    for db in common::databases().await {
+        let api = common::api(&db).await;
+        let g = graph(&api).await;
+        let amp = insert_amphora(&api, Some(&g.lb), "FAILOVER_STOPPED").await;
+        let pool_key = format!("{}:{}", g.pool, g.listener);
+        let m1 = &g.members[0];
+        let beat = |ver: u64, stats: [u64; 5], m1_status: &str| {
+            let [rx, tx, conns, totconns, ereq] = stats;
+            let message = serde_json::from_value(json!({"id": amp, "ver": ver,
+                "listeners": {&g.listener: {"status": "OPEN",
+                    "stats": {"rx": rx, "tx": tx, "conns": conns, "totconns": totconns, "ereq": ereq}}},
+                "pools": {&pool_key: {"status": "UP", "members": {m1: m1_status}}}}))
+            .expect("message");
+            health::update::Received { message, at: Instant::now(), from: "127.0.0.1:1".parse().expect("addr") }
+        };
+        // Deltas, then an absolute (version 2) value, then a delta on top.
+        let batch = [
+            beat(3, [10, 20, 1, 3, 1], "DOWN"),
+            beat(3, [5, 5, 2, 1, 0], "DOWN"),
+            beat(2, [100, 200, 7, 30, 4], "MAINT"),
+            beat(3, [1, 2, 3, 4, 5], "UP"),
+        ];
+        let outcomes =
+            health::update::apply_batch(&api.state.db, &batch, Duration::from_secs(10)).await.expect("apply");
+        assert_eq!(outcomes, vec![health::update::Outcome::Applied; 4], "{}", db.name);
+        let stats = get(&api, &format!("/v2/lbaas/listeners/{}/stats", g.listener)).await["stats"].clone();
+        assert_eq!(
+            [
+                &stats["bytes_in"],
+                &stats["bytes_out"],
+                &stats["active_connections"],
+                &stats["total_connections"],
+                &stats["request_errors"]
+            ],
+            [&json!(101), &json!(202), &json!(3), &json!(34), &json!(9)],
+            "{stats}"
+        );
+        // The last word on the member wins; the amphora checked in.
+        let member = format!("/v2/lbaas/pools/{}/members/{m1}", g.pool);
+        assert_eq!(operating(&api, &member, "member").await, "ONLINE");
+        assert_eq!(operating(&api, &format!("/v2/lbaas/pools/{}", g.pool), "pool").await, "ONLINE");
+        assert_eq!(amphora_status(&api, &amp).await, "ALLOCATED");
+        // A second batch adds to what the first stored.
+        let outcomes =
+            health::update::apply_batch(&api.state.db, &[beat(3, [1, 1, 0, 1, 0], "DOWN")], Duration::from_secs(10))
+                .await
+                .expect("apply");
+        assert_eq!(outcomes, vec![health::update::Outcome::Applied]);
+        let stats = get(&api, &format!("/v2/lbaas/listeners/{}/stats", g.listener)).await["stats"].clone();
+        assert_eq!((&stats["bytes_in"], &stats["active_connections"]), (&json!(102), &json!(0)));
+        assert_eq!(operating(&api, &member, "member").await, "ERROR");
+        assert_eq!(operating(&api, &format!("/v2/lbaas/pools/{}", g.pool), "pool").await, "DEGRADED");
+    }
+}
