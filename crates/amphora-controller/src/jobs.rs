@@ -93,3 +93,44 @@ pub async fn enqueue(
     .await?;
     Ok(id)
 }
+
+/// How a request to fail an amphora over ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailoverQueued {
+    /// The job's id.
+    Queued(String),
+    /// The amphora's load balancer is in none of the allowed statuses
+    /// (with its current status); nothing was changed.
+    LbImmutable { lb_id: String, status: Option<String> },
+}
+
+/// Queues the failover of one amphora inside the caller's transaction, as
+/// upstream's `set_status_for_failover` then `failover_amphora`: when the
+/// amphora belongs to a load balancer, that row is locked and must be in
+/// one of `allowed` (the API allows ACTIVE, the health manager ACTIVE and
+/// ERROR); it goes PENDING_UPDATE in the same transaction as the job.
+pub async fn queue_amphora_failover(
+    tx: &mut WriteTx<'_>,
+    db: &crate::db::Db,
+    amphora_id: &str,
+    lb_id: Option<&str>,
+    allowed: &[&str],
+) -> Result<FailoverQueued, sqlx::Error> {
+    use sqlx::Row;
+    if let Some(lb_id) = lb_id {
+        let sql = format!("SELECT provisioning_status FROM load_balancer WHERE id = $1{}", db.for_update());
+        let status: Option<String> =
+            sqlx::query(&sql).bind(lb_id).fetch_optional(&mut *tx.tx).await?.map(|r| r.try_get(0)).transpose()?;
+        if !status.as_deref().is_some_and(|s| allowed.contains(&s)) {
+            return Ok(FailoverQueued::LbImmutable { lb_id: lb_id.to_owned(), status });
+        }
+        sqlx::query("UPDATE load_balancer SET provisioning_status = $1, updated_at = $2 WHERE id = $3")
+            .bind(crate::model::provisioning::PENDING_UPDATE)
+            .bind(now_text())
+            .bind(lb_id)
+            .execute(&mut *tx.tx)
+            .await?;
+    }
+    let id = enqueue(tx, JobKind::FailoverAmphora, amphora_id, Value::Object(Default::default())).await?;
+    Ok(FailoverQueued::Queued(id))
+}

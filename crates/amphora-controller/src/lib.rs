@@ -3,7 +3,7 @@
 //!
 //! - `api`: the Octavia v2 API (`api/`);
 //! - `worker`: claims jobs and runs their flows (`worker/`);
-//! - `health`: heartbeats and stale-amphora detection (`health.rs`);
+//! - `health`: heartbeats and stale-amphora detection (`health/`);
 //! - `housekeeping`: purges of old deleted rows (`housekeeping.rs`).
 
 pub mod api;

@@ -15,7 +15,7 @@ fn write_conf(dir: &Path, extra: &str) -> std::path::PathBuf {
         &conf,
         format!(
             "[api_settings]\nauth_strategy = noauth\nbind_host = 127.0.0.1\nbind_port = 0\n\
-             [database]\nconnection = sqlite:///{}\n{extra}",
+             [health_manager]\nbind_port = 0\n[database]\nconnection = sqlite:///{}\n{extra}",
             db.display()
         ),
     )

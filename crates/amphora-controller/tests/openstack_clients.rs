@@ -54,7 +54,7 @@ fn controller(dir: &Path, db_url: &str, port: u16, extra: &str) -> (Killed, Stri
         &conf,
         format!(
             "[api_settings]\nbind_host = 127.0.0.1\nbind_port = {port}\n[database]\nconnection = {db_url}\n\
-             [noop_drivers]\nstep_delay = 0.05\n[house_keeping]\ncleanup_interval = 3600\n{extra}"
+             [health_manager]\nbind_port = 0\n[noop_drivers]\nstep_delay = 0.05\n[house_keeping]\ncleanup_interval = 3600\n{extra}"
         ),
     )
     .expect("write configuration");

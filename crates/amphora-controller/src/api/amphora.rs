@@ -166,27 +166,12 @@ async fn failover(
     require_admin(&ctx)?;
     let lb_id = amp["loadbalancer_id"].as_str().map(str::to_owned);
     let mut tx = state.db.write().await?;
-    if let Some(lb_id) = &lb_id {
-        // Only an ACTIVE load balancer may be failed over from here
-        // (upstream's MUTABLE_STATUSES); it goes PENDING_UPDATE with the job.
-        let sql = format!("SELECT provisioning_status FROM load_balancer WHERE id = $1{}", state.db.for_update());
-        let status: Option<String> = sqlx::query(&sql)
-            .bind(lb_id.as_str())
-            .fetch_optional(&mut **tx)
-            .await?
-            .map(|r| r.try_get(0))
-            .transpose()?;
-        if status.as_deref() != Some(provisioning::ACTIVE) {
-            return Err(ApiError::immutable("Load Balancer", lb_id));
-        }
-        sqlx::query("UPDATE load_balancer SET provisioning_status = $1, updated_at = $2 WHERE id = $3")
-            .bind(provisioning::PENDING_UPDATE)
-            .bind(now_text())
-            .bind(lb_id.as_str())
-            .execute(&mut **tx)
-            .await?;
+    // Only an ACTIVE load balancer may be failed over from here (upstream's
+    // MUTABLE_STATUSES); it goes PENDING_UPDATE with the job.
+    match jobs::queue_amphora_failover(&mut tx, &state.db, &id, lb_id.as_deref(), &[provisioning::ACTIVE]).await? {
+        jobs::FailoverQueued::Queued(_) => {}
+        jobs::FailoverQueued::LbImmutable { lb_id, .. } => return Err(ApiError::immutable("Load Balancer", &lb_id)),
     }
-    jobs::enqueue(&mut tx, JobKind::FailoverAmphora, &id, json!({})).await?;
     tx.commit().await?;
     state.jobs_queued.notify_one();
     Ok(accepted())
