@@ -644,7 +644,7 @@ fn from_layers(mut layers: Layers) -> Result<Loaded, ConfigError> {
         user_log_facility: l.int(a, "user_log_facility", 0, 0, 7)? as u8,
         administrative_log_facility: l.int(a, "administrative_log_facility", 1, 0, 7)? as u8,
     };
-    let config = Config {
+    let mut config = Config {
         debug: l.bool("DEFAULT", "debug", false)?,
         api,
         database,
@@ -661,6 +661,18 @@ fn from_layers(mut layers: Layers) -> Result<Loaded, ConfigError> {
         local_network: crate::local::LocalNetworkSettings::from_layers(l)?,
         local_compute: crate::local::LocalComputeSettings::from_layers(l)?,
     };
+    if config.worker.network_driver == "local" {
+        // The controller's address on the local management network is
+        // where amphorae send heartbeats, unless told otherwise.
+        let controller = config.local_network.controller_ip();
+        if l.optional_string("health_manager", "bind_ip")?.is_none() {
+            config.health.bind_ip = controller;
+        }
+        if config.health.controller_ip_port_list.is_empty() {
+            let addr = std::net::SocketAddr::new(controller, config.health.bind_port);
+            config.health.controller_ip_port_list.push(addr.to_string());
+        }
+    }
     Ok(Loaded { config, warnings })
 }
 

@@ -208,7 +208,17 @@ impl Vm {
         // until `spawn` has returned.
         unsafe {
             command.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // What an amphora image's agent unit gives it (haproxy
+                // needs about 2.5 descriptors per connection of maxconn,
+                // 50,000 by default). Without CAP_SYS_RESOURCE (some
+                // containers) this fails and the host's limit stays: lower
+                // `[haproxy_amphora] default_connection_limit` there.
+                let limit = libc::rlimit { rlim_cur: AGENT_OPEN_FILES, rlim_max: AGENT_OPEN_FILES };
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                Ok(())
             });
         }
         let child = command.spawn().with_context(|| format!("starting {}", self.agent.display()))?;
@@ -219,6 +229,9 @@ impl Vm {
         Ok(child)
     }
 }
+
+/// RLIMIT_NOFILE of a local amphora's agent and what it starts.
+const AGENT_OPEN_FILES: libc::rlim_t = 1 << 20;
 
 /// A supervised agent.
 #[derive(Debug)]

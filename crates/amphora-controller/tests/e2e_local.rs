@@ -1,0 +1,197 @@
+//! The whole system on this host: the controller binary creates amphorae
+//! (namespaces running our agent), configures them through the agent API
+//! with its own certificates, receives their heartbeats and replaces the
+//! ones that die, while a client namespace sends real HTTP traffic through
+//! the VIP to HTTP servers on the member network.
+//!
+//! Needs root, haproxy and the workspace's `amphora-agent` binary.
+
+mod e2e_support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use amphora_controller::local::{DEFAULT_MEMBER_SUBNET_ID, DEFAULT_VIP_SUBNET_ID};
+use e2e_support::{System, Topology, get_body};
+use serde_json::{Value, json};
+
+const BUILD: Duration = Duration::from_secs(180);
+
+struct Deployed {
+    lb: String,
+    vip: SocketAddr,
+    client: usize,
+    members: Vec<(usize, String)>,
+    pool: String,
+}
+
+/// A load balancer with an HTTP listener on port 80, a round-robin pool
+/// with an HTTP health monitor, and two members (HTTP servers answering
+/// `member-1` and `member-2` on port 8080 of the member network).
+async fn deploy(sys: &mut System) -> Deployed {
+    let (_, _, client) = sys.host(DEFAULT_VIP_SUBNET_ID).await;
+    let mut servers = Vec::new();
+    for body in ["member-1", "member-2"] {
+        let (_, address, index) = sys.host(DEFAULT_MEMBER_SUBNET_ID).await;
+        let addr = SocketAddr::new(address, 8080);
+        sys.spawn_in(index, async move {
+            let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the member server");
+            amphora_testkit::traffic::serve_http(listener, body).await;
+        });
+        servers.push((index, address));
+    }
+
+    let created = sys
+        .api
+        .expect(
+            201,
+            "POST",
+            "/v2/lbaas/loadbalancers",
+            Some(&json!({"loadbalancer": {"name": "e2e", "vip_subnet_id": DEFAULT_VIP_SUBNET_ID}})),
+        )
+        .await;
+    let lb = created["loadbalancer"]["id"].as_str().expect("an id").to_owned();
+    let active = sys.wait_lb(&lb, "ACTIVE", BUILD).await;
+    let vip: std::net::IpAddr = active["vip_address"].as_str().expect("a VIP").parse().expect("an address");
+
+    let listener = sys
+        .create(
+            &lb,
+            "listeners",
+            "listener",
+            json!({"loadbalancer_id": lb, "protocol": "HTTP", "protocol_port": 80, "name": "http"}),
+        )
+        .await;
+    let pool = sys
+        .create(
+            &lb,
+            "pools",
+            "pool",
+            json!({"listener_id": listener["id"], "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN"}),
+        )
+        .await;
+    let pool_id = pool["id"].as_str().expect("a pool id").to_owned();
+    sys.create(
+        &lb,
+        "healthmonitors",
+        "healthmonitor",
+        json!({"pool_id": pool_id, "type": "HTTP", "delay": 1, "timeout": 1, "max_retries": 1,
+               "max_retries_down": 1, "url_path": "/"}),
+    )
+    .await;
+    let mut members = Vec::new();
+    for (index, address) in &servers {
+        let member = sys
+            .create(
+                &lb,
+                &format!("pools/{pool_id}/members"),
+                "member",
+                json!({"address": address.to_string(), "protocol_port": 8080, "subnet_id": DEFAULT_MEMBER_SUBNET_ID}),
+            )
+            .await;
+        members.push((*index, member["id"].as_str().expect("a member id").to_owned()));
+    }
+    Deployed { lb, vip: SocketAddr::new(vip, 80), client, members, pool: pool_id }
+}
+
+/// Sends `n` requests from the client host; counts the answers by body.
+async fn send(sys: &System, client: usize, vip: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    sys.spawn_in(client, async move {
+        let mut seen = BTreeMap::new();
+        for _ in 0..n {
+            let body = get_body(vip).await.unwrap_or_else(|| "(failed)".into());
+            *seen.entry(body).or_insert(0) += 1;
+        }
+        seen
+    })
+    .await
+    .expect("the client task")
+}
+
+async fn member_status(sys: &System, pool: &str, member: &str) -> String {
+    let m = sys.api.get(&format!("/v2/lbaas/pools/{pool}/members/{member}")).await;
+    m["member"]["operating_status"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_through_the_vip_is_balanced_a_dead_member_is_marked_down_and_stats_count_the_requests() {
+    let mut sys = System::start(Topology::Single);
+    let d = deploy(&mut sys).await;
+
+    // Round robin over both members once haproxy has them up.
+    let seen = sys
+        .until("both members to answer through the VIP", Duration::from_secs(60), || async {
+            let seen = send(&sys, d.client, d.vip, 10).await;
+            (seen.get("member-1") == Some(&5) && seen.get("member-2") == Some(&5)).then_some(seen)
+        })
+        .await;
+    assert_eq!(seen.len(), 2, "{seen:?}");
+
+    // Heartbeats bring the members' health monitor verdicts to the API.
+    for (_, member) in &d.members {
+        sys.until("a member ONLINE from heartbeats", Duration::from_secs(30), || async {
+            (member_status(&sys, &d.pool, member).await == "ONLINE").then_some(())
+        })
+        .await;
+    }
+
+    // Member 2's server dies: its monitor marks it down, traffic goes to
+    // member 1 only, and the API shows it ERROR.
+    let (index, member2) = d.members[1].clone();
+    sys.stop_host(index);
+    sys.until("member 2 ERROR from heartbeats", Duration::from_secs(30), || async {
+        (member_status(&sys, &d.pool, &member2).await == "ERROR").then_some(())
+    })
+    .await;
+    let seen = send(&sys, d.client, d.vip, 10).await;
+    assert_eq!(seen.get("member-1"), Some(&10), "{seen:?}");
+    let lb = sys.api.get(&format!("/v2/lbaas/loadbalancers/{}", d.lb)).await;
+    assert_eq!(lb["loadbalancer"]["operating_status"], "DEGRADED", "{lb}");
+
+    // The amphora's statistics, from v3 heartbeats, count what was sent.
+    let amphora = sys.amphorae(&d.lb).await[0]["id"].as_str().expect("an amphora").to_owned();
+    sys.until("the amphora's stats to count at least 20 requests", Duration::from_secs(15), || async {
+        let stats = sys.api.get(&format!("/v2/octavia/amphorae/{amphora}/stats")).await;
+        let total: i64 = stats["amphora_stats"]
+            .as_array()
+            .map(|all| all.iter().filter_map(|s| s["total_connections"].as_i64()).sum())
+            .unwrap_or(0);
+        (total >= 20).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_single_amphora_is_detected_replaced_and_traffic_resumes() {
+    let mut sys = System::start(Topology::Single);
+    let d = deploy(&mut sys).await;
+    sys.until("traffic through the VIP", Duration::from_secs(60), || async {
+        let seen = send(&sys, d.client, d.vip, 4).await;
+        (!seen.contains_key("(failed)")).then_some(())
+    })
+    .await;
+    let before = sys.amphorae(&d.lb).await;
+    assert_eq!(before.len(), 1);
+    let dead = before[0]["id"].as_str().expect("an amphora").to_owned();
+
+    sys.kill_amphora(&dead).await;
+    // heartbeat_timeout is 4 s: the health manager queues a failover, the
+    // worker builds a replacement, configures it and deletes the dead one.
+    let replaced = sys
+        .until("a new ALLOCATED amphora", BUILD, || async {
+            let amps = sys.amphorae(&d.lb).await;
+            let live: Vec<Value> = amps.into_iter().filter(|a| a["status"] == "ALLOCATED").collect();
+            (live.len() == 1 && live[0]["id"] != dead.as_str()).then(|| live[0].clone())
+        })
+        .await;
+    sys.wait_lb(&d.lb, "ACTIVE", BUILD).await;
+    assert_eq!(replaced["role"], "STANDALONE");
+    sys.until("traffic through the VIP again", Duration::from_secs(60), || async {
+        let seen = send(&sys, d.client, d.vip, 10).await;
+        (seen.get("member-1") == Some(&5) && seen.get("member-2") == Some(&5)).then_some(())
+    })
+    .await;
+    // The dead amphora is deleted (hidden from the API, as upstream's).
+    sys.api.expect(404, "GET", &format!("/v2/octavia/amphorae/{dead}"), None).await;
+}

@@ -1,0 +1,78 @@
+//! A minimal JSON client of the controller's API over a real socket: one
+//! connection per request, as the OpenStack clients' defaults do not
+//! matter here.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub addr: SocketAddr,
+}
+
+impl Api {
+    /// Sends a request; returns the status and the JSON body (`Null` when
+    /// empty).
+    pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let payload = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\n",
+            self.addr
+        );
+        if body.is_some() {
+            request.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", payload.len()));
+        }
+        request.push_str("\r\n");
+        request.push_str(&payload);
+        let exchange = async {
+            let mut stream = TcpStream::connect(self.addr).await?;
+            stream.write_all(request.as_bytes()).await?;
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response).await?;
+            Ok::<_, std::io::Error>(response)
+        };
+        let response = tokio::time::timeout(Duration::from_secs(30), exchange)
+            .await
+            .unwrap_or_else(|_| panic!("{method} {path}: no answer within 30 s"))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let text = String::from_utf8_lossy(&response);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{method} {path}: {text:?}"));
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
+        let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+        let body = if chunked { dechunk(body) } else { body.to_owned() };
+        let json = if body.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body:?}"))
+        };
+        (status, json)
+    }
+
+    /// A request that must answer `expected`.
+    pub async fn expect(&self, expected: u16, method: &str, path: &str, body: Option<&Value>) -> Value {
+        let (status, json) = self.call(method, path, body).await;
+        assert_eq!(status, expected, "{method} {path}: {json}");
+        json
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        self.expect(200, "GET", path, None).await
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}

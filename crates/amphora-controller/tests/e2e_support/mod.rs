@@ -1,0 +1,285 @@
+//! The whole system on this host for end-to-end tests: the controller
+//! binary with the local compute and network drivers and the REST amphora
+//! driver (real agents, haproxy, certificates from its own CA), plus test
+//! hosts (namespaces) on its networks: clients on the VIP network, HTTP
+//! servers on the member network.
+//!
+//! Everything a test makes is removed when its `System` is dropped, also
+//! on failure: the controller is stopped and `local teardown` deletes the
+//! fabric, the amphorae and their processes; test hosts are deleted.
+
+#![allow(dead_code)]
+
+pub mod http;
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use amphora_controller::config::Config;
+use amphora_controller::db::Db;
+use amphora_controller::local::{self, LocalNetwork};
+use amphora_testkit::netns::{self, NsRuntime};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub use http::Api;
+
+const BIN: &str = env!("CARGO_BIN_EXE_amphora-controller");
+
+/// The workspace's agent binary, built with the workspace
+/// (`cargo test --workspace` or `cargo build -p amphora-agent`).
+pub fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    // target/debug/deps/<test> -> target/debug/amphora-agent
+    let agent = exe.parent().and_then(Path::parent).expect("target dir").join("amphora-agent");
+    assert!(agent.is_file(), "{} is missing: build it with `cargo build -p amphora-agent`", agent.display());
+    agent
+}
+
+/// A random /24 of 198.18.0.0/15 (the benchmarking range) for the
+/// management network, whose controller end lives in the host namespace:
+/// distinct per test so parallel tests do not share routes.
+fn management_cidr() -> String {
+    let n = uuid::Uuid::new_v4().as_u128();
+    format!("198.{}.{}.0/24", 18 + (n % 2) as u8, (n >> 8) as u8)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    Single,
+    ActiveStandby,
+}
+
+pub struct System {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub config: Config,
+    pub api: Api,
+    child: Option<Child>,
+    hosts: Vec<String>,
+    runtimes: Vec<Option<NsRuntime>>,
+}
+
+impl System {
+    pub fn start(topology: Topology) -> System {
+        // The amphorae's directories must stay short (haproxy's socket
+        // paths), so the state lives in a short temporary directory.
+        let dir = tempfile::Builder::new().prefix("e2e.").tempdir_in("/tmp").expect("temp dir");
+        let prefix = format!("e{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+        let d = dir.path().display();
+        let topology = match topology {
+            Topology::Single => "SINGLE",
+            Topology::ActiveStandby => "ACTIVE_STANDBY",
+        };
+        let text = format!(
+            "[DEFAULT]\ndebug = True\n\
+             [api_settings]\nauth_strategy = noauth\nbind_host = 127.0.0.1\nbind_port = 0\n\
+             [database]\nconnection = sqlite:///{d}/octavia.db\n\
+             [controller_worker]\ncompute_driver = local\nnetwork_driver = local\n\
+             amphora_driver = amphora_haproxy_rest_driver\nloadbalancer_topology = {topology}\n\
+             [health_manager]\nheartbeat_key = e2e-key\nheartbeat_interval = 1\nheartbeat_timeout = 4\n\
+             health_check_interval = 1\n\
+             [certificates]\nca_certificate = {d}/certs/ca.pem\nca_private_key = {d}/certs/private/ca.key\n\
+             [haproxy_amphora]\nclient_cert = {d}/certs/client.pem\nconnection_retry_interval = 1\n\
+             connection_max_retries = 60\nactive_connection_retry_interval = 1\n\
+             default_connection_limit = 4000\n\
+             [local_network]\nname_prefix = {prefix}\nmanagement_cidr = {mgmt}\n\
+             [local_compute]\nstate_dir = {d}/amp\nagent_path = {agent}\n",
+            mgmt = management_cidr(),
+            agent = agent_binary().display(),
+        );
+        let config_path = dir.path().join("octavia.conf");
+        std::fs::write(&config_path, &text).expect("write configuration");
+        let config = amphora_controller::config::parse([(config_path.as_path(), text.as_str())])
+            .expect("valid configuration")
+            .config;
+        let ready = dir.path().join("ready");
+        let log = std::fs::File::create(dir.path().join("controller.log")).expect("log");
+        let child = Command::new(BIN)
+            .arg("--config-file")
+            .arg(&config_path)
+            .args(["run", "--ready-file"])
+            .arg(&ready)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start the controller");
+        let mut system = System {
+            dir,
+            config_path,
+            config,
+            api: Api { addr: SocketAddr::from(([127, 0, 0, 1], 0)) },
+            child: Some(child),
+            hosts: Vec::new(),
+            runtimes: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addr = loop {
+            if let Some(addr) = std::fs::read_to_string(&ready).ok().and_then(|s| s.trim().parse().ok()) {
+                break addr;
+            }
+            if let Some(status) = system.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("the controller exited with {status}:\n{}", system.log());
+            }
+            assert!(Instant::now() < deadline, "the controller never became ready:\n{}", system.log());
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        system.api.addr = addr;
+        system
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("controller.log")).unwrap_or_default()
+    }
+
+    fn stop_controller(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The controller's database, opened beside it (test hosts get their
+    /// ports from it, as member VMs get Neutron ports).
+    pub async fn db(&self) -> Db {
+        Db::connect(&self.config.database.connection).await.expect("open the database")
+    }
+
+    /// A test host: a namespace with a port on the network of `subnet_id`
+    /// (allocated like any other), whose tasks run inside it.
+    pub async fn host(&mut self, subnet_id: &str) -> (String, IpAddr, usize) {
+        let db = self.db().await;
+        let network = LocalNetwork::new(db, &self.config);
+        let name = netns::unique_name(&format!("{}h", self.config.local_network.name_prefix));
+        let owner = format!("test:{name}");
+        let port = network.ports().allocate(subnet_id, &owner, None).await.expect("a port").port;
+        let (net, subnet) = self.config.local_network.subnet(subnet_id).expect("a configured subnet");
+        let bridge = net.role.bridge();
+        let prefix_len = subnet.cidr.prefix_len();
+        netns::create(&name);
+        self.hosts.push(name.clone());
+        let fabric = self.config.local_network.fabric_namespace.clone();
+        let outer = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        netns::veth(&fabric, &outer, &name, "eth0", &port.mac_address);
+        netns::ip_in(&fabric, &["link", "set", &outer, "master", bridge]);
+        netns::ip_in(&name, &["addr", "add", &format!("{}/{prefix_len}", port.address), "dev", "eth0"]);
+        netns::ip_in(&name, &["link", "set", "eth0", "up"]);
+        self.runtimes.push(Some(NsRuntime::new(&name)));
+        let address: IpAddr = port.address.parse().expect("an address");
+        (name, address, self.runtimes.len() - 1)
+    }
+
+    /// Runs a future inside the test host `index` (its sockets live there).
+    pub fn spawn_in<F>(&self, index: usize, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.runtimes[index].as_ref().expect("a running test host").spawn(future)
+    }
+
+    /// Stops every task of the test host `index` (its servers close).
+    pub fn stop_host(&mut self, index: usize) {
+        self.runtimes[index] = None;
+    }
+
+    /// Waits until `check` answers, polling every 250 ms.
+    pub async fn until<T, F, Fut>(&self, what: &str, limit: Duration, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}\n--- controller log (tail) ---\n{}", tail(&self.log(), 60));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Waits for a load balancer's provisioning status; fails on ERROR.
+    pub async fn wait_lb(&self, id: &str, status: &str, limit: Duration) -> Value {
+        let path = format!("/v2/lbaas/loadbalancers/{id}");
+        self.until(&format!("load balancer {id} {status}"), limit, || async {
+            let lb = self.api.get(&path).await["loadbalancer"].clone();
+            let now = lb["provisioning_status"].as_str().unwrap_or_default().to_owned();
+            assert!(now != "ERROR" || status == "ERROR", "load balancer went ERROR:\n{}", tail(&self.log(), 80));
+            (now == status).then_some(lb)
+        })
+        .await
+    }
+
+    /// Creates a child object and waits for its load balancer to settle.
+    pub async fn create(&self, lb: &str, collection: &str, key: &str, body: Value) -> Value {
+        let created =
+            self.api.expect(201, "POST", &format!("/v2/lbaas/{collection}"), Some(&json!({ key: body }))).await;
+        self.wait_lb(lb, "ACTIVE", Duration::from_secs(120)).await;
+        created[key].clone()
+    }
+
+    pub async fn amphorae(&self, lb: &str) -> Vec<Value> {
+        let list = self.api.get(&format!("/v2/octavia/amphorae?loadbalancer_id={lb}")).await;
+        list["amphorae"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Kills an amphora as a dead VM would be: its processes and
+    /// namespaces.
+    pub async fn kill_amphora(&self, amphora_id: &str) {
+        let net = &self.config.local_network;
+        local::fabric::destroy_netns(&net.amphora_namespace(amphora_id)).await.expect("kill the amphora");
+        local::fabric::destroy_netns(&net.haproxy_namespace(amphora_id)).await.expect("kill its haproxy");
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        self.stop_controller();
+        self.runtimes.clear();
+        for host in &self.hosts {
+            netns::delete(host);
+        }
+        let out = Command::new(BIN)
+            .arg("--config-file")
+            .arg(&self.config_path)
+            .args(["local", "teardown"])
+            .stdin(Stdio::null())
+            .output();
+        if let Ok(out) = out
+            && !out.status.success()
+        {
+            eprintln!("local teardown failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
+
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// One `GET /` from inside the current namespace on a new connection;
+/// the body, or None on any failure.
+pub async fn get_body(addr: SocketAddr) -> Option<String> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n").await.ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange).await.ok().flatten()
+}
