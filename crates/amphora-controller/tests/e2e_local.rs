@@ -195,3 +195,60 @@ async fn a_dead_single_amphora_is_detected_replaced_and_traffic_resumes() {
     // The dead amphora is deleted (hidden from the API, as upstream's).
     sys.api.expect(404, "GET", &format!("/v2/octavia/amphorae/{dead}"), None).await;
 }
+
+/// Whether the VIP is configured inside an amphora's haproxy namespace.
+fn holds_vip(sys: &System, amphora_id: &str, vip: std::net::IpAddr) -> bool {
+    let ns = sys.config.local_network.haproxy_namespace(amphora_id);
+    std::process::Command::new("ip")
+        .args(["-n", &ns, "-o", "addr", "show"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!(" {vip}/")))
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn active_standby_moves_the_vip_to_the_backup_when_the_master_dies_and_rebuilds_the_pair() {
+    let mut sys = System::start(Topology::ActiveStandby);
+    let d = deploy(&mut sys).await;
+    sys.until("traffic through the VIP", Duration::from_secs(60), || async {
+        let seen = send(&sys, d.client, d.vip, 10).await;
+        (seen.get("member-1") == Some(&5) && seen.get("member-2") == Some(&5)).then_some(())
+    })
+    .await;
+    let amps = sys.amphorae(&d.lb).await;
+    assert_eq!(amps.len(), 2, "{amps:?}");
+    let id = |role: &str| {
+        amps.iter().find(|a| a["role"] == role).and_then(|a| a["id"].as_str()).expect("a MASTER and a BACKUP").to_owned()
+    };
+    let (master, backup) = (id("MASTER"), id("BACKUP"));
+    sys.until("keepalived to give the VIP to the MASTER", Duration::from_secs(30), || async {
+        (holds_vip(&sys, &master, d.vip.ip()) && !holds_vip(&sys, &backup, d.vip.ip())).then_some(())
+    })
+    .await;
+
+    sys.kill_amphora(&master).await;
+    // VRRP moves the VIP to the BACKUP on its own: no controller involved.
+    sys.until("the BACKUP to take the VIP", Duration::from_secs(15), || async {
+        holds_vip(&sys, &backup, d.vip.ip()).then_some(())
+    })
+    .await;
+    sys.until("traffic through the BACKUP", Duration::from_secs(15), || async {
+        let seen = send(&sys, d.client, d.vip, 4).await;
+        (!seen.contains_key("(failed)")).then_some(())
+    })
+    .await;
+
+    // The controller rebuilds the lost amphora: two ALLOCATED again.
+    sys.until("a replacement beside the BACKUP", BUILD, || async {
+        let amps = sys.amphorae(&d.lb).await;
+        let live: Vec<&Value> = amps.iter().filter(|a| a["status"] == "ALLOCATED").collect();
+        (live.len() == 2 && live.iter().all(|a| a["id"] != master.as_str())).then_some(())
+    })
+    .await;
+    sys.wait_lb(&d.lb, "ACTIVE", BUILD).await;
+    sys.until("traffic through the VIP after the rebuild", Duration::from_secs(60), || async {
+        let seen = send(&sys, d.client, d.vip, 10).await;
+        (seen.get("member-1") == Some(&5) && seen.get("member-2") == Some(&5)).then_some(())
+    })
+    .await;
+}
