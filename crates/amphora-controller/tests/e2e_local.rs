@@ -218,7 +218,11 @@ async fn active_standby_moves_the_vip_to_the_backup_when_the_master_dies_and_reb
     let amps = sys.amphorae(&d.lb).await;
     assert_eq!(amps.len(), 2, "{amps:?}");
     let id = |role: &str| {
-        amps.iter().find(|a| a["role"] == role).and_then(|a| a["id"].as_str()).expect("a MASTER and a BACKUP").to_owned()
+        amps.iter()
+            .find(|a| a["role"] == role)
+            .and_then(|a| a["id"].as_str())
+            .expect("a MASTER and a BACKUP")
+            .to_owned()
     };
     let (master, backup) = (id("MASTER"), id("BACKUP"));
     sys.until("keepalived to give the VIP to the MASTER", Duration::from_secs(30), || async {
@@ -251,4 +255,58 @@ async fn active_standby_moves_the_vip_to_the_backup_when_the_master_dies_and_reb
         (seen.get("member-1") == Some(&5) && seen.get("member-2") == Some(&5)).then_some(())
     })
     .await;
+}
+
+/// Runs tests/controller/e2e_sdk.py with the clients' Python; its JSON.
+fn sdk(args: &[String]) -> Value {
+    let python =
+        std::env::var("CLIENTS_PYTHON").expect("CLIENTS_PYTHON must name the python of scripts/clients-venv.sh");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/controller/e2e_sdk.py");
+    let out = std::process::Command::new(python).arg(script).args(args).output().expect("run python");
+    assert!(out.status.success(), "e2e_sdk.py {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the clients virtualenv; scripts/test.sh runs it with CLIENTS_PYTHON set"]
+async fn openstacksdk_builds_a_load_balancer_that_serves_http_and_deletes_it_with_its_amphora() {
+    let mut sys = System::start(Topology::Single);
+    let (_, _, client) = sys.host(DEFAULT_VIP_SUBNET_ID).await;
+    let mut args = vec![
+        "create".to_owned(),
+        format!("http://{}", sys.api.addr),
+        DEFAULT_VIP_SUBNET_ID.to_owned(),
+        DEFAULT_MEMBER_SUBNET_ID.to_owned(),
+    ];
+    for body in ["member-1", "member-2"] {
+        let (_, address, index) = sys.host(DEFAULT_MEMBER_SUBNET_ID).await;
+        let addr = SocketAddr::new(address, 8080);
+        sys.spawn_in(index, async move {
+            let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the member server");
+            amphora_testkit::traffic::serve_http(listener, body).await;
+        });
+        args.push(address.to_string());
+    }
+    let built = tokio::task::spawn_blocking(move || sdk(&args)).await.expect("sdk");
+    let vip: std::net::IpAddr = built["vip"].as_str().expect("a VIP").parse().expect("an address");
+    let vip = SocketAddr::new(vip, 80);
+    sys.until("both members through the VIP", Duration::from_secs(60), || async {
+        let seen = send(&sys, client, vip, 10).await;
+        (seen.get("member-1") == Some(&5) && seen.get("member-2") == Some(&5)).then_some(())
+    })
+    .await;
+
+    let amphora = built["amphorae"][0].as_str().expect("an amphora").to_owned();
+    let namespace = sys.config.local_network.amphora_namespace(&amphora);
+    assert!(std::path::Path::new(&format!("/run/netns/{namespace}")).exists());
+    let args = vec!["delete".to_owned(), format!("http://{}", sys.api.addr), built["lb"].as_str().unwrap().to_owned()];
+    tokio::task::spawn_blocking(move || sdk(&args)).await.expect("sdk");
+    // The amphora went with its load balancer: namespace and processes.
+    sys.until("the amphora's namespace to be gone", Duration::from_secs(30), || async {
+        (!std::path::Path::new(&format!("/run/netns/{namespace}")).exists()).then_some(())
+    })
+    .await;
+    let seen = send(&sys, client, vip, 1).await;
+    assert_eq!(seen.get("(failed)"), Some(&1), "the VIP still answers: {seen:?}");
 }
