@@ -310,3 +310,90 @@ async fn openstacksdk_builds_a_load_balancer_that_serves_http_and_deletes_it_wit
     let seen = send(&sys, client, vip, 1).await;
     assert_eq!(seen.get("(failed)"), Some(&1), "the VIP still answers: {seen:?}");
 }
+
+/// What exists on the host and in the port table that no live object
+/// accounts for: amphora namespaces of amphorae that are not live, live
+/// amphorae without a namespace, and ports whose owner is gone.
+async fn orphans(sys: &System) -> Vec<String> {
+    let db = sys.db().await;
+    let live_amps: Vec<String> = sqlx::query_scalar("SELECT id FROM amphora WHERE status <> 'DELETED'")
+        .fetch_all(&db.pool)
+        .await
+        .expect("amphorae");
+    let live_lbs: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM load_balancer WHERE provisioning_status <> 'DELETED'")
+            .fetch_all(&db.pool)
+            .await
+            .expect("load balancers");
+    let owners: Vec<String> =
+        sqlx::query_scalar("SELECT owner FROM local_port").fetch_all(&db.pool).await.expect("ports");
+    let net = &sys.config.local_network;
+    let mut found = Vec::new();
+    let namespaces: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    let amp_prefix = format!("{}-amp-", net.name_prefix);
+    for ns in namespaces.iter().filter(|n| n.starts_with(&amp_prefix)) {
+        if !live_amps.iter().any(|a| net.amphora_namespace(a) == *ns) {
+            found.push(format!("namespace {ns} of no live amphora"));
+        }
+    }
+    for owner in owners {
+        let (kind, rest) = owner.split_once(':').unwrap_or((owner.as_str(), ""));
+        let ok = match kind {
+            "mgmt" | "vrrp" => live_amps.iter().any(|a| a == rest),
+            "member" => live_amps.iter().any(|a| rest.starts_with(&format!("{a}:"))),
+            "vip" => live_lbs.iter().any(|l| l == rest),
+            "test" => true,
+            _ => false,
+        };
+        if !ok {
+            found.push(format!("port of {owner}"));
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_controller_killed_at_each_step_of_a_create_resumes_it_and_orphans_nothing() {
+    let mut sys = System::start(Topology::Single);
+    let db = sys.db().await;
+    // The steps of a SINGLE create (worker::flows::build): kill the
+    // controller once the job has reached each of them.
+    for kill_at in 1..=11i64 {
+        let created = sys
+            .api
+            .expect(
+                201,
+                "POST",
+                "/v2/lbaas/loadbalancers",
+                Some(&json!({"loadbalancer": {"name": format!("kill-{kill_at}"), "vip_subnet_id": DEFAULT_VIP_SUBNET_ID}})),
+            )
+            .await;
+        let lb = created["loadbalancer"]["id"].as_str().expect("an id").to_owned();
+        sys.until(&format!("the create job at step {kill_at}"), BUILD, || async {
+            let row: Option<(i64, String)> = sqlx::query_as("SELECT step, state FROM job WHERE target_id = $1")
+                .bind(lb.as_str())
+                .fetch_optional(&db.pool)
+                .await
+                .expect("job");
+            row.filter(|(step, state)| *step >= kill_at || state != "QUEUED" && state != "RUNNING").map(|_| ())
+        })
+        .await;
+        sys.kill_and_restart_controller();
+        sys.wait_lb(&lb, "ACTIVE", BUILD).await;
+        let amps = sys.amphorae(&lb).await;
+        assert_eq!(amps.len(), 1, "killed at step {kill_at}: {amps:?}");
+        assert_eq!(amps[0]["status"], "ALLOCATED", "killed at step {kill_at}");
+        let left = orphans(&sys).await;
+        assert!(left.is_empty(), "killed at step {kill_at}: {left:?}");
+        sys.api.expect(204, "DELETE", &format!("/v2/lbaas/loadbalancers/{lb}?cascade=true"), None).await;
+        sys.until("the load balancer to be deleted", BUILD, || async {
+            let (status, body) = sys.api.call("GET", &format!("/v2/lbaas/loadbalancers/{lb}"), None).await;
+            (status == 404 || body["loadbalancer"]["provisioning_status"] == "DELETED").then_some(())
+        })
+        .await;
+    }
+    let left = orphans(&sys).await;
+    assert!(left.is_empty(), "after the deletes: {left:?}");
+}

@@ -80,6 +80,7 @@ impl System {
              [database]\nconnection = sqlite:///{d}/octavia.db\n\
              [controller_worker]\ncompute_driver = local\nnetwork_driver = local\n\
              amphora_driver = amphora_haproxy_rest_driver\nloadbalancer_topology = {topology}\n\
+             job_lease = 3\n\
              [health_manager]\nheartbeat_key = e2e-key\nheartbeat_interval = 1\nheartbeat_timeout = 4\n\
              health_check_interval = 1\n\
              [certificates]\nca_certificate = {d}/certs/ca.pem\nca_private_key = {d}/certs/private/ca.key\n\
@@ -96,39 +97,60 @@ impl System {
         let config = amphora_controller::config::parse([(config_path.as_path(), text.as_str())])
             .expect("valid configuration")
             .config;
-        let ready = dir.path().join("ready");
-        let log = std::fs::File::create(dir.path().join("controller.log")).expect("log");
+        let mut system = System {
+            dir,
+            config_path,
+            config,
+            api: Api { addr: SocketAddr::from(([127, 0, 0, 1], 0)) },
+            child: None,
+            hosts: Vec::new(),
+            runtimes: Vec::new(),
+        };
+        system.launch();
+        system
+    }
+
+    /// Starts the controller binary and waits for its API.
+    fn launch(&mut self) {
+        let ready = self.dir.path().join("ready");
+        let _ = std::fs::remove_file(&ready);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("controller.log"))
+            .expect("log");
         let child = Command::new(BIN)
             .arg("--config-file")
-            .arg(&config_path)
+            .arg(&self.config_path)
             .args(["run", "--ready-file"])
             .arg(&ready)
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
             .expect("start the controller");
-        let mut system = System {
-            dir,
-            config_path,
-            config,
-            api: Api { addr: SocketAddr::from(([127, 0, 0, 1], 0)) },
-            child: Some(child),
-            hosts: Vec::new(),
-            runtimes: Vec::new(),
-        };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         let addr = loop {
             if let Some(addr) = std::fs::read_to_string(&ready).ok().and_then(|s| s.trim().parse().ok()) {
                 break addr;
             }
-            if let Some(status) = system.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("the controller exited with {status}:\n{}", system.log());
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("the controller exited with {status}:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "the controller never became ready:\n{}", system.log());
+            assert!(Instant::now() < deadline, "the controller never became ready:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         };
-        system.api.addr = addr;
-        system
+        self.api.addr = addr;
+    }
+
+    /// Kills the controller with SIGKILL (its amphorae keep running) and
+    /// starts it again.
+    pub fn kill_and_restart_controller(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.launch();
     }
 
     pub fn log(&self) -> String {
