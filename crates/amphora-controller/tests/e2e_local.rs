@@ -397,3 +397,66 @@ async fn a_controller_killed_at_each_step_of_a_create_resumes_it_and_orphans_not
     let left = orphans(&sys).await;
     assert!(left.is_empty(), "after the deletes: {left:?}");
 }
+
+/// The notAfter of the first certificate in a PEM file.
+fn not_after(path: &std::path::Path) -> time::OffsetDateTime {
+    use rustls_pki_types::pem::PemObject as _;
+    let pem = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let der = rustls_pki_types::CertificateDer::pem_slice_iter(&pem).next().expect("a certificate").expect("PEM");
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("a certificate");
+    cert.validity().not_after.to_datetime()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn housekeeping_rotates_an_amphora_certificate_through_the_agent_before_it_expires() {
+    // Certificates valid for 2 minutes are due 110 s before they expire:
+    // the first pass after the amphora is built rotates it.
+    let sys = System::start_with(
+        Topology::Single,
+        "[certificates]\ncert_validity_time = 120\n[house_keeping]\ncert_interval = 1\ncert_expiry_buffer = 110\n",
+    );
+    let created = sys
+        .api
+        .expect(
+            201,
+            "POST",
+            "/v2/lbaas/loadbalancers",
+            Some(&json!({"loadbalancer": {"vip_subnet_id": DEFAULT_VIP_SUBNET_ID}})),
+        )
+        .await;
+    let lb = created["loadbalancer"]["id"].as_str().expect("an id").to_owned();
+    sys.wait_lb(&lb, "ACTIVE", BUILD).await;
+    let amp = sys.amphorae(&lb).await[0].clone();
+    let id = amp["id"].as_str().expect("an id").to_owned();
+    let first = amp["cert_expiration"].as_str().expect("an expiry").to_owned();
+    let short: String = id.chars().filter(char::is_ascii_alphanumeric).take(12).collect();
+    let served = sys.config.local_compute.state_dir.join(short).join("server.pem");
+    let installed_first = not_after(&served);
+
+    let rotated = sys
+        .until("a rotated certificate", Duration::from_secs(60), || async {
+            let amp = sys.api.get(&format!("/v2/octavia/amphorae/{id}")).await["amphora"].clone();
+            let now = amp["cert_expiration"].as_str().unwrap_or_default().to_owned();
+            (now > first && amp["cert_busy"] == false).then_some(now)
+        })
+        .await;
+    // The agent installed it: its certificate file now expires when the
+    // controller recorded, later than the first one.
+    let installed = not_after(&served);
+    assert!(installed > installed_first, "{installed} vs {installed_first}");
+    assert_eq!(amphora_controller::db::format_time(installed), rotated);
+    // And it still answers the controller over mutual TLS with it.
+    sys.api.expect(202, "PUT", &format!("/v2/octavia/amphorae/{id}/config"), None).await;
+    let db = sys.db().await;
+    sys.until("the configure job to succeed", Duration::from_secs(60), || async {
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM job WHERE kind = 'configure_amphora' AND target_id = $1")
+                .bind(id.as_str())
+                .fetch_optional(&db.pool)
+                .await
+                .expect("job");
+        assert_ne!(state.as_deref(), Some("FAILED"), "configure failed:\n{}", e2e_support::tail(&sys.log(), 40));
+        (state.as_deref() == Some("DONE")).then_some(())
+    })
+    .await;
+}

@@ -65,6 +65,11 @@ pub struct System {
 
 impl System {
     pub fn start(topology: Topology) -> System {
+        System::start_with(topology, "")
+    }
+
+    /// With `extra` as a second configuration file (its options win).
+    pub fn start_with(topology: Topology, extra: &str) -> System {
         // The amphorae's directories must stay short (haproxy's socket
         // paths), so the state lives in a short temporary directory.
         let dir = tempfile::Builder::new().prefix("e2e.").tempdir_in("/tmp").expect("temp dir");
@@ -94,9 +99,12 @@ impl System {
         );
         let config_path = dir.path().join("octavia.conf");
         std::fs::write(&config_path, &text).expect("write configuration");
-        let config = amphora_controller::config::parse([(config_path.as_path(), text.as_str())])
-            .expect("valid configuration")
-            .config;
+        let extra_path = dir.path().join("extra.conf");
+        std::fs::write(&extra_path, extra).expect("write configuration");
+        let config =
+            amphora_controller::config::parse([(config_path.as_path(), text.as_str()), (extra_path.as_path(), extra)])
+                .expect("valid configuration")
+                .config;
         let mut system = System {
             dir,
             config_path,
@@ -122,6 +130,8 @@ impl System {
         let child = Command::new(BIN)
             .arg("--config-file")
             .arg(&self.config_path)
+            .arg("--config-file")
+            .arg(self.dir.path().join("extra.conf"))
             .args(["run", "--ready-file"])
             .arg(&ready)
             .stdout(log.try_clone().expect("log"))
@@ -275,6 +285,8 @@ impl Drop for System {
         let out = Command::new(BIN)
             .arg("--config-file")
             .arg(&self.config_path)
+            .arg("--config-file")
+            .arg(self.dir.path().join("extra.conf"))
             .args(["local", "teardown"])
             .stdin(Stdio::null())
             .output();
