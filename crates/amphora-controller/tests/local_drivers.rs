@@ -65,8 +65,7 @@ impl Env {
         let dir = tempfile::tempdir().expect("temp dir");
         let r = random();
         let prefix = format!("t{:07x}", r & 0x0fff_ffff);
-        let management: IpNet =
-            format!("198.{}.{}.0/24", 18 + (r >> 28) % 2, (r >> 16) % 256).parse().expect("management CIDR");
+        let management: IpNet = management_cidr().parse().expect("management CIDR");
         let text = format!(
             "[api_settings]\nauth_strategy = noauth\n[database]\nconnection = {db_url}\n\
              [controller_worker]\ncompute_driver = local\nnetwork_driver = local\n\
@@ -607,4 +606,18 @@ async fn the_configuration_selects_the_local_drivers_and_a_missing_agent_is_a_cl
     config.local_compute.agent_path = Some(env.dir.path().join("no-such-agent"));
     let err = amphora_controller::worker::drivers::Drivers::from_config(&db, &config).expect_err("no agent");
     assert!(err.to_string().contains("[local_compute] agent_path"), "{err:#}");
+}
+
+/// A /24 of 198.18.0.0/15 with a third octet below 128 (the VIP test uses
+/// the upper half): a random start per process, then the next one for each
+/// environment, so the tests of this binary (which run at once and put
+/// their management end in the host namespace) never share one.
+fn management_cidr() -> String {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static START: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = *START.get_or_init(|| random() % 256);
+    let n = (start + NEXT.fetch_add(1, Ordering::SeqCst)) % 256;
+    format!("198.{}.{}.0/24", 18 + n / 128, n % 128)
 }

@@ -43,8 +43,15 @@ pub fn agent_binary() -> PathBuf {
 /// management network, whose controller end lives in the host namespace:
 /// distinct per test so parallel tests do not share routes.
 fn management_cidr() -> String {
-    let n = uuid::Uuid::new_v4().as_u128();
-    format!("198.{}.{}.0/24", 18 + (n % 2) as u8, (n >> 8) as u8)
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // A random start per process, then the next /24 for each system: the
+    // tests of one binary (which run at once) never share one.
+    static START: OnceLock<usize> = OnceLock::new();
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let start = *START.get_or_init(|| (uuid::Uuid::new_v4().as_u128() % 512) as usize);
+    let n = (start + NEXT.fetch_add(1, Ordering::SeqCst)) % 512;
+    format!("198.{}.{}.0/24", 18 + n / 256, n % 256)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
