@@ -81,7 +81,7 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
-fn load_average() -> String {
+pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
@@ -122,10 +122,16 @@ pub fn main(args: &ControllerArgs) -> anyhow::Result<()> {
 
 /// Replaces the controller section of `report` (or appends it).
 pub fn splice(report: &str, section: &str) -> String {
-    let block = format!("{BEGIN}\n{}\n{END}\n", section.trim_end());
-    match (report.find(BEGIN), report.find(END)) {
+    splice_between(report, BEGIN, END, section)
+}
+
+/// Replaces the section of `report` between the markers `begin` and `end`
+/// (or appends it).
+pub fn splice_between(report: &str, begin: &str, end: &str, section: &str) -> String {
+    let block = format!("{begin}\n{}\n{end}\n", section.trim_end());
+    match (report.find(begin), report.find(end)) {
         (Some(b), Some(e)) if e > b => {
-            format!("{}{block}{}", &report[..b], report[e + END.len()..].trim_start_matches('\n'))
+            format!("{}{block}{}", &report[..b], report[e + end.len()..].trim_start_matches('\n'))
         }
         _ if report.is_empty() => block,
         _ => format!("{}\n\n{block}", report.trim_end()),
@@ -135,9 +141,14 @@ pub fn splice(report: &str, section: &str) -> String {
 /// The controller section of `report`, if any, to keep when the agent
 /// benchmark rewrites the file.
 pub fn existing_section(report: &str) -> Option<String> {
-    let b = report.find(BEGIN)?;
-    let e = report.find(END)?;
-    (e > b).then(|| report[b..e + END.len()].to_owned() + "\n")
+    section_between(report, BEGIN, END)
+}
+
+/// The section of `report` between `begin` and `end`, markers included.
+pub fn section_between(report: &str, begin: &str, end: &str) -> Option<String> {
+    let b = report.find(begin)?;
+    let e = report.find(end)?;
+    (e > b).then(|| report[b..e + end.len()].to_owned() + "\n")
 }
 
 // ---------------------------------------------------------------- seeding

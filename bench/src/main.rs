@@ -8,6 +8,7 @@
 
 mod controller;
 mod heartbeat;
+mod lifecycle;
 mod load;
 mod scenario;
 mod target;
@@ -57,12 +58,17 @@ enum Command {
     /// The controller: API lists and shows over a seeded database, load
     /// balancer creates, idle memory (bench/run-controller.sh).
     Controller(controller::ControllerArgs),
+    /// The controller running real amphorae on this host: creates,
+    /// failovers, traffic gaps, memory (bench/run-lifecycle.sh).
+    Lifecycle(lifecycle::LifecycleArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Command::Controller(c)) = &args.command {
-        return controller::main(c);
+    match &args.command {
+        Some(Command::Controller(c)) => return controller::main(c),
+        Some(Command::Lifecycle(l)) => return lifecycle::main(l),
+        None => {}
     }
     let launchers = Launchers {
         ours: std::fs::canonicalize(&args.agent)?,
@@ -97,8 +103,15 @@ fn main() -> anyhow::Result<()> {
     if let Some(beats) = beats {
         report.push_str(&beats);
     }
-    // The controller's section is written by its own run: keep it.
-    if let Some(section) = std::fs::read_to_string(&args.output).ok().and_then(|r| controller::existing_section(&r)) {
+    // The controller's sections are written by their own runs: keep them.
+    let previous = std::fs::read_to_string(&args.output).unwrap_or_default();
+    for section in [
+        controller::existing_section(&previous),
+        controller::section_between(&previous, lifecycle::BEGIN, lifecycle::END),
+    ]
+    .into_iter()
+    .flatten()
+    {
         report.push('\n');
         report.push_str(&section);
     }
