@@ -39,6 +39,17 @@ if [ -n "$noop" ]; then
 step_delay = 0.2"
 else
     scripts/install-deps.sh runtime
+    # The management network's controller end is on this host: take the
+    # first candidate /24 this host does not already use (some machines
+    # live in 192.0.2.0/24 themselves).
+    management=""
+    for net in 192.0.2 198.18.0 198.18.1 198.18.2; do
+        if ! ip -o -4 addr show | grep -v " octdev-hm0 " | grep -q " inet $net\."; then
+            management="$net.0/24"
+            break
+        fi
+    done
+    [ -n "$management" ] || { echo "no free management /24 found" >&2; exit 1; }
     drivers="[controller_worker]
 compute_driver = local
 network_driver = local
@@ -59,6 +70,7 @@ active_connection_retry_interval = 1
 default_connection_limit = 4000
 [local_network]
 name_prefix = octdev
+management_cidr = $management
 host_vip_access = True
 [local_compute]
 state_dir = /run/octavia-dev/amp"
