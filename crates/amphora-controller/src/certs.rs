@@ -15,8 +15,7 @@
 //! for operators whose policy requires it.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -121,7 +120,7 @@ impl Ca {
             return Ok(pem);
         }
         let issued = self.issue_client("octavia-controller")?;
-        write_private(path, issued.pem.as_bytes())?;
+        crate::fsutil::write_private(path, issued.pem.as_bytes())?;
         Ok(issued.pem)
     }
 
@@ -199,15 +198,15 @@ fn create_ca(settings: &Certificates) -> anyhow::Result<()> {
     let cert = params.self_signed(&key).context("signing the CA certificate")?;
     // The key first: a crash between the two leaves a key without a
     // certificate, which the next start reports instead of overwriting.
-    write_private(&settings.ca_private_key, key.serialize_pem().as_bytes())?;
-    write_file(&settings.ca_certificate, cert.pem().as_bytes(), 0o644)?;
+    crate::fsutil::write_private(&settings.ca_private_key, key.serialize_pem().as_bytes())?;
+    crate::fsutil::write_file(&settings.ca_certificate, cert.pem().as_bytes(), 0o644)?;
     tracing::info!(certificate = %settings.ca_certificate.display(), "created the controller CA");
     Ok(())
 }
 
 /// An exclusive lock on `<path>.lock`, released when dropped.
 fn lock_beside(path: &Path) -> anyhow::Result<File> {
-    make_parent(path)?;
+    crate::fsutil::make_parent(path)?;
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
     let file = OpenOptions::new()
@@ -219,39 +218,6 @@ fn lock_beside(path: &Path) -> anyhow::Result<File> {
         .with_context(|| format!("opening {}", PathBuf::from(&name).display()))?;
     file.lock().with_context(|| format!("locking {}", PathBuf::from(&name).display()))?;
     Ok(file)
-}
-
-fn make_parent(path: &Path) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-    }
-    Ok(())
-}
-
-/// Writes a secret file atomically with mode 0600.
-pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    write_file(path, bytes, 0o600)
-}
-
-/// Writes a file atomically (temporary file, fsync, rename, fsync of the
-/// directory) with the given mode.
-pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    make_parent(path)?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).with_context(|| format!("writing {}", path.display()))?;
-    File::open(dir)?.sync_all()?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -354,7 +320,7 @@ mod tests {
 
         let other_dir = tempfile::tempdir().unwrap();
         let other = Ca::load_or_create(&settings(other_dir.path(), CertKeyAlgorithm::EcdsaP256)).unwrap();
-        write_private(&s.client_cert, other.issue_client("intruder").unwrap().pem.as_bytes()).unwrap();
+        crate::fsutil::write_private(&s.client_cert, other.issue_client("intruder").unwrap().pem.as_bytes()).unwrap();
         let replaced = ca.ensure_client_cert(&s.client_cert).unwrap();
         let ca_subject = with_cert(ca.cert_pem(), |c| c.subject().to_string());
         with_cert(&replaced, |c| assert_eq!(c.issuer().to_string(), ca_subject));

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod certs;
 pub mod config;
 pub mod db;
+pub mod fsutil;
 pub mod health;
 pub mod housekeeping;
 pub mod jobs;

@@ -24,7 +24,6 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write as _;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -70,24 +69,6 @@ pub struct Instance {
     pub image_id: Option<String>,
     pub compute_flavor: Option<String>,
     pub created_at: String,
-}
-
-/// Writes a file atomically (a temporary file renamed over it).
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
-    let result = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Removes every amphora directory under `state_dir` (teardown).
@@ -224,7 +205,8 @@ impl Vm {
         let child = command.spawn().with_context(|| format!("starting {}", self.agent.display()))?;
         drop(netns);
         if let Some(pid) = child.id() {
-            write_atomic(&self.pid_file(), pid.to_string().as_bytes(), 0o644).context("writing the pid file")?;
+            crate::fsutil::write_file(&self.pid_file(), pid.to_string().as_bytes(), 0o644)
+                .context("writing the pid file")?;
         }
         Ok(child)
     }
@@ -491,9 +473,9 @@ impl LocalCompute {
         let dir = &vm.dir;
         std::fs::create_dir_all(dir.join("base").join("certs"))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        write_atomic(&dir.join(BOOT_CONFIG), boot.agent_config.as_bytes(), 0o600)?;
-        write_atomic(&dir.join("server.pem"), boot.server_pem.as_bytes(), 0o600)?;
-        write_atomic(&dir.join("client_ca.pem"), boot.client_ca_pem.as_bytes(), 0o644)?;
+        crate::fsutil::write_file(&dir.join(BOOT_CONFIG), boot.agent_config.as_bytes(), 0o600)?;
+        crate::fsutil::write_file(&dir.join("server.pem"), boot.server_pem.as_bytes(), 0o600)?;
+        crate::fsutil::write_file(&dir.join("client_ca.pem"), boot.client_ca_pem.as_bytes(), 0o644)?;
         let local = format!(
             "# Written by the controller's local compute driver; given after\n\
              # amphora-agent.conf, so these win.\n\
@@ -514,7 +496,7 @@ impl LocalCompute {
             haproxy = self.haproxy.display(),
             dir = dir.display(),
         );
-        write_atomic(&dir.join(LOCAL_CONFIG), local.as_bytes(), 0o644)?;
+        crate::fsutil::write_file(&dir.join(LOCAL_CONFIG), local.as_bytes(), 0o644)?;
         let instance = Instance {
             amphora_id: amphora_id.to_owned(),
             compute_id: compute_id.clone(),
@@ -526,7 +508,7 @@ impl LocalCompute {
             compute_flavor: self.flavor_id.clone(),
             created_at: now_text(),
         };
-        write_atomic(&dir.join(INSTANCE_FILE), &serde_json::to_vec_pretty(&instance)?, 0o644)?;
+        crate::fsutil::write_file(&dir.join(INSTANCE_FILE), &serde_json::to_vec_pretty(&instance)?, 0o644)?;
         self.supervise(&compute_id)?;
         tracing::info!(compute_id, lb_network_ip = port.address, "amphora booted");
         Ok(compute_id)

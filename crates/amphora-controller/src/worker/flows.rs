@@ -671,16 +671,19 @@ pub async fn execute(step: &Step, cx: &mut Cx) -> StepResult {
             .bind(vip_subnet.as_str())
             .fetch_all(&db.pool)
             .await?;
+            let mut member_subnets = Vec::with_capacity(subnets.len());
+            for subnet_id in &subnets {
+                member_subnets.push(cx.drivers.network.get_subnet(subnet_id).await.context("member subnet")?);
+            }
             for amp in allocated_amphorae(cx).await? {
                 let Some(compute_id) = amp.compute_id.clone() else { continue };
-                for subnet_id in &subnets {
+                for (subnet_id, subnet) in subnets.iter().zip(&member_subnets) {
                     // One port per amphora and subnet, found again when the
                     // step repeats; it goes with the amphora.
                     let owner = format!("member:{}:{subnet_id}", amp.id);
                     let port = cx.drivers.network.allocate_port(subnet_id, &owner).await.context("member port")?;
                     cx.drivers.compute.attach_port(&compute_id, &port).await.context("attach member port")?;
-                    let subnet = cx.drivers.network.get_subnet(subnet_id).await.context("member subnet")?;
-                    cx.drivers.amphora.plug_network(&amp, &port, &subnet).await.context("plug network")?;
+                    cx.drivers.amphora.plug_network(&amp, &port, subnet).await.context("plug network")?;
                 }
             }
         }
