@@ -170,8 +170,14 @@ impl AmphoraDriver for RestAmphora {
                 host_routes: host_routes(subnet),
                 additional_vips: Vec::new(),
             };
-            self.active_client(amp)?.plug_vip(&vip.address, &request).await.context("POST /1.0/plug/vip")?;
-            Ok(())
+            match self.active_client(amp)?.plug_vip(&vip.address, &request).await {
+                Ok(_) => Ok(()),
+                // The agent answers 409 when the VRRP port is already in
+                // the amphora namespace: an earlier attempt of this step
+                // plugged it (upstream's driver skips the same way).
+                Err(e) if e.is_conflict() => Ok(()),
+                Err(e) => Err(e).context("POST /1.0/plug/vip"),
+            }
         })
     }
 
