@@ -41,6 +41,8 @@ pub enum KeepalivedError {
     UnknownAction(String),
     #[error("{0}")]
     Failed(String),
+    #[error("cannot run {binary}: {source}")]
+    Spawn { binary: PathBuf, source: std::io::Error },
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
 }
@@ -67,7 +69,6 @@ impl Action {
         }
     }
 
-    #[allow(dead_code, reason = "unused since the agent's modules became crate-private; kept for the keepalived work")]
     pub fn verb(self) -> &'static str {
         match self {
             Action::Start => "start",
@@ -231,7 +232,7 @@ impl Keepalived {
             .stdin(Stdio::null())
             .output()
             .await
-            .map_err(|e| KeepalivedError::Failed(format!("cannot run {}: {e}", self.binary.display())))?;
+            .map_err(|source| KeepalivedError::Spawn { binary: self.binary.clone(), source })?;
         let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         if output.status.success() {
             return Ok(());
@@ -343,9 +344,7 @@ impl Keepalived {
             .stdout(log)
             .stderr(err)
             .process_group(0);
-        let child = command
-            .spawn()
-            .map_err(|e| KeepalivedError::Failed(format!("cannot run {}: {e}", self.binary.display())))?;
+        let child = command.spawn().map_err(|source| KeepalivedError::Spawn { binary: self.binary.clone(), source })?;
         // Dropping the handle leaves reaping to tokio; exit is watched
         // through the pid like an adopted process.
         drop(child);

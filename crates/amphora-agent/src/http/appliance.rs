@@ -1,7 +1,8 @@
 //! The original appliance API (`appliance-api.md`): unversioned paths,
 //! plain-text answers, an "instance" being a load balancer. A thin router
 //! over the same domain services; its error conventions are its own (409
-//! for a bad certificate file, 403 for a method it does not know).
+//! for a bad certificate file, 403 for a method it does not know), applied
+//! by [`super::error::render_appliance`].
 
 use amphora_proto::appliance::ApplianceStatus;
 use amphora_proto::paths::appliance;
@@ -13,10 +14,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::AppState;
+use super::error::{ApiError, Dialect, Kind, in_dialect};
 use super::extract::{PathParams, RawBody};
 use crate::certs::{CertFileName, KeyRule};
 use crate::ids::LbId;
-use crate::lb::LbError;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -25,6 +26,7 @@ pub fn router() -> Router<AppState> {
         .route(appliance::INSTANCES, get(instances).fallback(invalid))
         .route(appliance::INSTANCE, get(instance).delete(delete_instance).fallback(invalid))
         .route(appliance::INSTANCE_CERTIFICATE, axum::routing::put(upload_certificate).fallback(invalid))
+        .layer(axum::middleware::map_response(|response| in_dialect(Dialect::Appliance, response)))
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
@@ -33,13 +35,17 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response {
 
 /// "403 Invalid Request - API script does not recognize the specified URL
 /// or HTTP method."
-async fn invalid(request: Request) -> Response {
-    text(StatusCode::FORBIDDEN, format!("Invalid Request: {} {}\n", request.method(), request.uri().path()))
+async fn invalid(request: Request) -> ApiError {
+    ApiError::new(Kind::MethodNotAllowed, format!("Invalid Request: {} {}", request.method(), request.uri().path()))
 }
 
-/// An instance id, or the appliance's 404 for one that cannot exist.
-fn instance_id(raw: &str) -> Result<LbId, Box<Response>> {
-    LbId::parse(raw).map_err(|e| Box::new(text(StatusCode::NOT_FOUND, format!("Not Found\n{e}\n"))))
+/// An instance id; one that cannot exist is not found.
+fn instance_id(raw: &str) -> Result<LbId, ApiError> {
+    LbId::parse(raw).map_err(|e| ApiError::new(Kind::NotFound, "Not Found").with_details(e.to_string()))
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(Kind::NotFound, "Not Found")
 }
 
 async fn status(State(state): State<AppState>) -> Response {
@@ -79,27 +85,28 @@ async fn instances(State(state): State<AppState>) -> Response {
     text(StatusCode::OK, list)
 }
 
-async fn instance(State(state): State<AppState>, PathParams(instance): PathParams<String>) -> Response {
-    let id = match instance_id(&instance) {
-        Ok(id) => id,
-        Err(response) => return *response,
-    };
-    if state.lbs.has_files(&id) { text(StatusCode::OK, "OK\n") } else { text(StatusCode::NOT_FOUND, "Not Found\n") }
+async fn instance(
+    State(state): State<AppState>,
+    PathParams(instance): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let id = instance_id(&instance)?;
+    if state.lbs.has_files(&id) { Ok(text(StatusCode::OK, "OK\n")) } else { Err(not_found()) }
 }
 
-async fn delete_instance(State(state): State<AppState>, PathParams(instance): PathParams<String>) -> Response {
-    let id = match instance_id(&instance) {
-        Ok(id) => id,
-        Err(response) => return *response,
-    };
+async fn delete_instance(
+    State(state): State<AppState>,
+    PathParams(instance): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let id = instance_id(&instance)?;
     if !state.lbs.has_files(&id) {
-        return text(StatusCode::NOT_FOUND, "Not Found\n");
+        return Err(not_found());
     }
     let was_running = state.lbs.processes().iter().any(|(lb, pid, _)| *lb == id && pid.is_some());
-    match state.lbs.delete(&id).await {
-        Ok(()) if was_running => text(StatusCode::OK, format!("OK\nhaproxy daemon {id} killed.\n")),
-        Ok(()) => text(StatusCode::OK, "OK\n"),
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    state.lbs.delete(&id).await?;
+    if was_running {
+        Ok(text(StatusCode::OK, format!("OK\nhaproxy daemon {id} killed.\n")))
+    } else {
+        Ok(text(StatusCode::OK, "OK\n"))
     }
 }
 
@@ -107,24 +114,15 @@ async fn upload_certificate(
     State(state): State<AppState>,
     PathParams((instance, filename)): PathParams<(String, String)>,
     RawBody(body): RawBody,
-) -> Response {
-    let id = match instance_id(&instance) {
-        Ok(id) => id,
-        Err(response) => return *response,
-    };
-    let Ok(name) = CertFileName::parse(&filename) else {
-        return text(StatusCode::CONFLICT, "Filename has wrong format\n");
-    };
+) -> Result<Response, ApiError> {
+    let id = instance_id(&instance)?;
+    let name = CertFileName::parse(&filename)?;
     // The appliance takes a key, certificate and chain in one file, and
     // restarts the instance's haproxy to serve it.
-    let stored = state.lbs.put_certificate(&id, &name, &body, KeyRule::Required).await;
-    match stored {
-        Ok(_) => match state.lbs.reload_if_running(&id).await {
-            Ok(true) => text(StatusCode::CREATED, format!("OK\nhaproxy daemon {id} reloaded.\n")),
-            Ok(false) => text(StatusCode::CREATED, "OK\n"),
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("Certificate stored; reloading failed\n{e}\n")),
-        },
-        Err(LbError::Pem(e)) => text(StatusCode::CONFLICT, format!("{e}\n")),
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    state.lbs.put_certificate(&id, &name, &body, KeyRule::Required).await?;
+    if state.lbs.reload_if_running(&id).await? {
+        Ok(text(StatusCode::CREATED, format!("OK\nhaproxy daemon {id} reloaded.\n")))
+    } else {
+        Ok(text(StatusCode::CREATED, "OK\n"))
     }
 }

@@ -17,6 +17,8 @@ mod appliance;
 mod error;
 mod extract;
 mod operations;
+#[cfg(test)]
+mod router_tests;
 mod v0_1;
 mod v1;
 
@@ -34,7 +36,7 @@ use axum::Router;
 use axum::body::{Body, HttpBody};
 use axum::extract::State;
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -46,7 +48,7 @@ use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-pub use error::ApiError;
+pub use error::{ApiError, Kind};
 pub use operations::Operations;
 
 use crate::info::InfoService;
@@ -115,25 +117,25 @@ fn is_mutating(method: &Method) -> bool {
 /// turn: 503, as the specification says.
 async fn topology_gate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if is_mutating(request.method()) && state.topology.changing() {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Topology transition in progress").into_response();
+        return ApiError::new(Kind::Unavailable, "Topology transition in progress").into_response();
     }
     next.run(request).await
 }
 
 async fn not_found(request: Request) -> ApiError {
-    ApiError::with_details(
-        StatusCode::NOT_FOUND,
-        "Not Found",
-        format!("No such resource: {} {}", request.method(), request.uri().path()),
-    )
+    ApiError::new(Kind::NotFound, "Not Found").with_details(format!(
+        "No such resource: {} {}",
+        request.method(),
+        request.uri().path()
+    ))
 }
 
 async fn method_not_allowed(request: Request) -> ApiError {
-    ApiError::with_details(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "Method Not Allowed",
-        format!("{} is not allowed on {}", request.method(), request.uri().path()),
-    )
+    ApiError::new(Kind::MethodNotAllowed, "Method Not Allowed").with_details(format!(
+        "{} is not allowed on {}",
+        request.method(),
+        request.uri().path()
+    ))
 }
 
 /// One line per request: method, path, status, duration.
@@ -234,11 +236,8 @@ impl Connections {
 /// Reads a request body whole, within the time and size limits.
 async fn read_body(mut body: Incoming, limits: &Limits) -> Result<Bytes, ApiError> {
     let too_large = || {
-        ApiError::with_details(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "Request body too large",
-            format!("the limit is {} bytes", limits.max_body),
-        )
+        ApiError::new(Kind::TooLarge, "Request body too large")
+            .with_details(format!("the limit is {} bytes", limits.max_body))
     };
     let deadline = tokio::time::Instant::now() + limits.read;
     let mut data = BytesMut::new();
@@ -246,15 +245,12 @@ async fn read_body(mut body: Incoming, limits: &Limits) -> Result<Bytes, ApiErro
         let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
         match tokio::time::timeout_at(deadline, frame).await {
             Err(_) => {
-                return Err(ApiError::with_details(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "Request Timeout",
-                    format!("the request body did not arrive within {:?}", limits.read),
-                ));
+                return Err(ApiError::new(Kind::TimedOut, "Request Timeout")
+                    .with_details(format!("the request body did not arrive within {:?}", limits.read)));
             }
             Ok(None) => return Ok(data.freeze()),
             Ok(Some(Err(e))) => {
-                return Err(ApiError::with_details(StatusCode::BAD_REQUEST, "Invalid request", e.to_string()));
+                return Err(ApiError::new(Kind::Invalid, "Invalid request").with_details(e.to_string()));
             }
             Ok(Some(Ok(frame))) => {
                 if let Ok(chunk) = frame.into_data() {
@@ -325,10 +321,12 @@ async fn handle(
     let body = match read_body(body, &limits).await {
         Ok(body) => body,
         Err(error) => {
-            let status = error.status().as_u16();
+            let timed_out = error.kind() == Kind::TimedOut;
+            let response = error.into_response();
+            let status = response.status().as_u16();
             tracing::warn!(%peer, method = %parts.method, path = parts.uri.path(), status, "request refused");
-            let mut response = error.into_response();
-            if status == StatusCode::REQUEST_TIMEOUT.as_u16() {
+            let mut response = response;
+            if timed_out {
                 // The rest of a late body would be taken for the next
                 // request: the connection ends here.
                 response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -386,12 +384,10 @@ async fn serve_connection(
                 Ok(operation) => Box::pin(async move {
                     operation.output().await.unwrap_or_else(|e| {
                         tracing::error!(%peer, %method, path, error = %e, "request handler failed");
-                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response()
+                        ApiError::new(Kind::Internal, "Internal Server Error").into_response()
                     })
                 }),
-                Err(e) => Box::pin(std::future::ready(
-                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
-                )),
+                Err(e) => Box::pin(std::future::ready(ApiError::new(Kind::Unavailable, e.to_string()).into_response())),
             }
         };
         async move { Ok::<_, Infallible>(answer.await) }

@@ -14,12 +14,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, Dialect, Kind, in_dialect};
 use super::extract::{PathParams, RawBody};
 use super::v1::{json_body, with_etag};
 use crate::certs::{CertFileName, KeyRule};
 use crate::ids::{AmphoraId, LbId};
-use crate::lb::{Action, LbError, Outcome};
+use crate::lb::{Action, Outcome};
 use crate::topology;
 
 pub fn router() -> Router<AppState> {
@@ -36,14 +36,7 @@ pub fn router() -> Router<AppState> {
         .route(path::PLUG_VIP, post(plug_vip))
         .route(path::PLUG_NETWORK, post(plug_network))
         .route(path::PLUG_NETWORK_SLASH, post(plug_network))
-}
-
-/// 0.1 words a missing listener as "Listener Not Found" everywhere.
-fn listener_error(error: LbError) -> ApiError {
-    match error {
-        LbError::NotFound(id) => LbError::ListenerNotFound(id.to_string()).into(),
-        other => other.into(),
-    }
+        .layer(axum::middleware::map_response(|response| in_dialect(Dialect::V0_1, response)))
 }
 
 fn listener_id(raw: &str) -> Result<LbId, ApiError> {
@@ -51,7 +44,7 @@ fn listener_id(raw: &str) -> Result<LbId, ApiError> {
 }
 
 fn require_listener(state: &AppState, id: &LbId) -> Result<(), ApiError> {
-    if state.lbs.layout().config(id).is_file() { Ok(()) } else { Err(LbError::ListenerNotFound(id.to_string()).into()) }
+    if state.lbs.layout().config(id).is_file() { Ok(()) } else { Err(ApiError::lb_not_found(id)) }
 }
 
 async fn get_topology(State(state): State<AppState>) -> Response {
@@ -74,10 +67,8 @@ async fn get_topology(State(state): State<AppState>) -> Response {
 async fn set_topology(State(state): State<AppState>, RawBody(body): RawBody) -> Result<Response, ApiError> {
     let request: topology::Request = json_body(&body, "Invalid request")?;
     let record = topology::validate(&request)
-        .map_err(|details| ApiError::with_details(StatusCode::BAD_REQUEST, "Invalid request", details))?;
-    let outcome = state.topology.set(record).map_err(|e| {
-        ApiError::with_details(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", e.to_string())
-    })?;
+        .map_err(|details| ApiError::new(Kind::Invalid, "Invalid request").with_details(details))?;
+    let outcome = state.topology.set(record)?;
     let status = match outcome {
         topology::SetOutcome::Unchanged => StatusCode::OK,
         topology::SetOutcome::Transition => StatusCode::ACCEPTED,
@@ -130,7 +121,7 @@ async fn act(
 ) -> Result<Response, ApiError> {
     let id = listener_id(&listener)?;
     let action = Action::parse(&action)?;
-    let outcome = state.lbs.act(&id, action).await.map_err(listener_error)?;
+    let outcome = state.lbs.act(&id, action).await?;
     let details = match outcome {
         Outcome::Started => format!("Configuration file is valid\nhaproxy daemon for {id} started"),
         Outcome::Stopped => format!("Listener {id} stopped"),
@@ -155,7 +146,7 @@ async fn get_config(
     PathParams(listener): PathParams<String>,
 ) -> Result<Response, ApiError> {
     let id = listener_id(&listener)?;
-    let (config, etag) = state.lbs.config(&id).map_err(listener_error)?;
+    let (config, etag) = state.lbs.config(&id)?;
     let response = ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], config).into_response();
     Ok(with_etag(response, &etag))
 }
@@ -197,12 +188,16 @@ async fn delete_certificate(
 }
 
 async fn plug_vip(State(state): State<AppState>, PathParams(vip): PathParams<String>) -> Result<Response, ApiError> {
-    let details = state.net.plug_discovered_vip(&vip).await.map_err(|e| ApiError::from_net(e, "Error plugging VIP"))?;
+    let details =
+        state.net.plug_discovered_vip(&vip).await.map_err(|e| ApiError::from(e).when_internal("Error plugging VIP"))?;
     Ok((StatusCode::ACCEPTED, Json(Message::with_details("OK", details))).into_response())
 }
 
 async fn plug_network(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let details =
-        state.net.plug_discovered_network().await.map_err(|e| ApiError::from_net(e, "Error plugging Port"))?;
+    let details = state
+        .net
+        .plug_discovered_network()
+        .await
+        .map_err(|e| ApiError::from(e).when_internal("Error plugging Port"))?;
     Ok((StatusCode::ACCEPTED, Json(Message::with_details("OK", details))).into_response())
 }

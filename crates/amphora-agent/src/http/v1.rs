@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, Kind};
 use super::extract::{PathParams, RawBody};
 use crate::certs::{CertFileName, KeyRule};
 use crate::ids::{AmphoraId, LbId};
@@ -94,7 +94,7 @@ async fn act(
 ) -> Result<Response, ApiError> {
     let lb_id = LbId::parse(&lb_id)?;
     let action = Action::parse(&action)?;
-    let outcome = state.lbs.act(&lb_id, action).await.map_err(ApiError::from_action_error)?;
+    let outcome = state.lbs.act(&lb_id, action).await.map_err(|e| ApiError::from(e).on_action_route())?;
     let details = match outcome {
         Outcome::Started => format!("Configuration file is valid\nhaproxy daemon for {lb_id} started"),
         Outcome::Stopped => format!("Listener {lb_id} stopped"),
@@ -144,9 +144,7 @@ async fn delete_certificate(
 async fn rotate_certificate(State(state): State<AppState>, RawBody(body): RawBody) -> Result<Response, ApiError> {
     let tls = state.tls.clone();
     // Parsing keys and building the TLS configuration is CPU work.
-    tokio::task::spawn_blocking(move || tls.rotate(&body)).await.map_err(|e| {
-        ApiError::with_details(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", e.to_string())
-    })??;
+    tokio::task::spawn_blocking(move || tls.rotate(&body)).await??;
     Ok((StatusCode::ACCEPTED, Json(Message::ok())).into_response())
 }
 
@@ -157,7 +155,7 @@ async fn update_config(State(state): State<AppState>, RawBody(body): RawBody) ->
 
 /// A JSON body; a malformed one is a 400 with `message`.
 pub(super) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], message: &str) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::with_details(StatusCode::BAD_REQUEST, message, e.to_string()))
+    serde_json::from_slice(body).map_err(|e| ApiError::new(Kind::Invalid, message).with_details(e.to_string()))
 }
 
 async fn plug_vip(
@@ -166,19 +164,24 @@ async fn plug_vip(
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let request: PlugVipRequest = json_body(&body, "Invalid subnet information")?;
-    let details = state.net.plug_vip(&vip, &request).await.map_err(|e| ApiError::from_net(e, "Error plugging VIP"))?;
+    let details =
+        state.net.plug_vip(&vip, &request).await.map_err(|e| ApiError::from(e).when_internal("Error plugging VIP"))?;
     Ok((StatusCode::ACCEPTED, Json(Message::with_details("OK", details))).into_response())
 }
 
 async fn plug_network(State(state): State<AppState>, RawBody(body): RawBody) -> Result<Response, ApiError> {
     let request: PlugNetworkRequest = json_body(&body, "Invalid port information")?;
-    let details = state.net.plug_network(&request).await.map_err(|e| ApiError::from_net(e, "Error plugging Port"))?;
+    let details =
+        state.net.plug_network(&request).await.map_err(|e| ApiError::from(e).when_internal("Error plugging Port"))?;
     Ok((StatusCode::ACCEPTED, Json(Message::with_details("OK", details))).into_response())
 }
 
 async fn interface(State(state): State<AppState>, PathParams(ip): PathParams<String>) -> Result<Response, ApiError> {
-    let name =
-        state.net.interface_of(&ip).await.map_err(|e| ApiError::from_net(e, "Error looking up the interface"))?;
+    let name = state
+        .net
+        .interface_of(&ip)
+        .await
+        .map_err(|e| ApiError::from(e).when_internal("Error looking up the interface"))?;
     Ok(Json(InterfaceLookup { message: "OK".into(), interface: name }).into_response())
 }
 
@@ -188,19 +191,16 @@ async fn interface_rules(
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let rules: Vec<RuleRequest> = json_body(&body, "Invalid rules information")?;
-    state.net.set_rules(&ip, &rules).await.map_err(|e| ApiError::from_net(e, "Error loading the firewall rules"))?;
+    state
+        .net
+        .set_rules(&ip, &rules)
+        .await
+        .map_err(|e| ApiError::from(e).when_internal("Error loading the firewall rules"))?;
     Ok(Json(Message::ok()).into_response())
 }
 
 async fn upload_vrrp(State(state): State<AppState>, RawBody(body): RawBody) -> Result<Response, ApiError> {
-    let etag = state.vrrp.upload(&body, &state.lbs.wanted_stats_sockets()).await.map_err(|e| {
-        tracing::error!(error = %e, "keepalived configuration refused");
-        ApiError::with_details(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Failed to upload keepalived configuration.",
-            e.to_string(),
-        )
-    })?;
+    let etag = state.vrrp.upload(&body, &state.lbs.wanted_stats_sockets()).await?;
     Ok(with_etag(Json(Message::ok()).into_response(), &etag))
 }
 
@@ -208,21 +208,11 @@ async fn vrrp_action(
     State(state): State<AppState>,
     PathParams(action): PathParams<String>,
 ) -> Result<Response, ApiError> {
-    let action = vrrp::Action::parse(&action).map_err(|_| {
-        ApiError::with_details(StatusCode::BAD_REQUEST, "Invalid Request", format!("Unknown action: {action}"))
-    })?;
-    let done = state.vrrp.act(action).await.map_err(|e| {
-        let verb = match action {
-            vrrp::Action::Start => "start",
-            vrrp::Action::Stop => "stop",
-            vrrp::Action::Reload => "reload",
-        };
-        tracing::error!(error = %e, "keepalived {verb} failed");
-        ApiError::with_details(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("Failed to {verb} keepalived service: {e}"),
-            e.to_string(),
-        )
-    })?;
+    let action = vrrp::Action::parse(&action)?;
+    let done = state
+        .vrrp
+        .act(action)
+        .await
+        .map_err(|e| ApiError::from(e).when_internal(format!("Failed to {} keepalived service", action.verb())))?;
     Ok((StatusCode::ACCEPTED, Json(Message::with_details("OK", format!("keepalived {}", done.done())))).into_response())
 }

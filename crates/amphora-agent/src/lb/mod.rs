@@ -52,8 +52,8 @@ pub enum LbError {
     Invalid(String),
     #[error("unknown action {0:?}")]
     UnknownAction(String),
-    #[error("{action} failed: {detail}")]
-    Action { action: Action, detail: String },
+    #[error("{action} failed: {source}")]
+    Action { action: Action, source: HaproxyError },
     #[error("no certificate {0}")]
     CertificateNotFound(CertFileName),
     #[error("no listener {0}")]
@@ -367,7 +367,7 @@ impl LbService {
                         self.haproxy
                             .reload(&instance, pid)
                             .await
-                            .map_err(|e| LbError::Action { action, detail: e.to_string() })?;
+                            .map_err(|source| LbError::Action { action, source })?;
                         tracing::info!(lb = %id, %pid, "haproxy reloaded");
                         Ok(Outcome::Reloaded)
                     }
@@ -391,11 +391,8 @@ impl LbService {
             return Ok(());
         }
         self.ensure_haproxy_files()?;
-        let pid = self
-            .haproxy
-            .start(&instance)
-            .await
-            .map_err(|e| LbError::Action { action: Action::Start, detail: e.to_string() })?;
+        let pid =
+            self.haproxy.start(&instance).await.map_err(|source| LbError::Action { action: Action::Start, source })?;
         *generation += 1;
         self.supervise(id.clone(), pid, *generation);
         tracing::info!(lb = %id, %pid, "haproxy started");
@@ -418,10 +415,7 @@ impl LbService {
         *generation += 1;
         let instance = self.instance(id);
         if let Some(pid) = process::running_pid(&instance) {
-            self.haproxy
-                .stop(pid)
-                .await
-                .map_err(|e| LbError::Action { action: Action::Stop, detail: e.to_string() })?;
+            self.haproxy.stop(pid).await.map_err(|source| LbError::Action { action: Action::Stop, source })?;
             tracing::info!(lb = %id, %pid, "haproxy stopped");
         }
         fsutil::remove_file_if_exists(&instance.pid_file).map_err(io_error("cannot remove the pid file"))
@@ -477,10 +471,7 @@ impl LbService {
         fsutil::remove_file_if_exists(&self.layout.config(id)).map_err(io_error("cannot remove the configuration"))?;
         fsutil::sync_dir(&dir).map_err(io_error(format!("cannot sync {}", dir.display())))?;
         if let Some(pid) = process::running_pid(&instance) {
-            self.haproxy
-                .stop(pid)
-                .await
-                .map_err(|e| LbError::Action { action: Action::Stop, detail: e.to_string() })?;
+            self.haproxy.stop(pid).await.map_err(|source| LbError::Action { action: Action::Stop, source })?;
             tracing::info!(lb = %id, %pid, "haproxy stopped");
         }
         self.remove_stats_socket(id);
