@@ -114,6 +114,13 @@ impl Haproxy {
         }
         let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&output.stderr));
+        // The answer names the files as the specification does
+        // ("parsing [haproxy.cfg:4]"), not where the agent keeps them.
+        for file in [config, self.user_group_config.as_path()] {
+            if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+                text = text.replace(&format!("{}/", dir.display()), "");
+            }
+        }
         Err(HaproxyError::Invalid(text))
     }
 

@@ -93,7 +93,7 @@ impl ApiError {
     /// `details`; the log has `cause` whole.
     pub fn internal(message: impl Into<String>, details: impl Into<String>, cause: &dyn std::error::Error) -> Self {
         let error = Self::new(Kind::Internal, message).with_details(details);
-        tracing::error!(error = %Chain(cause), message = error.message, "request failed");
+        tracing::error!(error = %Chain(cause), answer = error.message, "request failed");
         error
     }
 
