@@ -43,6 +43,8 @@ pub enum KeepalivedError {
     Failed(String),
     #[error("cannot run {binary}: {source}")]
     Spawn { binary: PathBuf, source: std::io::Error },
+    #[error("cannot signal {label} {pid}: {source}")]
+    Signal { label: String, pid: Pid, source: nix::errno::Errno },
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
 }
@@ -262,8 +264,11 @@ impl Keepalived {
                 self.set_desired(Desired::Running)?;
                 match self.subsystem {
                     Subsystem::Vrrp => {
-                        signal::kill(pid, Signal::SIGHUP)
-                            .map_err(|e| KeepalivedError::Failed(format!("cannot signal {} {pid}: {e}", self.label)))?;
+                        signal::kill(pid, Signal::SIGHUP).map_err(|source| KeepalivedError::Signal {
+                            label: self.label.clone(),
+                            pid,
+                            source,
+                        })?;
                         // A start cut short, or a keepalived someone else
                         // started: it runs, but nothing would restart it.
                         if *generation == 0 || self.supervised.load(Ordering::SeqCst) != *generation {
@@ -437,7 +442,7 @@ impl Keepalived {
 async fn stop(pid: Pid, label: &str) -> Result<(), KeepalivedError> {
     match signal::kill(pid, Signal::SIGTERM) {
         Err(nix::errno::Errno::ESRCH) => return Ok(()),
-        Err(e) => return Err(KeepalivedError::Failed(format!("cannot signal {label} {pid}: {e}"))),
+        Err(source) => return Err(KeepalivedError::Signal { label: label.to_owned(), pid, source }),
         Ok(()) => {}
     }
     if tokio::time::timeout(STOP_GRACE, process::wait_exit(pid)).await.is_ok() {

@@ -66,6 +66,14 @@ pub enum HaproxyError {
     ReloadFailed(String),
     #[error("{0}")]
     StopFailed(String),
+    #[error("cannot signal haproxy {pid}: {source}")]
+    Signal { pid: Pid, source: nix::errno::Errno },
+    /// haproxy's launcher succeeded but no master runs; what haproxy
+    /// logged.
+    #[error("haproxy exited successfully but no running master was recorded in {pid_file}: {log}")]
+    NoMaster { pid_file: PathBuf, log: String },
+    #[error("cannot query the haproxy master CLI {socket}: {source}")]
+    MasterCli { socket: PathBuf, source: io::Error },
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
 }
@@ -179,11 +187,10 @@ impl Haproxy {
                 return Ok(pid);
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(HaproxyError::StartFailed(format!(
-                    "haproxy exited successfully but no running master was recorded in {}: {}",
-                    instance.pid_file.display(),
-                    read_log(&instance.log_file, 0).trim()
-                )));
+                return Err(HaproxyError::NoMaster {
+                    pid_file: instance.pid_file.clone(),
+                    log: read_log(&instance.log_file, 0).trim().to_owned(),
+                });
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -195,16 +202,12 @@ impl Haproxy {
             HaproxyError::Invalid(output) => HaproxyError::ReloadFailed(output),
             other => other,
         })?;
-        let before = master_status(instance).await.map_err(|e| {
-            HaproxyError::ReloadFailed(format!(
-                "cannot query the haproxy master CLI {}: {e}",
-                instance.master_socket.display()
-            ))
-        })?;
+        let before = master_status(instance)
+            .await
+            .map_err(|source| HaproxyError::MasterCli { socket: instance.master_socket.clone(), source })?;
         let log_offset = rotate_log(&instance.log_file);
 
-        signal::kill(pid, Signal::SIGUSR2)
-            .map_err(|e| HaproxyError::ReloadFailed(format!("cannot signal haproxy master {pid}: {e}")))?;
+        signal::kill(pid, Signal::SIGUSR2).map_err(|source| HaproxyError::Signal { pid, source })?;
 
         let outcome = tokio::time::timeout(RELOAD_TIMEOUT, async {
             loop {
@@ -240,9 +243,7 @@ impl Haproxy {
     pub async fn stop(&self, pid: Pid) -> Result<(), HaproxyError> {
         match signal::kill(pid, Signal::SIGTERM) {
             Err(nix::errno::Errno::ESRCH) => return Ok(()),
-            Err(e) => {
-                return Err(HaproxyError::StopFailed(format!("cannot signal haproxy {pid}: {e}")));
-            }
+            Err(source) => return Err(HaproxyError::Signal { pid, source }),
             Ok(()) => {}
         }
         if tokio::time::timeout(STOP_GRACE, wait_exit(pid)).await.is_ok() {

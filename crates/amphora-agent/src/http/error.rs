@@ -257,7 +257,10 @@ fn haproxy_details(error: &HaproxyError) -> String {
         | HaproxyError::StartFailed(output)
         | HaproxyError::ReloadFailed(output)
         | HaproxyError::StopFailed(output) => output.clone(),
+        HaproxyError::NoMaster { log, .. } => format!("haproxy exited successfully but no master runs: {log}"),
         HaproxyError::Timeout { timeout, .. } => format!("haproxy did not finish within {timeout:?}"),
+        HaproxyError::Signal { pid, .. } => format!("haproxy {pid} could not be signalled; {SEE_LOG}"),
+        HaproxyError::MasterCli { .. } => format!("the haproxy master did not answer; {SEE_LOG}"),
         HaproxyError::Spawn { .. } | HaproxyError::Io { .. } => format!("haproxy could not be run; {SEE_LOG}"),
     }
 }
@@ -335,7 +338,7 @@ impl From<VrrpError> for ApiError {
                 tracing::error!(error = %error, "keepalived refused");
                 Self::new(Kind::Internal, MESSAGE).with_details(details)
             }
-            VrrpError::Spawn { .. } | VrrpError::Io { .. } => {
+            VrrpError::Spawn { .. } | VrrpError::Signal { .. } | VrrpError::Io { .. } => {
                 Self::internal(MESSAGE, format!("keepalived could not be run or configured; {SEE_LOG}"), &error)
             }
         }

@@ -748,6 +748,34 @@ async fn unknown_paths_and_methods_are_refused_in_each_dialect() {
     }
 }
 
+/// While the topology changes (the transition task has not run yet: this
+/// test's runtime has one thread, and nothing below yields to it), every
+/// mutating call is refused as the specification says; reads go on.
+#[tokio::test(flavor = "current_thread")]
+async fn a_topology_transition_holds_mutating_calls() {
+    let fixture = Fixture::new();
+    let answer = fixture
+        .call(
+            &Method::POST,
+            v0_1::TOPOLOGY,
+            br#"{"topology": "ACTIVE-STANDBY", "role": "STANDBY", "ha_ip": "203.0.113.2", "secret": "b20e06cf1a"}"#
+                .to_vec(),
+        )
+        .await;
+    assert_eq!((answer.status.as_u16(), answer.json()), (202, json!({"message": "OK"})));
+    for (method, path) in [
+        (Method::PUT, v1::lb_action(LB, amphora_proto::Action::Start)),
+        (Method::PUT, v1::VRRP_UPLOAD.to_owned()),
+        (Method::DELETE, v0_1::listener(LB)),
+        (Method::POST, v0_1::TOPOLOGY.to_owned()),
+    ] {
+        let answer = fixture.call(&method, &path, Vec::new()).await;
+        let expected = (503, json!({"message": "Topology transition in progress"}));
+        assert_eq!((answer.status.as_u16(), answer.json()), expected, "{method} {path}");
+    }
+    assert_eq!(fixture.call(&Method::GET, v1::LISTENERS, Vec::new()).await.status, StatusCode::OK);
+}
+
 /// A stored configuration and certificate come back as they were sent,
 /// with the ETag the client compares (upstream: an MD5 of the bytes).
 #[tokio::test]
