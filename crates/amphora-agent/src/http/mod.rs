@@ -322,10 +322,9 @@ async fn handle(
         Ok(body) => body,
         Err(error) => {
             let timed_out = error.kind() == Kind::TimedOut;
-            let response = error.into_response();
+            let mut response = error.into_response();
             let status = response.status().as_u16();
             tracing::warn!(%peer, method = %parts.method, path = parts.uri.path(), status, "request refused");
-            let mut response = response;
             if timed_out {
                 // The rest of a late body would be taken for the next
                 // request: the connection ends here.
