@@ -608,6 +608,46 @@ async fn the_configuration_selects_the_local_drivers_and_a_missing_agent_is_a_cl
     assert!(err.to_string().contains("[local_compute] agent_path"), "{err:#}");
 }
 
+/// A veth pair in the host namespace, deleted (both ends) on drop.
+struct HostLink(String);
+
+impl Drop for HostLink {
+    fn drop(&mut self) {
+        ip_output(&["link", "del", &self.0]);
+    }
+}
+
+#[tokio::test]
+async fn a_management_range_the_host_already_routes_is_refused_before_anything_is_built() {
+    let env = Env::new("sqlite::memory:");
+    // The host's own network in the management range: a veth holding the
+    // range's second address stands for it (this kernel has no dummy
+    // links).
+    let own = HostLink(format!("{}-own", env.prefix()));
+    let peer = format!("{}-ownp", env.prefix());
+    let IpNet::V4(range) = env.management else { panic!("an IPv4 management range") };
+    let address = format!("{}/{}", std::net::Ipv4Addr::from(u32::from(range.network()) + 2), range.prefix_len());
+    for args in [
+        vec!["link", "add", &own.0, "type", "veth", "peer", "name", &peer],
+        vec!["addr", "add", &address, "dev", &own.0],
+        vec!["link", "set", &own.0, "up"],
+    ] {
+        let status = std::process::Command::new("ip").args(&args).status().expect("run ip");
+        assert!(status.success(), "ip {args:?}");
+    }
+    let fabric = amphora_controller::local::Fabric::new(env.config.local_network.clone());
+    let error = format!("{:#}", fabric.ensure().await.expect_err("an overlapping management range"));
+    assert!(error.contains(&format!("{} overlaps the host's route to {}", env.management, env.management)), "{error}");
+    assert!(error.contains(&own.0), "{error}");
+    // Refused before the fabric namespace or the host veth was made.
+    assert!(!netns_names().contains(&env.config.local_network.fabric_namespace), "{:?}", netns_names());
+    assert!(!ip_output(&["-o", "link"]).contains(&env.config.local_network.host_management_interface()));
+
+    // Once the host no longer routes it, the same settings build.
+    drop(own);
+    fabric.ensure().await.expect("the fabric without the overlap");
+}
+
 /// A /24 of 198.18.0.0/15 with a third octet below 128 (the VIP test uses
 /// the upper half): a random start per process, then the next one for each
 /// environment, so the tests of this binary (which run at once and put

@@ -164,6 +164,7 @@ impl Fabric {
         let s = &self.settings;
         let ns = s.fabric_namespace.as_str();
         let mtu = s.mtu.to_string();
+        self.check_host_routes().await?;
         ensure_netns(ns).await?;
         for net in &s.networks {
             let bridge = net.role.bridge();
@@ -186,6 +187,39 @@ impl Fabric {
             self.host_veth(&s.host_vip_interface(), "vip0", NetworkRole::Vip, &addresses).await?;
         }
         tracing::info!(namespace = ns, controller_ip = %s.controller_ip(), "local fabric ready");
+        Ok(())
+    }
+
+    /// Refuses subnets that would put a host leg (the management gateway,
+    /// and the VIP gateways with `host_vip_access`) into a range the host
+    /// already routes elsewhere: the controller would talk to the wrong
+    /// machines, or cut the host off from its own network.
+    async fn check_host_routes(&self) -> anyhow::Result<()> {
+        let s = &self.settings;
+        let ours = [s.host_management_interface(), s.host_vip_interface()];
+        let mut subnets: Vec<ipnet::IpNet> = s.management().subnets.iter().map(|sub| sub.cidr).collect();
+        if s.host_vip_access {
+            let vip = s.networks.iter().filter(|n| n.role == NetworkRole::Vip);
+            subnets.extend(vip.flat_map(|n| n.subnets.iter().map(|sub| sub.cidr)));
+        }
+        for family in ["-4", "-6"] {
+            let routes: Vec<HostRoute> =
+                serde_json::from_str(&ip(&["-j", family, "route", "show", "table", "main"]).await?)
+                    .context("reading the host's routes (ip -j route)")?;
+            for route in routes.iter().filter(|r| !ours.contains(&r.dev)) {
+                let Some(dst) = route.destination() else { continue };
+                if let Some(subnet) =
+                    subnets.iter().find(|sub| sub.contains(&dst.network()) || dst.contains(&sub.network()))
+                {
+                    bail!(
+                        "the local network {subnet} overlaps the host's route to {} on {}: \
+                         choose another range in [local_network] (the management and VIP subnets)",
+                        route.dst,
+                        route.dev
+                    );
+                }
+            }
+        }
         Ok(())
     }
 
@@ -218,6 +252,25 @@ impl Fabric {
         }
         ip(&["link", "set", "dev", host_end, "up"]).await?;
         Ok(())
+    }
+}
+
+/// One route of `ip -j route show`.
+#[derive(Debug, serde::Deserialize)]
+struct HostRoute {
+    dst: String,
+    #[serde(default)]
+    dev: String,
+}
+
+impl HostRoute {
+    /// The routed range; None for the default route (it overlaps every
+    /// range by design) and for what is not a prefix.
+    fn destination(&self) -> Option<ipnet::IpNet> {
+        if self.dst == "default" {
+            return None;
+        }
+        self.dst.parse().ok().or_else(|| self.dst.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
     }
 }
 
