@@ -135,9 +135,9 @@ async fn rejects_bad_graphs_as_upstream_and_creates_nothing() {
             assert!(fault(&out).contains(message), "{body} -> {out}");
         }
         let (_, list) = api.call("GET", "/v2/lbaas/loadbalancers", None).await;
-        assert_eq!(list["loadbalancers"], json!([]), "rolled back");
+        assert_eq!(list["loadbalancers"], json!([]), "rolled back: {list}");
         let (_, list) = api.call("GET", "/v2/lbaas/pools", None).await;
-        assert_eq!(list["pools"], json!([]));
+        assert_eq!(list["pools"], json!([]), "{list}");
         assert!(jobs(&api).await.is_empty());
     }
 }

@@ -84,15 +84,14 @@ async fn list(
     Extension(ctx): Extension<Context>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     require_admin(&ctx)?;
     let q = ListQuery::parse(&AMPHORA, listing::parse_pairs(query.as_deref())?, &state.list_settings())?;
     let scope = Scope::default().with("status <> $?", vec![listing::Param::Text(amphora_status::DELETED.into())]);
     let base = state.url(&headers, "/v2/octavia/amphorae");
-    let page = listing::list(&state.db, &AMPHORA, scope, &q, &base).await?;
-    let rows: Vec<Value> =
-        page.rows.into_iter().map(|r| Value::Object(listing::select_fields(r, q.fields.as_deref()))).collect();
-    Ok(Json(json!({"amphorae": rows, "amphorae_links": page.links})))
+    // Rows need no post-processing: the engine renders them.
+    let page = listing::list_json(&state.db, &AMPHORA, scope, &q, &base).await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], page.body("amphorae")).into_response())
 }
 
 async fn show(

@@ -10,7 +10,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::error::{ApiError, ApiResult};
-use crate::db::Db;
+use crate::db::{Backend, Db};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -36,11 +36,17 @@ pub struct Field {
     /// Read for filters and post-processing but not part of the answer
     /// (`strip_hidden`), e.g. a listener's `loadbalancer_id`.
     pub hidden: bool,
+    /// The column is NOT NULL: sorted and compared bare, so the engine can
+    /// walk an index (`amphora_created`) instead of sorting every row.
+    pub not_null: bool,
 }
 
 impl Field {
     pub const fn new(name: &'static str, column: &'static str, kind: Kind) -> Field {
-        Field { name, column, kind, aliases: &[], filter: !matches!(kind, Kind::Json), hidden: false }
+        // Every table declares its `id` and `created_at` NOT NULL (the
+        // migrations), and they are the tie-breakers of every sort.
+        let not_null = matches!(column.as_bytes(), b"id" | b"created_at");
+        Field { name, column, kind, aliases: &[], filter: !matches!(kind, Kind::Json), hidden: false, not_null }
     }
 
     pub const fn hidden(mut self) -> Field {
@@ -95,6 +101,37 @@ impl Resource {
 }
 
 impl Resource {
+    /// A SQL expression giving a row as the text of the JSON object that
+    /// `row_json` then `strip_hidden` and `select_fields(fields)` would
+    /// make, keys in the same (sorted) order: the engine renders the page.
+    pub fn json_expr(&self, backend: Backend, fields: Option<&[String]>) -> String {
+        let mut shown: Vec<&Field> = self
+            .fields
+            .iter()
+            .filter(|f| !f.hidden && fields.is_none_or(|names| names.iter().any(|n| n == f.name)))
+            .collect();
+        shown.sort_by_key(|f| f.name);
+        let pairs: Vec<String> = shown
+            .iter()
+            .map(|f| {
+                let c = f.column;
+                let value = match (f.kind, backend) {
+                    (Kind::Bool, Backend::Sqlite) => {
+                        format!("json(CASE WHEN {c} IS NULL THEN NULL WHEN {c} THEN 'true' ELSE 'false' END)")
+                    }
+                    (Kind::Json, Backend::Sqlite) => format!("json({c})"),
+                    (Kind::Json, Backend::Postgres) => format!("CAST({c} AS json)"),
+                    _ => c.to_owned(),
+                };
+                format!("'{}', {value}", f.name)
+            })
+            .collect();
+        match backend {
+            Backend::Sqlite => format!("json_object({})", pairs.join(", ")),
+            Backend::Postgres => format!("CAST(json_build_object({}) AS TEXT)", pairs.join(", ")),
+        }
+    }
+
     /// Drops the hidden fields of a row read with `row_json`.
     pub fn strip_hidden(&self, mut row: Map<String, Value>) -> Map<String, Value> {
         for f in self.fields.iter().filter(|f| f.hidden) {
@@ -403,7 +440,13 @@ pub fn select_expr(field: &Field, prefix: &str) -> String {
     }
 }
 
-fn coalesced(field: &Field) -> String {
+/// A sort column as compared and ordered. A NOT NULL one is named with
+/// its table (PostgreSQL would find an unqualified `id` ambiguous beside a
+/// subquery column that yields an `id`).
+fn coalesced(table: &str, field: &Field) -> String {
+    if field.not_null && field.kind != Kind::Bool {
+        return format!("{table}.{}", field.column);
+    }
     match field.kind {
         Kind::Int => format!("COALESCE({}, 0)", field.column),
         Kind::Bool => format!("CAST(CAST({} AS INTEGER) AS BIGINT)", field.column),
@@ -411,14 +454,22 @@ fn coalesced(field: &Field) -> String {
     }
 }
 
-/// Runs the list: scope, filters, keyset after the marker, order, limit.
-pub async fn list(
+/// The SELECT of a page: scope, filters, keyset after the marker, order,
+/// limit. `select` is what each row yields.
+struct PageQuery {
+    sql: String,
+    params: Vec<Param>,
+    /// The rows come last-first (`page_reverse`) and must be turned.
+    reverse: bool,
+}
+
+async fn page_query(
     db: &Db,
     resource: &'static Resource,
     scope: Scope,
     q: &ListQuery,
-    base_url: &str,
-) -> ApiResult<Page> {
+    select: &str,
+) -> ApiResult<PageQuery> {
     let mut params = Vec::new();
     let mut wheres = Vec::new();
     for (cond, values) in scope.conditions {
@@ -440,7 +491,7 @@ pub async fn list(
     // The marker's sort values, read without filters (as upstream).
     let reverse = q.page_reverse && q.marker.is_some();
     if let Some(marker) = &q.marker {
-        let cols = q.sort.iter().map(|(f, _)| coalesced(f)).collect::<Vec<_>>().join(", ");
+        let cols = q.sort.iter().map(|(f, _)| coalesced(resource.table, f)).collect::<Vec<_>>().join(", ");
         let row = sqlx::query(&format!("SELECT {cols} FROM {} WHERE id = $1", resource.table))
             .bind(marker.as_str())
             .fetch_optional(&db.pool)
@@ -468,7 +519,11 @@ pub async fn list(
                 } else {
                     "<"
                 };
-                ands.push(place(&format!("{} {op} $?", coalesced(f)), &mut params, vec![value.clone()]));
+                ands.push(place(
+                    &format!("{} {op} $?", coalesced(resource.table, f)),
+                    &mut params,
+                    vec![value.clone()],
+                ));
             }
             ors.push(format!("({})", ands.join(" AND ")));
         }
@@ -476,7 +531,7 @@ pub async fn list(
             wheres.push(format!("({})", ors.join(" OR ")));
         }
     }
-    let mut sql = format!("SELECT {} FROM {}", resource.columns(""), resource.table);
+    let mut sql = format!("SELECT {select} FROM {}", resource.table);
     if !wheres.is_empty() {
         sql.push_str(" WHERE ");
         sql.push_str(&wheres.join(" AND "));
@@ -487,7 +542,7 @@ pub async fn list(
             .iter()
             .map(|(f, d)| {
                 let asc = (*d == Dir::Asc) != reverse;
-                format!("{} {}", coalesced(f), if asc { "ASC" } else { "DESC" })
+                format!("{} {}", coalesced(resource.table, f), if asc { "ASC" } else { "DESC" })
             })
             .collect::<Vec<_>>()
             .join(", ");
@@ -497,13 +552,84 @@ pub async fn list(
     if let Some(limit) = q.limit {
         sql.push_str(&format!(" LIMIT {limit}"));
     }
-    let rows = bind(sqlx::query(&sql), &params).fetch_all(&db.pool).await?;
+    Ok(PageQuery { sql, params, reverse })
+}
+
+/// Runs the list: scope, filters, keyset after the marker, order, limit.
+pub async fn list(
+    db: &Db,
+    resource: &'static Resource,
+    scope: Scope,
+    q: &ListQuery,
+    base_url: &str,
+) -> ApiResult<Page> {
+    let page = page_query(db, resource, scope, q, &resource.columns("")).await?;
+    let rows = bind(sqlx::query(&page.sql), &page.params).fetch_all(&db.pool).await?;
     let mut out = rows.iter().map(|r| resource.row_json(r)).collect::<Result<Vec<_>, _>>()?;
-    if reverse {
+    if page.reverse {
         out.reverse();
     }
-    let links = links(q, &out, base_url);
+    let ids: Vec<&str> = out.iter().map(|row| row.get("id").and_then(Value::as_str).unwrap_or_default()).collect();
+    let links = links(q, &ids, base_url);
     Ok(Page { rows: out, links })
+}
+
+/// The list as the engine renders it: each row comes back as the text of
+/// its JSON object (`Resource::json_expr`), so a page of a resource that
+/// needs no post-processing costs the controller a string per row instead
+/// of a decoded value per field. Same rows, order and links as `list`.
+pub async fn list_json(
+    db: &Db,
+    resource: &'static Resource,
+    scope: Scope,
+    q: &ListQuery,
+    base_url: &str,
+) -> ApiResult<JsonPage> {
+    let select = format!("{}, id", resource.json_expr(db.backend, q.fields.as_deref()));
+    let page = page_query(db, resource, scope, q, &select).await?;
+    let mut rows = Vec::new();
+    let mut ids = Vec::new();
+    for row in bind(sqlx::query(&page.sql), &page.params).fetch_all(&db.pool).await? {
+        rows.push(row.try_get::<String, _>(0)?);
+        ids.push(row.try_get::<String, _>(1)?);
+    }
+    if page.reverse {
+        rows.reverse();
+        ids.reverse();
+    }
+    let links = links(q, &ids.iter().map(String::as_str).collect::<Vec<_>>(), base_url);
+    Ok(JsonPage { rows, links })
+}
+
+/// A page of rows, each the text of a JSON object, and its links.
+#[derive(Debug)]
+pub struct JsonPage {
+    pub rows: Vec<String>,
+    pub links: Vec<Value>,
+}
+
+impl JsonPage {
+    /// `{"<plural>": [rows], "<plural>_links": [links]}`, the keys in the
+    /// order serde_json prints a map's.
+    pub fn body(&self, plural: &str) -> String {
+        let size = self.rows.iter().map(|r| r.len() + 1).sum::<usize>() + 2 * plural.len() + 64;
+        let mut out = String::with_capacity(size);
+        out.push_str("{\"");
+        out.push_str(plural);
+        out.push_str("\":[");
+        for (i, row) in self.rows.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(row);
+        }
+        out.push_str("],\"");
+        out.push_str(plural);
+        out.push_str("_links\":");
+        out.push_str(&Value::Array(self.links.clone()).to_string());
+        out.push('}');
+        out
+    }
 }
 
 fn for_tags(kind: &str, tags: &[String], wheres: &mut Vec<String>, params: &mut Vec<Param>) {
@@ -526,9 +652,10 @@ fn for_tags(kind: &str, tags: &[String], wheres: &mut Vec<String>, params: &mut 
     });
 }
 
-fn links(q: &ListQuery, rows: &[Map<String, Value>], base_url: &str) -> Vec<Value> {
+/// `ids`: the page's row ids, in order.
+fn links(q: &ListQuery, ids: &[&str], base_url: &str) -> Vec<Value> {
     let mut links = Vec::new();
-    let (Some(first), Some(last)) = (rows.first(), rows.last()) else { return links };
+    let (Some(first), Some(last)) = (ids.first(), ids.last()) else { return links };
     let mut common: Vec<(String, String)> = Vec::new();
     if let Some(limit) = q.limit {
         common.push(("limit".into(), limit.to_string()));
@@ -540,15 +667,14 @@ fn links(q: &ListQuery, rows: &[Map<String, Value>], base_url: &str) -> Vec<Valu
         let qs = serde_urlencoded::to_string(&pairs).unwrap_or_default();
         format!("{base_url}?{qs}")
     };
-    let id = |row: &Map<String, Value>| row.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
     if q.marker.is_some() {
         links.push(serde_json::json!({
             "rel": "previous",
-            "href": href(vec![("marker", id(first)), ("page_reverse", "True".into())]),
+            "href": href(vec![("marker", (*first).to_owned()), ("page_reverse", "True".into())]),
         }));
     }
-    if q.limit.is_none_or(|l| rows.len() as u64 >= l) {
-        links.push(serde_json::json!({"rel": "next", "href": href(vec![("marker", id(last))])}));
+    if q.limit.is_none_or(|l| ids.len() as u64 >= l) {
+        links.push(serde_json::json!({"rel": "next", "href": href(vec![("marker", (*last).to_owned())])}));
     }
     links
 }
