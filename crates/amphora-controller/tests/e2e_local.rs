@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use amphora_controller::jobs::JobKind;
 use amphora_controller::local::{DEFAULT_MEMBER_SUBNET_ID, DEFAULT_VIP_SUBNET_ID};
+use amphora_controller::worker::flows;
 use e2e_support::{System, Topology, get_body};
 use serde_json::{Value, json};
 
@@ -351,6 +353,28 @@ async fn orphans(sys: &System) -> Vec<String> {
             found.push(format!("port of {owner}"));
         }
     }
+    // An amphora's directory is named by the first 12 letters and digits of
+    // its id; its agent, haproxy and keepalived name files below it.
+    let short = |id: &str| id.chars().filter(char::is_ascii_alphanumeric).take(12).collect::<String>();
+    let live_dirs: Vec<String> = live_amps.iter().map(|a| short(a)).collect();
+    let state_dir = &sys.config.local_compute.state_dir;
+    for entry in std::fs::read_dir(state_dir).into_iter().flatten().filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.path().is_dir() && !live_dirs.contains(&name) {
+            found.push(format!("directory {name} of no live amphora"));
+        }
+    }
+    let below = format!("{}/", state_dir.display());
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let Some(at) = cmdline.find(&below) else { continue };
+        let dir: String = cmdline[at + below.len()..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+        if !live_dirs.contains(&dir) {
+            found.push(format!("process {pid} of no live amphora: {cmdline}"));
+        }
+    }
     found
 }
 
@@ -459,4 +483,253 @@ async fn housekeeping_rotates_an_amphora_certificate_through_the_agent_before_it
         (state.as_deref() == Some("DONE")).then_some(())
     })
     .await;
+}
+
+/// The job of `kind` last queued for `target`: (id, state, step, payload).
+async fn last_job(
+    db: &amphora_controller::db::Db,
+    kind: JobKind,
+    target: &str,
+) -> Option<(String, String, i64, String)> {
+    sqlx::query_as(
+        "SELECT id, state, step, payload FROM job WHERE kind = $1 AND target_id = $2 ORDER BY created_at DESC, id DESC",
+    )
+    .bind(kind.as_str())
+    .bind(target)
+    .fetch_all(&db.pool)
+    .await
+    .expect("jobs")
+    .into_iter()
+    .next()
+}
+
+/// Some when four requests through the VIP all reach the one member.
+async fn all_served(sys: &System, client: usize, vip: SocketAddr) -> Option<()> {
+    let seen = send(sys, client, vip, 4).await;
+    (seen.get("member-1") == Some(&4)).then_some(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_controller_killed_at_each_step_of_a_failover_resumes_it_and_orphans_nothing() {
+    let mut sys = System::start(Topology::Single);
+    let db = sys.db().await;
+    let (_, _, client) = sys.host(DEFAULT_VIP_SUBNET_ID).await;
+    let (_, address, server) = sys.host(DEFAULT_MEMBER_SUBNET_ID).await;
+    let addr = SocketAddr::new(address, 8080);
+    sys.spawn_in(server, async move {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the member server");
+        amphora_testkit::traffic::serve_http(listener, "member-1").await;
+    });
+    let created = sys
+        .api
+        .expect(
+            201,
+            "POST",
+            "/v2/lbaas/loadbalancers",
+            Some(&json!({"loadbalancer": {"name": "failover-kill", "vip_subnet_id": DEFAULT_VIP_SUBNET_ID}})),
+        )
+        .await;
+    let lb = created["loadbalancer"]["id"].as_str().expect("an id").to_owned();
+    let active = sys.wait_lb(&lb, "ACTIVE", BUILD).await;
+    let vip: std::net::IpAddr = active["vip_address"].as_str().expect("a VIP").parse().expect("an address");
+    let vip = SocketAddr::new(vip, 80);
+    let listener = sys
+        .create(&lb, "listeners", "listener", json!({"loadbalancer_id": lb, "protocol": "HTTP", "protocol_port": 80}))
+        .await;
+    let pool = sys
+        .create(
+            &lb,
+            "pools",
+            "pool",
+            json!({"listener_id": listener["id"], "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN"}),
+        )
+        .await;
+    sys.create(
+        &lb,
+        &format!("pools/{}/members", pool["id"].as_str().expect("a pool id")),
+        "member",
+        json!({"address": address.to_string(), "protocol_port": 8080, "subnet_id": DEFAULT_MEMBER_SUBNET_ID}),
+    )
+    .await;
+    sys.until("traffic through the VIP", Duration::from_secs(60), || all_served(&sys, client, vip)).await;
+
+    // Kill the controller once the failover job has reached each step of
+    // its flow (the number of steps is the planned flow's, so the test
+    // follows the flow when steps are added); 0 is "claimed, maybe still
+    // planning". One load balancer serves every round.
+    let mut steps: Option<i64> = None;
+    let mut kill_at = 0i64;
+    while steps.is_none_or(|n| kill_at < n) {
+        let amps = sys.amphorae(&lb).await;
+        assert_eq!(amps.len(), 1, "before the failover killed at step {kill_at}: {amps:?}");
+        let failed = amps[0]["id"].as_str().expect("an amphora").to_owned();
+        sys.api.expect(202, "PUT", &format!("/v2/octavia/amphorae/{failed}/failover"), None).await;
+        let (job, state, step, payload) =
+            amphora_testkit::wait::until(&format!("the failover job at step {kill_at}"), BUILD, || async {
+                last_job(&db, JobKind::FailoverAmphora, &failed).await.filter(|(_, state, step, _)| {
+                    (state == "RUNNING" && *step >= kill_at) || (state != "QUEUED" && state != "RUNNING")
+                })
+            })
+            .await;
+        assert_ne!(state, "FAILED", "the failover failed before the kill at step {kill_at}");
+        if steps.is_none() {
+            // The job's payload is planned once it runs step 0's successor.
+            let payload = amphora_controller::worker::flow::parse_payload(&payload);
+            if payload.get("planned").is_some() {
+                steps = Some(flows::build(JobKind::FailoverAmphora, &payload).len() as i64);
+            }
+        }
+        sys.kill_and_restart_controller();
+        eprintln!("failover job {job}: controller killed at step {step} (waited for {kill_at} of {steps:?})");
+
+        sys.wait_lb(&lb, "ACTIVE", BUILD).await;
+        let (_, state, _, payload) = last_job(&db, JobKind::FailoverAmphora, &failed).await.expect("the job");
+        assert_eq!(
+            state,
+            "DONE",
+            "killed at step {step} (waited for {kill_at}):\n{}",
+            e2e_support::tail(&sys.log(), 60)
+        );
+        if steps.is_none() {
+            let payload = amphora_controller::worker::flow::parse_payload(&payload);
+            steps = Some(flows::build(JobKind::FailoverAmphora, &payload).len() as i64);
+        }
+        let amps = sys.amphorae(&lb).await;
+        assert_eq!(amps.len(), 1, "killed at step {step} of job {job}: {amps:?}");
+        assert_eq!(amps[0]["status"], "ALLOCATED", "killed at step {step}: {amps:?}");
+        assert_ne!(amps[0]["id"], failed.as_str(), "killed at step {step}: the failed amphora is still there");
+        let what = format!("traffic through the VIP after a kill at step {step}");
+        sys.until(&what, Duration::from_secs(60), || all_served(&sys, client, vip)).await;
+        let left = orphans(&sys).await;
+        assert!(left.is_empty(), "killed at step {step}: {left:?}");
+        kill_at += 1;
+    }
+    assert!(kill_at >= 10, "a failover of {kill_at} steps is shorter than expected");
+}
+
+/// Whether a link with `mac` is in network namespace `ns`.
+fn has_mac(ns: &str, mac: &str) -> bool {
+    std::process::Command::new("ip")
+        .args(["-n", ns, "-o", "link", "show"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_ascii_lowercase().contains(&format!("link/ether {mac} ")))
+        .unwrap_or(false)
+}
+
+/// The member ports (owner, id, MAC) of an amphora, from the port table.
+async fn member_ports(sys: &System, amphora: &str) -> Vec<(String, String, String)> {
+    let db = sys.db().await;
+    sqlx::query_as("SELECT owner, id, mac_address FROM local_port WHERE owner LIKE 'member:%' ORDER BY owner")
+        .fetch_all(&db.pool)
+        .await
+        .expect("ports")
+        .into_iter()
+        .filter(|(owner, _, _): &(String, String, String)| owner.starts_with(&format!("member:{amphora}:")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_subnet_no_member_uses_any_more_is_unplugged_from_the_amphora() {
+    let mut sys = System::start(Topology::Single);
+    let (_, _, client) = sys.host(DEFAULT_VIP_SUBNET_ID).await;
+    // One server on the VIP subnet (reached through the VRRP port, no
+    // member port) and one on the member subnet.
+    let mut servers = Vec::new();
+    for (body, subnet) in [("on-vip", DEFAULT_VIP_SUBNET_ID), ("on-member", DEFAULT_MEMBER_SUBNET_ID)] {
+        let (_, address, index) = sys.host(subnet).await;
+        let addr = SocketAddr::new(address, 8080);
+        sys.spawn_in(index, async move {
+            let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the member server");
+            amphora_testkit::traffic::serve_http(listener, body).await;
+        });
+        servers.push(address);
+    }
+    let created = sys
+        .api
+        .expect(
+            201,
+            "POST",
+            "/v2/lbaas/loadbalancers",
+            Some(&json!({"loadbalancer": {"name": "unplug", "vip_subnet_id": DEFAULT_VIP_SUBNET_ID}})),
+        )
+        .await;
+    let lb = created["loadbalancer"]["id"].as_str().expect("an id").to_owned();
+    let active = sys.wait_lb(&lb, "ACTIVE", BUILD).await;
+    let vip: std::net::IpAddr = active["vip_address"].as_str().expect("a VIP").parse().expect("an address");
+    let vip = SocketAddr::new(vip, 80);
+    let amphora = sys.amphorae(&lb).await[0]["id"].as_str().expect("an amphora").to_owned();
+    let haproxy_ns = sys.config.local_network.haproxy_namespace(&amphora);
+    let vm_ns = sys.config.local_network.amphora_namespace(&amphora);
+    let fabric_ns = sys.config.local_network.fabric_namespace.clone();
+    let member_owner = format!("member:{amphora}:{DEFAULT_MEMBER_SUBNET_ID}");
+
+    let listener = sys
+        .create(&lb, "listeners", "listener", json!({"loadbalancer_id": lb, "protocol": "HTTP", "protocol_port": 80}))
+        .await;
+    let pool = sys
+        .create(
+            &lb,
+            "pools",
+            "pool",
+            json!({"listener_id": listener["id"], "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN"}),
+        )
+        .await;
+    let pool = pool["id"].as_str().expect("a pool id").to_owned();
+    let member = |address: std::net::IpAddr, subnet: &str| json!({"address": address.to_string(), "protocol_port": 8080, "subnet_id": subnet});
+    sys.create(&lb, &format!("pools/{pool}/members"), "member", member(servers[0], DEFAULT_VIP_SUBNET_ID)).await;
+    assert!(member_ports(&sys, &amphora).await.is_empty(), "a member on the VIP subnet needs no member port");
+
+    // A member on the member subnet: the amphora gets a port there.
+    let on_member =
+        sys.create(&lb, &format!("pools/{pool}/members"), "member", member(servers[1], DEFAULT_MEMBER_SUBNET_ID)).await;
+    let ports = member_ports(&sys, &amphora).await;
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    let (owner, port_id, mac) = ports[0].clone();
+    assert_eq!(owner, member_owner);
+    assert!(has_mac(&haproxy_ns, &mac), "the member port {mac} is not in {haproxy_ns}");
+    sys.until("both members through the VIP", Duration::from_secs(60), || async {
+        let seen = send(&sys, client, vip, 10).await;
+        (seen.get("on-vip") == Some(&5) && seen.get("on-member") == Some(&5)).then_some(())
+    })
+    .await;
+
+    // Its only member goes: the port leaves the amphora and the table.
+    let on_member = on_member["id"].as_str().expect("a member id").to_owned();
+    sys.api.expect(204, "DELETE", &format!("/v2/lbaas/pools/{pool}/members/{on_member}"), None).await;
+    sys.wait_lb(&lb, "ACTIVE", BUILD).await;
+    assert!(member_ports(&sys, &amphora).await.is_empty(), "the member port is still allocated");
+    let db = sys.db().await;
+    let row: Option<String> = sqlx::query_scalar("SELECT id FROM local_port WHERE id = $1")
+        .bind(port_id.as_str())
+        .fetch_optional(&db.pool)
+        .await
+        .expect("ports");
+    assert_eq!(row, None, "the port's row is still there");
+    for ns in [&haproxy_ns, &vm_ns, &fabric_ns] {
+        assert!(!has_mac(ns, &mac), "the member port {mac} is still in {ns}");
+    }
+    let fabric_link = amphora_controller::local::network::fabric_link(&port_id);
+    let links = std::process::Command::new("ip").args(["-n", &fabric_ns, "-o", "link", "show"]).output().expect("ip");
+    assert!(!String::from_utf8_lossy(&links.stdout).contains(&format!(" {fabric_link}@")), "{fabric_link} is left");
+    // The remaining member still serves every request.
+    let seen = send(&sys, client, vip, 10).await;
+    assert_eq!(seen.get("on-vip"), Some(&10), "{seen:?}");
+
+    // A pool deleted with its members also frees their subnet's port.
+    let second = sys
+        .create(&lb, "pools", "pool", json!({"loadbalancer_id": lb, "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN"}))
+        .await;
+    let second = second["id"].as_str().expect("a pool id").to_owned();
+    sys.create(&lb, &format!("pools/{second}/members"), "member", member(servers[1], DEFAULT_MEMBER_SUBNET_ID)).await;
+    let ports = member_ports(&sys, &amphora).await;
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    assert!(has_mac(&haproxy_ns, &ports[0].2), "the new member port is not in {haproxy_ns}");
+    sys.api.expect(204, "DELETE", &format!("/v2/lbaas/pools/{second}"), None).await;
+    sys.wait_lb(&lb, "ACTIVE", BUILD).await;
+    assert!(member_ports(&sys, &amphora).await.is_empty(), "the port of the deleted pool's member is left");
+    assert!(!has_mac(&haproxy_ns, &ports[0].2), "the deleted pool's member port is still in {haproxy_ns}");
+    let seen = send(&sys, client, vip, 10).await;
+    assert_eq!(seen.get("on-vip"), Some(&10), "{seen:?}");
+    let left = orphans(&sys).await;
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -621,11 +621,9 @@ impl Drop for LocalCompute {
     }
 }
 
-/// The owner of the ports the worker allocates for an amphora's member
+/// The owners of the ports the worker allocates for an amphora's member
 /// networks start with this (`member:{amphora id}:{subnet id}`).
-pub fn member_owner_prefix(amphora_id: &str) -> String {
-    format!("member:{amphora_id}:")
-}
+pub use crate::worker::flows::member_owner_prefix;
 
 impl ComputeDriver for LocalCompute {
     fn agent_base_path(&self, compute_id: &str) -> Option<String> {

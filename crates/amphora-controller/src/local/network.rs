@@ -150,6 +150,27 @@ impl PortStore {
         Ok(row.as_ref().map(record).transpose()?)
     }
 
+    /// The ports whose owner starts with `prefix`.
+    pub async fn by_owner_prefix(&self, prefix: &str) -> Result<Vec<PortRecord>, PortError> {
+        let pattern: String = prefix
+            .chars()
+            .flat_map(|c| match c {
+                '\\' | '%' | '_' => vec!['\\', c],
+                c => vec![c],
+            })
+            .chain(['%'])
+            .collect();
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM local_port WHERE owner LIKE $1 ESCAPE '\\' ORDER BY created_at, id"
+        ))
+        .bind(pattern)
+        .fetch_all(&self.db.pool)
+        .await?;
+        let records: Vec<PortRecord> = rows.iter().map(record).collect::<Result<_, _>>()?;
+        // SQLite's LIKE ignores ASCII case.
+        Ok(records.into_iter().filter(|r| r.owner.starts_with(prefix)).collect())
+    }
+
     /// The ports attached to a compute instance.
     pub async fn attached_to(&self, device_id: &str) -> Result<Vec<PortRecord>, PortError> {
         let rows =
@@ -410,6 +431,12 @@ impl NetworkDriver for LocalNetwork {
             self.ensure_fabric().await?;
             let subnet_id = self.ports.resolve(network_or_subnet_id)?.id.clone();
             Ok(self.ports.allocate(&subnet_id, owner, None).await?.port)
+        })
+    }
+
+    fn owned_ports<'a>(&'a self, owner_prefix: &'a str) -> DriverFuture<'a, Vec<(String, Port)>> {
+        Box::pin(async move {
+            Ok(self.ports.by_owner_prefix(owner_prefix).await?.into_iter().map(|r| (r.owner, r.port)).collect())
         })
     }
 }

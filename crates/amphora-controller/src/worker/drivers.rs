@@ -141,6 +141,13 @@ pub trait NetworkDriver: Send + Sync + std::fmt::Debug {
     /// A port on a network or subnet (member networks), for `owner` (the
     /// same owner gets the same port back).
     fn allocate_port<'a>(&'a self, network_or_subnet_id: &'a str, owner: &'a str) -> DriverFuture<'a, Port>;
+    /// The ports `allocate_port` made for owners starting with
+    /// `owner_prefix`, with their owners (upstream asks Nova for the
+    /// instance's interfaces; an owner also finds a port allocated but never
+    /// attached). A driver that keeps no ports (noop) has none.
+    fn owned_ports<'a>(&'a self, _owner_prefix: &'a str) -> DriverFuture<'a, Vec<(String, Port)>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 pub trait AmphoraDriver: Send + Sync + std::fmt::Debug {

@@ -12,6 +12,8 @@
 //!  "vip": {"port_id": "…", "address": "…", "network_id": "…", "allocated": true}}
 //! ```
 
+use std::collections::BTreeSet;
+
 use anyhow::{Context as _, anyhow, bail};
 use serde_json::{Map, Value, json};
 use sqlx::Row;
@@ -48,6 +50,11 @@ pub enum Step {
     /// on each of its amphorae (upstream's CalculateDelta +
     /// HandleNetworkDelta + AmphoraePostNetworkPlug).
     PlugMemberNetworks,
+    /// Member ports of subnets no member of the load balancer uses any
+    /// more are detached from their amphora and deleted (upstream's
+    /// CalculateDelta delete_nics + HandleNetworkDelta: Nova interface
+    /// detach, then the Neutron port delete).
+    UnplugMemberNetworks,
     // The load balancer's amphorae together.
     UploadConfigAll,
     UpdateVrrpAll,
@@ -280,7 +287,11 @@ pub fn build(kind: JobKind, payload: &Map<String, Value>) -> Vec<Step> {
             }
             s.extend([Step::EnableHealthMonitoring, Step::MarkLbActive]);
         }
-        JobKind::UpdateLoadBalancer => s.extend([Step::PlugMemberNetworks, Step::UploadConfigAll, Step::MarkLbActive]),
+        // Ports of subnets the change left unused go after haproxy stopped
+        // using them, before the change is settled.
+        JobKind::UpdateLoadBalancer => {
+            s.extend([Step::PlugMemberNetworks, Step::UploadConfigAll, Step::UnplugMemberNetworks, Step::MarkLbActive])
+        }
         JobKind::DeleteLoadBalancer => {
             for i in 0..n {
                 s.push(Step::MarkPendingDelete(Amp::Old(i)));
@@ -494,6 +505,49 @@ fn passive(what: &str, id: &str, r: anyhow::Result<()>) {
     }
 }
 
+/// The owner of the port an amphora has on a member subnet.
+pub fn member_port_owner(amphora_id: &str, subnet_id: &str) -> String {
+    format!("{}{subnet_id}", member_owner_prefix(amphora_id))
+}
+
+/// What the owners of an amphora's member ports start with.
+pub fn member_owner_prefix(amphora_id: &str) -> String {
+    format!("member:{amphora_id}:")
+}
+
+/// The subnets the members of a load balancer need a port on: those of
+/// members that stay (not being deleted, nor in a pool being deleted),
+/// other than the VIP's subnet (reached through the VRRP port).
+async fn member_subnets(db: &Db, lb_id: &str) -> anyhow::Result<Vec<String>> {
+    let vip_subnet = load_lb(db, lb_id).await?.and_then(|l| l.vip_subnet_id).unwrap_or_default();
+    let subnets = sqlx::query_scalar(
+        "SELECT DISTINCT m.subnet_id FROM member m JOIN pool p ON p.id = m.pool_id \
+         WHERE p.load_balancer_id = $1 AND m.subnet_id IS NOT NULL AND m.subnet_id <> $2 \
+         AND m.provisioning_status NOT IN ('PENDING_DELETE', 'DELETED') \
+         AND p.provisioning_status NOT IN ('PENDING_DELETE', 'DELETED') ORDER BY m.subnet_id",
+    )
+    .bind(lb_id)
+    .bind(vip_subnet)
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(subnets)
+}
+
+/// Upstream's CalculateAmphoraDelta, the ports to remove: of the member
+/// ports an amphora owns (`(owner, port)`, as `owned_ports` lists them),
+/// those whose subnet is not `wanted` any more. A port of another owner is
+/// never one.
+pub fn unused_member_ports(amphora_id: &str, wanted: &BTreeSet<String>, owned: &[(String, Port)]) -> Vec<Port> {
+    let prefix = member_owner_prefix(amphora_id);
+    owned
+        .iter()
+        .filter_map(|(owner, port)| {
+            let subnet = owner.strip_prefix(&prefix)?;
+            (!wanted.contains(subnet)).then(|| port.clone())
+        })
+        .collect()
+}
+
 // ---------------------------------------------------------------------------
 // Execute.
 
@@ -661,29 +715,44 @@ pub async fn execute(step: &Step, cx: &mut Cx) -> StepResult {
         }
         Step::PlugMemberNetworks => {
             let lb = need_lb(cx)?;
-            let vip_subnet = load_lb(&db, &lb).await?.and_then(|l| l.vip_subnet_id).unwrap_or_default();
-            let subnets: Vec<String> = sqlx::query_scalar(
-                "SELECT DISTINCT m.subnet_id FROM member m JOIN pool p ON p.id = m.pool_id \
-                 WHERE p.load_balancer_id = $1 AND m.subnet_id IS NOT NULL AND m.subnet_id <> $2 \
-                 AND m.provisioning_status NOT IN ('PENDING_DELETE', 'DELETED') ORDER BY m.subnet_id",
-            )
-            .bind(lb.as_str())
-            .bind(vip_subnet.as_str())
-            .fetch_all(&db.pool)
-            .await?;
-            let mut member_subnets = Vec::with_capacity(subnets.len());
+            let subnets = member_subnets(&db, &lb).await?;
+            let mut details = Vec::with_capacity(subnets.len());
             for subnet_id in &subnets {
-                member_subnets.push(cx.drivers.network.get_subnet(subnet_id).await.context("member subnet")?);
+                details.push(cx.drivers.network.get_subnet(subnet_id).await.context("member subnet")?);
             }
             for amp in allocated_amphorae(cx).await? {
                 let Some(compute_id) = amp.compute_id.clone() else { continue };
-                for (subnet_id, subnet) in subnets.iter().zip(&member_subnets) {
+                for (subnet_id, subnet) in subnets.iter().zip(&details) {
                     // One port per amphora and subnet, found again when the
                     // step repeats; it goes with the amphora.
-                    let owner = format!("member:{}:{subnet_id}", amp.id);
+                    let owner = member_port_owner(&amp.id, subnet_id);
                     let port = cx.drivers.network.allocate_port(subnet_id, &owner).await.context("member port")?;
                     cx.drivers.compute.attach_port(&compute_id, &port).await.context("attach member port")?;
                     cx.drivers.amphora.plug_network(&amp, &port, subnet).await.context("plug network")?;
+                }
+            }
+        }
+        Step::UnplugMemberNetworks => {
+            let lb = need_lb(cx)?;
+            let wanted: BTreeSet<String> = member_subnets(&db, &lb).await?.into_iter().collect();
+            for amp in allocated_amphorae(cx).await? {
+                let owned = cx
+                    .drivers
+                    .network
+                    .owned_ports(&member_owner_prefix(&amp.id))
+                    .await
+                    .context("listing member ports")?;
+                for port in unused_member_ports(&amp.id, &wanted, &owned) {
+                    // The amphora's agent has no unplug call: the port
+                    // leaves the instance (its interface vanishes inside
+                    // it), then the port is released. A repeat finds the
+                    // port gone, or detached and still listed.
+                    if let Some(compute_id) = &amp.compute_id {
+                        cx.drivers.compute.detach_port(compute_id, &port).await.context("detach member port")?;
+                    }
+                    cx.drivers.network.delete_port(&port.id).await.context("delete member port")?;
+                    tracing::info!(amphora = %amp.id, port = %port.id, subnet = %port.subnet_id,
+                        "member port of an unused subnet removed");
                 }
             }
         }
@@ -1166,6 +1235,56 @@ mod tests {
         let mut p = planned(Topology::Single, None, json!([{"old": "a"}]));
         p.insert("deleted".into(), Value::Bool(true));
         assert_eq!(build(JobKind::FailoverAmphora, &p), vec![Step::RemoveHealth(Amp::Old(0))]);
+    }
+
+    fn port(id: &str, subnet: &str) -> Port {
+        Port {
+            id: id.into(),
+            address: "198.51.100.7".into(),
+            network_id: "net".into(),
+            mac_address: "fa:16:3e:00:00:01".into(),
+            subnet_id: subnet.into(),
+        }
+    }
+
+    #[test]
+    fn member_ports_of_subnets_no_member_uses_are_the_ones_removed() {
+        let owned = vec![
+            ("member:amp-1:subnet-a".to_owned(), port("p-a", "subnet-a")),
+            ("member:amp-1:subnet-b".to_owned(), port("p-b", "subnet-b")),
+            ("member:amp-1:subnet-c".to_owned(), port("p-c", "subnet-c")),
+        ];
+        let wanted: BTreeSet<String> = ["subnet-b".to_owned()].into();
+        let ids: Vec<String> = unused_member_ports("amp-1", &wanted, &owned).into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["p-a", "p-c"]);
+        // Every subnet still used: nothing to remove; none used: all go.
+        let all: BTreeSet<String> = ["subnet-a", "subnet-b", "subnet-c"].map(str::to_owned).into();
+        assert!(unused_member_ports("amp-1", &all, &owned).is_empty());
+        assert_eq!(unused_member_ports("amp-1", &BTreeSet::new(), &owned).len(), 3);
+    }
+
+    #[test]
+    fn ports_of_other_amphorae_and_other_owners_are_never_removed() {
+        let owned = vec![
+            // Another amphora whose id starts with this one's.
+            ("member:amp-10:subnet-a".to_owned(), port("p-other", "subnet-a")),
+            ("vrrp:amp-1".to_owned(), port("p-vrrp", "subnet-v")),
+            ("mgmt:amp-1".to_owned(), port("p-mgmt", "subnet-m")),
+            ("member:amp-1:subnet-a".to_owned(), port("p-mine", "subnet-a")),
+        ];
+        let ids: Vec<String> =
+            unused_member_ports("amp-1", &BTreeSet::new(), &owned).into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, ["p-mine"]);
+        assert_eq!(member_port_owner("amp-1", "subnet-a"), "member:amp-1:subnet-a");
+    }
+
+    #[test]
+    fn an_update_unplugs_unused_member_networks_after_the_new_configuration_and_before_settling() {
+        let s = build(JobKind::UpdateLoadBalancer, &planned(Topology::Single, Some("lb"), json!([])));
+        assert_eq!(
+            s,
+            [Step::PlugMemberNetworks, Step::UploadConfigAll, Step::UnplugMemberNetworks, Step::MarkLbActive]
+        );
     }
 
     #[test]
