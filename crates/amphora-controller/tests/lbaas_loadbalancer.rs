@@ -239,6 +239,54 @@ async fn list_filters_sorts_pages_and_selects_fields() {
 }
 
 #[tokio::test]
+async fn each_listed_load_balancer_is_the_shown_one_with_its_children() {
+    // The engine renders list rows (children, defaults, nulls) while show
+    // renders them in the controller: both agree on every field.
+    for db in common::databases().await {
+        let api = common::api(&db).await;
+        let first = lbaas_support::lb(&api, "first").await;
+        let second = lbaas_support::lb(&api, "second").await;
+        let empty = lbaas_support::lb(&api, "empty").await;
+        for (lb, port) in [(&first, 80), (&first, 81), (&second, 82)] {
+            let listener = lbaas_support::listener(&api, lb, "HTTP", port).await;
+            settle(&api).await;
+            lbaas_support::pool_on_listener(&api, &listener, "HTTP").await;
+            settle(&api).await;
+        }
+        // What only the database can hold: no name or description, and
+        // tags.
+        api.sql(&format!(
+            "UPDATE load_balancer SET name = NULL, description = NULL, tags = '[\"a\",\"b\"]' \
+             WHERE id = '{empty}'"
+        ))
+        .await;
+        for fields in ["", "?fields=id&fields=listeners&fields=name&fields=provider&fields=admin_state_up"] {
+            let (_, list) = api.call("GET", &format!("/v2/lbaas/loadbalancers{fields}"), None).await;
+            let rows = list["loadbalancers"].as_array().expect("loadbalancers");
+            assert_eq!(rows.len(), 3, "{}: {list}", db.name);
+            for row in rows {
+                let id = row["id"].as_str().expect("id");
+                let (status, shown) = api.call("GET", &format!("/v2/lbaas/loadbalancers/{id}{fields}"), None).await;
+                assert_eq!(status, StatusCode::OK);
+                assert_eq!(row, &shown["loadbalancer"], "{}: {id}{fields}", db.name);
+            }
+        }
+        let (_, list) = api.call("GET", "/v2/lbaas/loadbalancers", None).await;
+        let row = |id: &str| {
+            list["loadbalancers"].as_array().expect("list").iter().find(|r| r["id"] == id).expect("listed").clone()
+        };
+        let (first, second, empty) = (row(&first), row(&second), row(&empty));
+        assert_eq!(first["listeners"].as_array().map(Vec::len), Some(2), "{first}");
+        assert_eq!(first["pools"].as_array().map(Vec::len), Some(2), "{first}");
+        assert_eq!(second["listeners"].as_array().map(Vec::len), Some(1), "{second}");
+        assert_eq!((&empty["name"], &empty["description"]), (&json!(""), &json!("")));
+        assert_eq!(empty["tags"], json!(["a", "b"]));
+        assert_eq!(empty["listeners"], json!([]));
+        assert_eq!(empty["additional_vips"], json!([]));
+    }
+}
+
+#[tokio::test]
 async fn update_delete_and_failover_follow_the_status_rules() {
     for db in common::databases().await {
         let api = common::api(&db).await;

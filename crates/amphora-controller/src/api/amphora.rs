@@ -90,7 +90,7 @@ async fn list(
     let scope = Scope::default().with("status <> $?", vec![listing::Param::Text(amphora_status::DELETED.into())]);
     let base = state.url(&headers, "/v2/octavia/amphorae");
     // Rows need no post-processing: the engine renders them.
-    let page = listing::list_json(&state.db, &AMPHORA, scope, &q, &base).await?;
+    let page = listing::list_json(&state.db, &AMPHORA, scope, &q, &base, &[]).await?;
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], page.body("amphorae")).into_response())
 }
 

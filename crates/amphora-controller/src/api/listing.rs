@@ -105,27 +105,31 @@ impl Resource {
     /// `row_json` then `strip_hidden` and `select_fields(fields)` would
     /// make, keys in the same (sorted) order: the engine renders the page.
     pub fn json_expr(&self, backend: Backend, fields: Option<&[String]>) -> String {
-        let mut shown: Vec<&Field> = self
+        self.json_expr_with(backend, fields, &[])
+    }
+
+    /// `json_expr` with `extra` keys: each a SQL expression (a JSON value
+    /// expression from `json_value`, or a plain scalar), replacing the
+    /// field of the same name or adding a key.
+    pub fn json_expr_with(&self, backend: Backend, fields: Option<&[String]>, extra: &[(&str, String)]) -> String {
+        let wanted = |name: &str| fields.is_none_or(|names| names.iter().any(|n| n == name));
+        let mut shown: Vec<(&str, String)> = self
             .fields
             .iter()
-            .filter(|f| !f.hidden && fields.is_none_or(|names| names.iter().any(|n| n == f.name)))
-            .collect();
-        shown.sort_by_key(|f| f.name);
-        let pairs: Vec<String> = shown
-            .iter()
+            .filter(|f| !f.hidden && wanted(f.name) && !extra.iter().any(|(k, _)| *k == f.name))
             .map(|f| {
                 let c = f.column;
-                let value = match (f.kind, backend) {
-                    (Kind::Bool, Backend::Sqlite) => {
-                        format!("json(CASE WHEN {c} IS NULL THEN NULL WHEN {c} THEN 'true' ELSE 'false' END)")
-                    }
-                    (Kind::Json, Backend::Sqlite) => format!("json({c})"),
-                    (Kind::Json, Backend::Postgres) => format!("CAST({c} AS json)"),
+                let value = match f.kind {
+                    Kind::Bool => bool_json(backend, c),
+                    Kind::Json => json_value(backend, c),
                     _ => c.to_owned(),
                 };
-                format!("'{}', {value}", f.name)
+                (f.name, value)
             })
             .collect();
+        shown.extend(extra.iter().filter(|(k, _)| wanted(k)).map(|(k, v)| (*k, v.clone())));
+        shown.sort_by_key(|(name, _)| *name);
+        let pairs: Vec<String> = shown.iter().map(|(name, value)| format!("'{name}', {value}")).collect();
         match backend {
             Backend::Sqlite => format!("json_object({})", pairs.join(", ")),
             Backend::Postgres => format!("CAST(json_build_object({}) AS TEXT)", pairs.join(", ")),
@@ -168,6 +172,43 @@ impl Resource {
         );
         let rows = bind(sqlx::query(&sql), params).fetch_all(&db.pool).await?;
         Ok(rows.iter().map(|r| self.row_json(r)).collect::<Result<Vec<_>, _>>()?)
+    }
+}
+
+/// A boolean column as a JSON true/false/null (SQLite stores 1/0).
+fn bool_json(backend: Backend, column: &str) -> String {
+    match backend {
+        Backend::Sqlite => {
+            format!("json(CASE WHEN {column} IS NULL THEN NULL WHEN {column} THEN 'true' ELSE 'false' END)")
+        }
+        Backend::Postgres => column.to_owned(),
+    }
+}
+
+/// A SQL expression holding JSON text, as a JSON value inside
+/// `json_expr` (not a string).
+pub fn json_value(backend: Backend, expr: &str) -> String {
+    match backend {
+        Backend::Sqlite => format!("json({expr})"),
+        Backend::Postgres => format!("CAST({expr} AS json)"),
+    }
+}
+
+impl Children {
+    /// The list as a JSON value for `json_expr_with`, for rows of
+    /// `parent_table` (its `parent` column), oldest child first.
+    pub fn json(&self, backend: Backend, parent_table: &str) -> String {
+        let (table, column, parent) = (self.table, self.column, self.parent);
+        match backend {
+            Backend::Sqlite => format!(
+                "json((SELECT json_group_array(json_object('id', c.id) ORDER BY c.created_at, c.id) \
+                 FROM {table} c WHERE c.{column} = {parent_table}.{parent}))"
+            ),
+            Backend::Postgres => format!(
+                "COALESCE((SELECT json_agg(json_build_object('id', c.id) ORDER BY c.created_at, c.id) \
+                 FROM {table} c WHERE c.{column} = {parent_table}.{parent}), CAST('[]' AS json))"
+            ),
+        }
     }
 }
 
@@ -584,8 +625,9 @@ pub async fn list_json(
     scope: Scope,
     q: &ListQuery,
     base_url: &str,
+    extra: &[(&str, String)],
 ) -> ApiResult<JsonPage> {
-    let select = format!("{}, id", resource.json_expr(db.backend, q.fields.as_deref()));
+    let select = format!("{}, {}.id", resource.json_expr_with(db.backend, q.fields.as_deref(), extra), resource.table);
     let page = page_query(db, resource, scope, q, &select).await?;
     let mut rows = Vec::new();
     let mut ids = Vec::new();

@@ -100,13 +100,22 @@ async fn list(
     Extension(ctx): Extension<Context>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let (q, scope) = super::list_request(&state, &ctx, &LOAD_BALANCER, query.as_deref())?;
     let scope = scope.with("provisioning_status <> $?", vec![listing::Param::Text(provisioning::DELETED.into())]);
     let base = state.url(&headers, "/v2/lbaas/loadbalancers");
-    let page = listing::list(&state.db, &LOAD_BALANCER, scope, &q, &base).await?;
-    let rows = render(&state.db, page.rows).await?;
-    Ok(super::list_body("loadbalancers", rows, page.links, &q))
+    // The engine renders the rows, as `render` would.
+    let backend = state.db.backend;
+    let extra = [
+        ("name", "COALESCE(name, '')".to_owned()),
+        ("description", "COALESCE(description, '')".to_owned()),
+        ("provider", "COALESCE(provider, 'octavia')".to_owned()),
+        ("additional_vips", listing::json_value(backend, "'[]'")),
+        ("listeners", CHILDREN[0].json(backend, LOAD_BALANCER.table)),
+        ("pools", CHILDREN[1].json(backend, LOAD_BALANCER.table)),
+    ];
+    let page = listing::list_json(&state.db, &LOAD_BALANCER, scope, &q, &base, &extra).await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], page.body("loadbalancers")).into_response())
 }
 
 async fn show(
