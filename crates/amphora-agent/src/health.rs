@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::fsutil;
 use crate::haproxy::cli;
+use crate::haproxy::stats::{self, Service, StatRow};
 use crate::lb::LbService;
 
 /// Counters reported as deltas, by their `show stat` names.
@@ -68,89 +69,37 @@ impl Counters {
     }
 }
 
-/// One row of `show stat`, the columns the heartbeat uses.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct StatRow {
-    pub pxname: String,
-    pub svname: String,
-    pub status: String,
-    pub weight: String,
-    pub scur: String,
-    pub bin: String,
-    pub bout: String,
-    pub ereq: String,
-    pub stot: String,
-}
-
-/// Parses `show stat` CSV output (columns found by name in the header).
-pub fn parse_show_stat(text: &str) -> Vec<StatRow> {
-    let body = text.trim_start_matches("# ");
-    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(body.as_bytes());
-    let Ok(headers) = reader.headers() else { return Vec::new() };
-    let column = |name: &str| headers.iter().position(|h| h == name);
-    let columns = ["pxname", "svname", "status", "weight", "scur", "bin", "bout", "ereq", "stot"].map(column);
-    let mut rows = Vec::new();
-    let mut record = csv::StringRecord::new();
-    while reader.read_record(&mut record).unwrap_or(false) {
-        let field = |i: usize| columns[i].and_then(|c| record.get(c)).unwrap_or("").to_owned();
-        let row = StatRow {
-            pxname: field(0),
-            svname: field(1),
-            status: field(2),
-            weight: field(3),
-            scur: field(4),
-            bin: field(5),
-            bout: field(6),
-            ereq: field(7),
-            stot: field(8),
-        };
-        // Octavia's internal Prometheus proxy is not billed traffic.
-        if !row.pxname.is_empty() && !row.pxname.contains("prometheus") {
-            rows.push(row);
-        }
-    }
-    rows
-}
-
-fn number(value: &str) -> u64 {
-    value.parse().unwrap_or(0)
-}
-
 /// Adds one haproxy's listeners and pools to a heartbeat, as upstream's
 /// `build_stats_message` and `get_pool_status` compute them.
 pub fn add_haproxy_stats(message: &mut Heartbeat, rows: &[StatRow], counters: &mut Counters) {
-    for row in rows.iter().filter(|r| r.svname == "FRONTEND") {
-        let current: BTreeMap<&str, u64> =
-            [("bin", &row.bin), ("bout", &row.bout), ("ereq", &row.ereq), ("stot", &row.stot)]
-                .into_iter()
-                .map(|(k, v)| (k, number(v)))
-                .collect();
-        let delta = counters.delta(&row.pxname, &current);
+    for row in rows.iter().filter(|r| r.service == Service::Frontend) {
+        let current = BTreeMap::from([("bin", row.bin), ("bout", row.bout), ("ereq", row.ereq), ("stot", row.stot)]);
+        let delta = counters.delta(&row.proxy, &current);
         message.listeners.insert(
-            row.pxname.clone(),
+            row.proxy.clone(),
             ListenerHealth {
-                status: row.status.as_str().into(),
+                status: row.frontend_status(),
                 stats: ListenerStats {
                     tx: delta["bout"],
                     rx: delta["bin"],
-                    conns: number(&row.scur),
+                    conns: row.scur,
                     totconns: delta["stot"],
                     ereq: delta["ereq"],
                 },
             },
         );
     }
-    for row in rows.iter().filter(|r| r.svname != "FRONTEND") {
+    for row in rows.iter().filter(|r| r.service != Service::Frontend) {
         let pool = message
             .pools
-            .entry(row.pxname.clone())
+            .entry(row.proxy.clone())
             .or_insert_with(|| PoolHealth { status: "".into(), members: BTreeMap::new() });
-        if row.svname == "BACKEND" {
-            pool.status = row.status.as_str().into();
-        } else {
-            // Some haproxy versions report a drained server as UP.
-            let status = if row.status == "UP" && row.weight == "0" { "DRAIN" } else { row.status.as_str() };
-            pool.members.insert(row.svname.clone(), status.into());
+        match &row.service {
+            Service::Backend => pool.status = row.backend_status(),
+            Service::Server(name) => {
+                pool.members.insert(name.clone(), row.server_status());
+            }
+            Service::Frontend => {}
         }
     }
 }
@@ -258,7 +207,7 @@ impl HeartbeatSender {
         self.seq += 1;
         for socket in self.lbs.running_stats_sockets() {
             match cli::query(&socket, "show stat").await {
-                Ok(text) => add_haproxy_stats(&mut message, &parse_show_stat(&text), &mut self.counters),
+                Ok(text) => add_haproxy_stats(&mut message, &stats::parse(&text), &mut self.counters),
                 Err(e) => tracing::warn!(socket = %socket.display(), error = %e, "cannot read haproxy statistics"),
             }
         }
@@ -374,7 +323,7 @@ prometheus-exporter-internal-endpoint,FRONTEND,,,0,0,100,0,0,0,0,0,0,,,,,OPEN,,,
         let dir = tempfile::tempdir().expect("tempdir");
         let mut counters = Counters::load(dir.path().join("stats_counters.json"));
         let mut message = empty_message();
-        add_haproxy_stats(&mut message, &parse_show_stat(SHOW_STAT), &mut counters);
+        add_haproxy_stats(&mut message, &stats::parse(SHOW_STAT), &mut counters);
         assert_eq!(
             message.listeners,
             BTreeMap::from([(

@@ -34,7 +34,8 @@ pub use settings::LogControl;
 /// message from `show stat`): not an interface of the agent.
 #[doc(hidden)]
 pub mod bench_support {
-    pub use crate::health::{Counters, add_haproxy_stats, encode_fitting, parse_show_stat};
+    pub use crate::haproxy::stats::parse as parse_show_stat;
+    pub use crate::health::{Counters, add_haproxy_stats, encode_fitting};
 }
 
 use std::net::SocketAddr;

@@ -2,7 +2,6 @@
 //! declares, and the master CLI socket the agent gives each master process.
 //! One command per connection, answered and closed by haproxy.
 
-use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::time::Duration;
@@ -65,23 +64,6 @@ pub fn parse_show_proc(text: &str) -> Option<MasterStatus> {
     master.map(|(reloads, failed)| MasterStatus { reloads, failed, current_workers })
 }
 
-/// Status (`OPEN`, `STOP`, `FULL`) of each frontend, from `show stat -1 1 -1`.
-pub fn parse_frontend_states(csv_text: &str) -> HashMap<String, String> {
-    let body = csv_text.trim_start_matches("# ");
-    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(body.as_bytes());
-    let Ok(headers) = reader.headers().cloned() else { return HashMap::new() };
-    let column = |name: &str| headers.iter().position(|h| h == name);
-    let (Some(px), Some(sv), Some(status)) = (column("pxname"), column("svname"), column("status")) else {
-        return HashMap::new();
-    };
-    reader
-        .records()
-        .filter_map(Result::ok)
-        .filter(|r| r.get(sv) == Some("FRONTEND"))
-        .filter_map(|r| Some((r.get(px)?.to_owned(), r.get(status)?.to_owned())))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,16 +91,5 @@ mod tests {
 ";
         assert_eq!(parse_show_proc(text), Some(MasterStatus { reloads: 0, failed: 0, current_workers: 1 }));
         assert_eq!(parse_show_proc("Unknown command\n"), None);
-    }
-
-    #[test]
-    fn frontend_states_from_show_stat() {
-        let text = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,weight\n\
-fe1,FRONTEND,,,0,1,2000,3,100,200,0,0,0,,,,,OPEN,\n\
-fe2,FRONTEND,,,0,0,2000,0,0,0,0,0,0,,,,,STOP,\n\n";
-        let states = parse_frontend_states(text);
-        assert_eq!(states.get("fe1").map(String::as_str), Some("OPEN"));
-        assert_eq!(states.get("fe2").map(String::as_str), Some("STOP"));
-        assert_eq!(states.len(), 2);
     }
 }

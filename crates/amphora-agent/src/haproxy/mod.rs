@@ -4,6 +4,7 @@
 pub mod cfg;
 pub mod cli;
 pub mod process;
+pub mod stats;
 
 use base64::Engine;
 use sha1::{Digest, Sha1};

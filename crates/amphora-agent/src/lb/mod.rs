@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use amphora_proto::heartbeat::BackendStatus;
 use amphora_proto::{
     ListenerDetail, ListenerProtocol, ListenerState, ListenerStatus, MemberState, PoolState, PoolStatus,
 };
@@ -29,6 +30,7 @@ pub use layout::{Layout, RESERVED_NAMES, VRRP_DIR};
 
 use crate::certs::{self, CertFileName, KeyRule, PemError};
 use crate::fsutil;
+use crate::haproxy::stats::{self, Service};
 use crate::haproxy::{self, Haproxy, HaproxyError, Instance, cfg, cli, process};
 use crate::ids::{AmphoraId, LbId};
 use crate::net::NetService;
@@ -573,25 +575,24 @@ impl LbService {
             let summary = self.summary(&id);
             let instance = self.instance(&id);
             let running = process::running_pid(&instance).is_some();
-            let frontend_states = match (&summary.stats_socket, running) {
+            let frontend_rows = match (&summary.stats_socket, running) {
                 (Some(socket), true) => {
-                    Some(cli::query(socket, "show stat -1 1 -1").await.map(|csv| cli::parse_frontend_states(&csv)).ok())
+                    Some(cli::query(socket, "show stat -1 1 -1").await.map(|csv| stats::parse(&csv)).ok())
                 }
                 _ => None,
             };
             let should_run = self.record(&id).desired == Desired::Running;
             for frontend in summary.frontends {
-                let status = match (&frontend_states, running) {
+                let status = match (&frontend_rows, running) {
                     (_, false) if should_run => ListenerState::Error,
                     (_, false) => ListenerState::Stopped,
                     // No stats socket configured: running is all we know.
                     (None, true) => ListenerState::Active,
                     // The stats socket of a running haproxy did not answer.
                     (Some(None), true) => ListenerState::Error,
-                    (Some(Some(states)), true) => match states.get(&frontend.name).map(String::as_str) {
-                        Some("OPEN" | "FULL") => ListenerState::Active,
-                        _ => ListenerState::Stopped,
-                    },
+                    (Some(Some(rows)), true) => stats::listener_state(
+                        rows.iter().find(|r| r.service == Service::Frontend && r.proxy == frontend.name),
+                    ),
                 };
                 all.push(ListenerStatus { status, uuid: frontend.name, kind: ListenerProtocol::from(frontend.kind) });
             }
@@ -637,22 +638,27 @@ impl LbService {
         if let (Some(socket), true) = (socket, process::running_pid(&self.instance(&lb)).is_some())
             && let Ok(text) = cli::query(&socket, "show stat -1 6 -1").await
         {
-            let rows = crate::health::parse_show_stat(&text);
+            let rows = stats::parse(&text);
             let suffix = format!(":{}", frontend.name);
-            let mut names: Vec<&str> = rows.iter().map(|r| r.pxname.as_str()).collect();
+            let mut names: Vec<&str> = rows.iter().map(|r| r.proxy.as_str()).collect();
             names.dedup();
             for name in names {
                 if by_listener && !name.ends_with(&suffix) {
                     continue;
                 }
-                let backend = rows.iter().find(|r| r.pxname == name && r.svname == "BACKEND");
-                let members: Vec<(String, String)> = rows
+                let backend = rows.iter().find(|r| r.proxy == name && r.service == Service::Backend);
+                let members: Vec<(String, MemberState)> = rows
                     .iter()
-                    .filter(|r| r.pxname == name && r.svname != "BACKEND")
-                    .map(|r| (r.svname.clone(), member_state(&r.status).to_owned()))
+                    .filter(|r| r.proxy == name)
+                    .filter_map(|r| match &r.service {
+                        Service::Backend => None,
+                        // `-1 6 -1` asks for backends and servers only.
+                        Service::Frontend => Some(("FRONTEND".to_owned(), r.member_state())),
+                        Service::Server(server) => Some((server.clone(), r.member_state())),
+                    })
                     .collect();
-                let up = backend.is_some_and(|b| b.status == "UP");
-                let degraded = up && members.iter().any(|(_, s)| s == "DOWN");
+                let up = backend.is_some_and(|b| b.backend_status() == BackendStatus::Up);
+                let degraded = up && members.iter().any(|(_, s)| *s == MemberState::Down);
                 pools.push(PoolStatus {
                     uuid: name.split(':').next().unwrap_or(name).to_owned(),
                     status: if degraded {
@@ -662,7 +668,7 @@ impl LbService {
                     } else {
                         PoolState::Down
                     },
-                    members: members.into_iter().map(|(k, v)| BTreeMap::from([(k, MemberState::from(v))])).collect(),
+                    members: members.into_iter().map(|(k, v)| BTreeMap::from([(k, v)])).collect(),
                 });
             }
         }
@@ -811,18 +817,6 @@ impl LbService {
         let slot = self.slot(id);
         let current = slot.op.lock().await;
         *current == generation && self.layout.config(id).is_file() && self.record(id).desired == Desired::Running
-    }
-}
-
-/// A member's state as the 0.1 listener detail reports it: UP or DOWN
-/// (haproxy's transitional "UP 1/3" and unchecked members count as UP).
-fn member_state(status: &str) -> &str {
-    if status.starts_with("UP") || status == "no check" {
-        "UP"
-    } else if status.starts_with("DOWN") || status.starts_with("MAINT") {
-        "DOWN"
-    } else {
-        status
     }
 }
 
