@@ -9,8 +9,10 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 pub use oslo_ini::{ConfigError, ConfigWarning, FileList, parse_bool};
+
 use oslo_ini::{Layers, parse_absolute_path, parse_int, parse_list};
 
 /// Default location of the agent configuration, as upstream's image has it.
@@ -98,58 +100,331 @@ impl Topology {
     }
 }
 
-/// Options we read, plus upstream options the agent template writes that we
-/// accept without acting on them (so they do not draw warnings).
-const KNOWN_OPTIONS: &oslo_ini::KnownOptions = &[
-    (
-        "DEFAULT",
-        &["debug", "use_syslog", "syslog_log_facility", "log_file", "log_dir", "use_stderr", "use_journal", "host"],
-    ),
-    (
-        "haproxy_amphora",
-        &[
-            "base_path",
-            "base_cert_dir",
-            "bind_host",
-            "bind_port",
-            "haproxy_cmd",
-            "user_group",
-            "user_log_facility",
-            "administrative_log_facility",
-            "lb_network_interface",
-            "respawn_count",
-            "respawn_interval",
-        ],
-    ),
-    ("health_manager", &["controller_ip_port_list", "heartbeat_interval", "heartbeat_key"]),
-    (
-        "amphora_agent",
-        &[
-            "agent_server_ca",
-            "agent_server_cert",
-            "agent_server_network_dir",
-            "agent_request_read_timeout",
-            "amphora_id",
-            "agent_tls_protocol",
-            "amphora_udp_driver",
-            "network_namespace",
-            "max_request_body_size",
-            "api_versions",
-            "admin_log_targets",
-            "tenant_log_targets",
-            "user_log_facility",
-            "administrative_log_facility",
-            "log_protocol",
-            "log_retry_count",
-            "log_retry_interval",
-            "log_queue_size",
-            "logging_template_override",
-            "forward_all_logs",
-            "disable_local_log_storage",
-        ],
-    ),
-    ("controller_worker", &["loadbalancer_topology"]),
+/// Where an option comes from: upstream's agent, or this agent's own
+/// additions (documented in the README's "Options of ours").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Upstream,
+    Ours,
+}
+
+/// How the table reads, shows and copies one option's field of `Config`.
+#[derive(Debug, Clone, Copy)]
+struct Access {
+    /// Parses a value (as written in a file) into its field.
+    read: fn(&str, &mut Config, &mut Vec<ConfigWarning>) -> Result<(), String>,
+    /// The field as it would be written in a file.
+    show: fn(&Config) -> String,
+    /// Copies the field from one configuration to another.
+    copy: fn(&mut Config, &Config),
+}
+
+/// One configuration option: the one place that names it, gives its
+/// default, says how it is parsed and whether it applies without a
+/// restart.
+#[derive(Debug, Clone, Copy)]
+pub struct OptionSpec {
+    pub section: &'static str,
+    pub key: &'static str,
+    /// The value when no file sets it, as it would be written in a file;
+    /// `None` for a required option, and for options accepted and ignored.
+    pub default: Option<&'static str>,
+    /// Applied by `PUT /1.0/config` at once (upstream's `mutable=True`).
+    pub mutable: bool,
+    pub origin: Origin,
+    /// `None`: an upstream option the agent template writes, accepted
+    /// without acting on it (so it draws no warning).
+    access: Option<Access>,
+}
+
+impl OptionSpec {
+    /// `[section] key`, as reports and errors name options.
+    pub fn name(&self) -> String {
+        format!("[{}] {}", self.section, self.key)
+    }
+
+    /// Whether the agent acts on this option.
+    pub fn is_used(&self) -> bool {
+        self.access.is_some()
+    }
+
+    /// The option's value in `config`, as it would be written in a file;
+    /// `None` for options the agent ignores.
+    pub fn show(&self, config: &Config) -> Option<String> {
+        self.access.map(|access| (access.show)(config))
+    }
+
+    /// Copies this option's value from `from` into `to`.
+    pub fn copy(&self, to: &mut Config, from: &Config) {
+        if let Some(access) = self.access {
+            (access.copy)(to, from);
+        }
+    }
+}
+
+/// A value as it would be written in a configuration file.
+trait IniValue {
+    fn ini(&self) -> String;
+}
+
+impl IniValue for String {
+    fn ini(&self) -> String {
+        self.clone()
+    }
+}
+
+impl IniValue for PathBuf {
+    fn ini(&self) -> String {
+        self.display().to_string()
+    }
+}
+
+impl<T: IniValue> IniValue for Option<T> {
+    fn ini(&self) -> String {
+        self.as_ref().map(IniValue::ini).unwrap_or_default()
+    }
+}
+
+impl IniValue for Vec<String> {
+    fn ini(&self) -> String {
+        self.join(", ")
+    }
+}
+
+macro_rules! ini_by_display {
+    ($($t:ty),+) => {
+        $(impl IniValue for $t {
+            fn ini(&self) -> String {
+                self.to_string()
+            }
+        })+
+    };
+}
+ini_by_display!(bool, u16, u64, usize, IpAddr);
+
+impl IniValue for TlsProtocol {
+    fn ini(&self) -> String {
+        match self {
+            TlsProtocol::Tls12 => "TLSv1.2",
+            TlsProtocol::Tls13 => "TLSv1.3",
+        }
+        .to_owned()
+    }
+}
+
+impl IniValue for Topology {
+    fn ini(&self) -> String {
+        self.as_str().to_owned()
+    }
+}
+
+/// An option the agent reads into `config.<field>` with `parse`
+/// (`fn(&str) -> Result<T, String>`), or with `parse_warning`
+/// (`fn(&str, &mut Vec<ConfigWarning>) -> Result<T, String>`).
+macro_rules! option {
+    ($section:literal, $key:literal, $origin:ident, mutable: $mutable:literal, default: $default:expr,
+     $($field:ident).+ = parse $parse:expr) => {
+        option!(@spec $section, $key, $origin, $mutable, $default, $($field).+,
+            |value, _warnings| ($parse)(value))
+    };
+    ($section:literal, $key:literal, $origin:ident, mutable: $mutable:literal, default: $default:expr,
+     $($field:ident).+ = parse_warning $parse:expr) => {
+        option!(@spec $section, $key, $origin, $mutable, $default, $($field).+, $parse)
+    };
+    (@spec $section:literal, $key:literal, $origin:ident, $mutable:literal, $default:expr, $($field:ident).+,
+     $parse:expr) => {
+        OptionSpec {
+            section: $section,
+            key: $key,
+            default: $default,
+            mutable: $mutable,
+            origin: Origin::$origin,
+            access: Some(Access {
+                read: |value, config, warnings| {
+                    let parse: fn(&str, &mut Vec<ConfigWarning>) -> Result<_, String> = $parse;
+                    config.$($field).+ = parse(value, warnings)?;
+                    Ok(())
+                },
+                show: |config| config.$($field).+.ini(),
+                copy: |to, from| to.$($field).+ = from.$($field).+.clone(),
+            }),
+        }
+    };
+}
+
+/// An upstream option the agent template writes and the agent ignores.
+const fn ignored(section: &'static str, key: &'static str) -> OptionSpec {
+    OptionSpec { section, key, default: None, mutable: false, origin: Origin::Upstream, access: None }
+}
+
+fn parse_path(value: &str) -> Result<PathBuf, String> {
+    parse_absolute_path(value)
+}
+
+fn parse_optional_path(value: &str) -> Result<Option<PathBuf>, String> {
+    if value.is_empty() { Ok(None) } else { parse_absolute_path(value).map(Some) }
+}
+
+fn parse_string(value: &str) -> Result<String, String> {
+    Ok(value.to_owned())
+}
+
+/// An option whose empty value means "not set".
+fn parse_optional_string(value: &str) -> Result<Option<String>, String> {
+    Ok((!value.is_empty()).then(|| value.to_owned()))
+}
+
+fn parse_ip(value: &str) -> Result<IpAddr, String> {
+    value.parse().map_err(|_| "expected an IP address".to_owned())
+}
+
+fn parse_controllers(value: &str) -> Result<Vec<String>, String> {
+    let list = parse_list(value);
+    list.iter().try_for_each(|c| parse_controller(c))?;
+    Ok(list)
+}
+
+fn parse_namespace(value: &str) -> Result<Option<String>, String> {
+    if value.is_empty() {
+        Ok(None)
+    } else if is_namespace_name(value) {
+        Ok(Some(value.to_owned()))
+    } else {
+        Err("expected a network namespace name (letters, digits, '-', '_', '.')".into())
+    }
+}
+
+fn parse_api_versions(value: &str) -> Result<Vec<String>, String> {
+    let list = parse_list(value);
+    if list.is_empty() {
+        return Err("at least one API version must be served".into());
+    }
+    match list.iter().find(|v| !API_VERSIONS.contains(&v.as_str())) {
+        Some(unknown) => Err(format!("unknown API version {unknown:?} (known: {})", API_VERSIONS.join(", "))),
+        None => Ok(list),
+    }
+}
+
+/// Every option the agent knows, in the order reports list them: the one
+/// table that names, defaults, parses and classifies them.
+pub const OPTIONS: &[OptionSpec] = &[
+    option!("DEFAULT", "debug", Upstream, mutable: true, default: Some("false"), debug = parse parse_bool),
+    option!("haproxy_amphora", "base_path", Upstream, mutable: false, default: Some("/var/lib/octavia"),
+        haproxy_amphora.base_path = parse parse_path),
+    option!("haproxy_amphora", "base_cert_dir", Upstream, mutable: false, default: Some("/var/lib/octavia/certs"),
+        haproxy_amphora.base_cert_dir = parse parse_path),
+    option!("haproxy_amphora", "bind_host", Upstream, mutable: false, default: Some("::"),
+        haproxy_amphora.bind_host = parse parse_ip),
+    option!("haproxy_amphora", "bind_port", Upstream, mutable: false, default: Some("9443"),
+        haproxy_amphora.bind_port = parse |v| parse_int(v, 0, 65535).map(|n| n as u16)),
+    option!("haproxy_amphora", "haproxy_cmd", Upstream, mutable: false, default: Some("/usr/sbin/haproxy"),
+        haproxy_amphora.haproxy_cmd = parse parse_path),
+    option!("haproxy_amphora", "user_group", Upstream, mutable: false, default: Some(""),
+        haproxy_amphora.user_group = parse parse_optional_string),
+    option!("health_manager", "controller_ip_port_list", Upstream, mutable: true, default: Some(""),
+        health_manager.controller_ip_port_list = parse parse_controllers),
+    option!("health_manager", "heartbeat_interval", Upstream, mutable: true, default: Some("10"),
+        health_manager.heartbeat_interval = parse |v| parse_int(v, 1, 86_400)),
+    option!("health_manager", "heartbeat_key", Upstream, mutable: true, default: Some(""),
+        health_manager.heartbeat_key = parse parse_optional_string),
+    option!("amphora_agent", "agent_server_ca", Upstream, mutable: false,
+        default: Some("/etc/octavia/certs/client_ca.pem"), amphora_agent.agent_server_ca = parse parse_path),
+    option!("amphora_agent", "agent_server_cert", Upstream, mutable: false,
+        default: Some("/etc/octavia/certs/server.pem"), amphora_agent.agent_server_cert = parse parse_path),
+    option!("amphora_agent", "agent_server_network_dir", Upstream, mutable: false, default: Some(""),
+        amphora_agent.agent_server_network_dir = parse parse_optional_path),
+    option!("amphora_agent", "agent_request_read_timeout", Upstream, mutable: false, default: Some("180"),
+        amphora_agent.agent_request_read_timeout = parse |v| parse_int(v, 1, 86_400)),
+    option!("amphora_agent", "amphora_id", Upstream, mutable: false, default: None,
+        amphora_agent.amphora_id = parse parse_string),
+    option!("amphora_agent", "agent_tls_protocol", Upstream, mutable: false, default: Some("TLSv1.2"),
+        amphora_agent.agent_tls_protocol = parse_warning parse_tls_protocol),
+    option!("amphora_agent", "amphora_udp_driver", Upstream, mutable: false, default: Some("keepalived_lvs"),
+        amphora_agent.amphora_udp_driver = parse parse_string),
+    option!("amphora_agent", "network_namespace", Ours, mutable: false, default: Some("amphora-haproxy"),
+        amphora_agent.network_namespace = parse parse_namespace),
+    option!("amphora_agent", "max_request_body_size", Ours, mutable: false, default: Some("16777216"),
+        amphora_agent.max_request_body_size = parse |v| parse_int(v, 1024, 1 << 32).map(|n| n as usize)),
+    option!("amphora_agent", "api_versions", Ours, mutable: false, default: Some("0.1, 1.0, appliance"),
+        amphora_agent.api_versions = parse parse_api_versions),
+    option!("controller_worker", "loadbalancer_topology", Upstream, mutable: true, default: Some("SINGLE"),
+        controller_worker.loadbalancer_topology = parse parse_topology),
+    ignored("DEFAULT", "use_syslog"),
+    ignored("DEFAULT", "syslog_log_facility"),
+    ignored("DEFAULT", "log_file"),
+    ignored("DEFAULT", "log_dir"),
+    ignored("DEFAULT", "use_stderr"),
+    ignored("DEFAULT", "use_journal"),
+    ignored("DEFAULT", "host"),
+    ignored("haproxy_amphora", "user_log_facility"),
+    ignored("haproxy_amphora", "administrative_log_facility"),
+    ignored("haproxy_amphora", "lb_network_interface"),
+    ignored("haproxy_amphora", "respawn_count"),
+    ignored("haproxy_amphora", "respawn_interval"),
+    ignored("amphora_agent", "admin_log_targets"),
+    ignored("amphora_agent", "tenant_log_targets"),
+    ignored("amphora_agent", "user_log_facility"),
+    ignored("amphora_agent", "administrative_log_facility"),
+    ignored("amphora_agent", "log_protocol"),
+    ignored("amphora_agent", "log_retry_count"),
+    ignored("amphora_agent", "log_retry_interval"),
+    ignored("amphora_agent", "log_queue_size"),
+    ignored("amphora_agent", "logging_template_override"),
+    ignored("amphora_agent", "forward_all_logs"),
+    ignored("amphora_agent", "disable_local_log_storage"),
 ];
+
+/// `OPTIONS` grouped by section, as the INI reader wants them to tell
+/// unknown options apart.
+fn known_options() -> &'static oslo_ini::KnownOptions {
+    static KEYS: LazyLock<Vec<(&'static str, Vec<&'static str>)>> = LazyLock::new(|| {
+        let mut sections: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
+        for option in OPTIONS {
+            match sections.iter_mut().find(|(name, _)| *name == option.section) {
+                Some((_, keys)) => keys.push(option.key),
+                None => sections.push((option.section, vec![option.key])),
+            }
+        }
+        sections
+    });
+    static KNOWN: LazyLock<Vec<(&'static str, &'static [&'static str])>> =
+        LazyLock::new(|| KEYS.iter().map(|(section, keys)| (*section, keys.as_slice())).collect());
+    KNOWN.as_slice()
+}
+
+/// The configuration before the table fills it in; every field is
+/// overwritten by its option (value or default).
+fn unfilled() -> Config {
+    Config {
+        debug: false,
+        haproxy_amphora: HaproxyAmphora {
+            base_path: PathBuf::new(),
+            base_cert_dir: PathBuf::new(),
+            bind_host: IpAddr::from([0u16; 8]),
+            bind_port: 0,
+            haproxy_cmd: PathBuf::new(),
+            user_group: None,
+        },
+        health_manager: HealthManager {
+            controller_ip_port_list: Vec::new(),
+            heartbeat_interval: 0,
+            heartbeat_key: None,
+        },
+        amphora_agent: AmphoraAgent {
+            agent_server_ca: PathBuf::new(),
+            agent_server_cert: PathBuf::new(),
+            agent_server_network_dir: None,
+            agent_request_read_timeout: 0,
+            amphora_id: String::new(),
+            agent_tls_protocol: TlsProtocol::Tls12,
+            amphora_udp_driver: String::new(),
+            network_namespace: None,
+            max_request_body_size: 0,
+            api_versions: Vec::new(),
+        },
+        controller_worker: ControllerWorker { loadbalancer_topology: Topology::Single },
+    }
+}
 
 fn parse_tls_protocol(value: &str, warnings: &mut Vec<ConfigWarning>) -> Result<TlsProtocol, String> {
     match value {
@@ -202,97 +477,33 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded, ConfigError> {
 
 /// Parses configuration texts, each labelled with the path it came from.
 pub fn parse<'a>(sources: impl IntoIterator<Item = (&'a Path, &'a str)>) -> Result<Loaded, ConfigError> {
-    let mut layers = Layers::new(KNOWN_OPTIONS);
+    let mut layers = Layers::new(known_options());
     for (path, text) in sources {
         layers.add(path, text)?;
     }
     let mut warnings = layers.take_warnings();
-
-    let haproxy_amphora = HaproxyAmphora {
-        base_path: layers.path("haproxy_amphora", "base_path", "/var/lib/octavia")?,
-        base_cert_dir: layers.path("haproxy_amphora", "base_cert_dir", "/var/lib/octavia/certs")?,
-        bind_host: layers.get("haproxy_amphora", "bind_host", IpAddr::from([0u16; 8]), |v| {
-            v.parse().map_err(|_| "expected an IP address".to_owned())
-        })?,
-        bind_port: layers.get("haproxy_amphora", "bind_port", 9443, |v| parse_int(v, 0, 65535).map(|n| n as u16))?,
-        haproxy_cmd: layers.path("haproxy_amphora", "haproxy_cmd", "/usr/sbin/haproxy")?,
-        user_group: layers.optional_string("haproxy_amphora", "user_group")?,
-    };
-
-    let health_manager = HealthManager {
-        controller_ip_port_list: layers.get("health_manager", "controller_ip_port_list", Vec::new(), |v| {
-            let list = parse_list(v);
-            list.iter().try_for_each(|c| parse_controller(c))?;
-            Ok(list)
-        })?,
-        heartbeat_interval: layers.get("health_manager", "heartbeat_interval", 10, |v| parse_int(v, 1, 86_400))?,
-        heartbeat_key: layers.optional_string("health_manager", "heartbeat_key")?,
-    };
-
-    let amphora_agent = AmphoraAgent {
-        agent_server_ca: layers.path("amphora_agent", "agent_server_ca", "/etc/octavia/certs/client_ca.pem")?,
-        agent_server_cert: layers.path("amphora_agent", "agent_server_cert", "/etc/octavia/certs/server.pem")?,
-        agent_server_network_dir: layers.get("amphora_agent", "agent_server_network_dir", None, |v| {
-            if v.is_empty() { Ok(None) } else { parse_absolute_path(v).map(Some) }
-        })?,
-        agent_request_read_timeout: layers
-            .get("amphora_agent", "agent_request_read_timeout", 180, |v| parse_int(v, 1, 86_400))?,
-        amphora_id: layers.required("amphora_agent", "amphora_id")?,
-        agent_tls_protocol: layers
-            .get("amphora_agent", "agent_tls_protocol", TlsProtocol::Tls12, |v| parse_tls_protocol(v, &mut warnings))?,
-        amphora_udp_driver: layers.string("amphora_agent", "amphora_udp_driver", "keepalived_lvs")?,
-        network_namespace: layers.get(
-            "amphora_agent",
-            "network_namespace",
-            Some("amphora-haproxy".to_owned()),
-            |v| {
-                if v.is_empty() {
-                    Ok(None)
-                } else if is_namespace_name(v) {
-                    Ok(Some(v.to_owned()))
-                } else {
-                    Err("expected a network namespace name (letters, digits, '-', '_', '.')".into())
-                }
-            },
-        )?,
-        max_request_body_size: layers.get("amphora_agent", "max_request_body_size", 16 * 1024 * 1024, |v| {
-            parse_int(v, 1024, 1 << 32).map(|n| n as usize)
-        })?,
-        api_versions: layers.get(
-            "amphora_agent",
-            "api_versions",
-            API_VERSIONS.iter().map(|v| v.to_string()).collect(),
-            |v| {
-                let list = parse_list(v);
-                if list.is_empty() {
-                    return Err("at least one API version must be served".into());
-                }
-                match list.iter().find(|v| !API_VERSIONS.contains(&v.as_str())) {
-                    Some(unknown) => {
-                        Err(format!("unknown API version {unknown:?} (known: {})", API_VERSIONS.join(", ")))
-                    }
-                    None => Ok(list),
-                }
-            },
-        )?,
-    };
-
-    let controller_worker = ControllerWorker {
-        loadbalancer_topology: layers.get(
-            "controller_worker",
-            "loadbalancer_topology",
-            Topology::Single,
-            parse_topology,
-        )?,
-    };
-
-    let config = Config {
-        debug: layers.get("DEFAULT", "debug", false, parse_bool)?,
-        haproxy_amphora,
-        health_manager,
-        amphora_agent,
-        controller_worker,
-    };
+    let mut config = unfilled();
+    for option in OPTIONS {
+        let Some(access) = option.access else { continue };
+        let value = match option.default {
+            // An empty value counts as missing, as oslo.config's required
+            // string options.
+            None => Some(layers.required(option.section, option.key)?),
+            Some(_) => None,
+        };
+        let set = layers.get(option.section, option.key, false, |raw| {
+            (access.read)(value.as_deref().unwrap_or(raw), &mut config, &mut warnings).map(|()| true)
+        })?;
+        if let (false, Some(default)) = (set, option.default) {
+            (access.read)(default, &mut config, &mut warnings).map_err(|reason| ConfigError::Invalid {
+                path: PathBuf::from("(built-in default)"),
+                section: option.section.to_owned(),
+                key: option.key.to_owned(),
+                value: default.to_owned(),
+                reason,
+            })?;
+        }
+    }
     Ok(Loaded { config, warnings, files: layers.files().to_vec() })
 }
 
@@ -311,6 +522,94 @@ mod tests {
 
     fn parse_one(text: &str) -> Result<Loaded, ConfigError> {
         parse([(Path::new("/etc/octavia/amphora-agent.conf"), text)])
+    }
+
+    #[test]
+    fn every_option_is_named_once() {
+        let mut names: Vec<String> = OPTIONS.iter().map(OptionSpec::name).collect();
+        names.sort();
+        let count = names.len();
+        names.dedup();
+        assert_eq!(names.len(), count, "an option appears twice in OPTIONS");
+    }
+
+    #[test]
+    fn every_default_is_what_an_unset_option_reads_as() {
+        let config = parse_one(MINIMAL).expect("valid").config;
+        for option in OPTIONS.iter().filter(|o| o.is_used()) {
+            match option.default {
+                Some(default) => assert_eq!(option.show(&config).as_deref(), Some(default), "{}", option.name()),
+                None => assert_eq!(option.name(), "[amphora_agent] amphora_id", "only the amphora id is required"),
+            }
+        }
+    }
+
+    #[test]
+    fn every_option_reads_back_what_it_shows() {
+        // Values unlike the defaults, so a field read into the wrong place shows.
+        let text = "[DEFAULT]\ndebug = yes\n\
+                    [haproxy_amphora]\nbase_path = /srv/b\nbase_cert_dir = /srv/c\nbind_host = 192.0.2.9\n\
+                    bind_port = 1234\nhaproxy_cmd = /opt/haproxy\nuser_group = lbs\n\
+                    [health_manager]\ncontroller_ip_port_list = 192.0.2.1:5555, [fd00::1]:5556\n\
+                    heartbeat_interval = 7\nheartbeat_key = k\n\
+                    [amphora_agent]\namphora_id = amp-9\nagent_server_ca = /srv/ca.pem\nagent_server_cert = /srv/s.pem\n\
+                    agent_server_network_dir = /srv/net\nagent_request_read_timeout = 5\nagent_tls_protocol = TLSv1.3\n\
+                    amphora_udp_driver = other\nnetwork_namespace = ns-9\nmax_request_body_size = 2048\n\
+                    api_versions = 1.0\n\
+                    [controller_worker]\nloadbalancer_topology = ACTIVE_STANDBY\n";
+        let config = parse_one(text).expect("valid").config;
+        let defaults = parse_one(MINIMAL).expect("valid").config;
+        for option in OPTIONS.iter().filter(|o| o.is_used()) {
+            let shown = option.show(&config).expect("used");
+            assert_ne!(Some(&shown), option.show(&defaults).as_ref(), "{} kept its default", option.name());
+            let again = format!("{MINIMAL}[{}]\n{} = {shown}\n", option.section, option.key);
+            let read = parse_one(&again).expect("valid").config;
+            assert_eq!(option.show(&read), Some(shown), "{}", option.name());
+            let mut copied = defaults.clone();
+            option.copy(&mut copied, &config);
+            assert_eq!(option.show(&copied), option.show(&config), "{}", option.name());
+        }
+    }
+
+    #[test]
+    fn every_option_in_the_table_is_known_to_the_reader() {
+        let mut text = String::new();
+        for option in OPTIONS {
+            let value = match (option.key, option.default) {
+                ("amphora_id", _) => "amp",
+                (_, Some(default)) => default,
+                // Ignored options take anything.
+                (_, None) => "x",
+            };
+            text.push_str(&format!("[{}]\n{} = {value}\n", option.section, option.key));
+        }
+        let loaded = parse_one(&text).expect("valid");
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    }
+
+    /// The README's table of our own options lists exactly the table's
+    /// `Origin::Ours` options with their defaults.
+    #[test]
+    fn our_options_are_documented_with_their_defaults() {
+        let readme = include_str!("../../../README.md");
+        let section = readme.split("Options of ours").nth(1).expect("README has our options");
+        let documented: Vec<(String, String)> = section
+            .lines()
+            .skip_while(|line| !line.starts_with('|'))
+            .take_while(|line| line.starts_with('|'))
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                let key = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+                let default = cells.get(2)?.trim_matches('`');
+                Some((key.to_owned(), default.to_owned()))
+            })
+            .collect();
+        let ours: Vec<(String, String)> = OPTIONS
+            .iter()
+            .filter(|o| o.origin == Origin::Ours)
+            .map(|o| (o.key.to_owned(), o.default.unwrap_or("").to_owned()))
+            .collect();
+        assert_eq!(documented, ours);
     }
 
     #[test]

@@ -120,52 +120,19 @@ impl LiveConfig {
     }
 }
 
-/// `running` with the options upstream marks mutable taken from `new`:
-/// `[DEFAULT] debug`, `[health_manager] controller_ip_port_list`,
-/// `heartbeat_interval`, `heartbeat_key`, and
-/// `[controller_worker] loadbalancer_topology`.
+/// `running` with the options upstream marks mutable (`mutable` in
+/// `config::OPTIONS`) taken from `new`.
 pub fn apply_mutable(running: &Config, new: &Config) -> Config {
     let mut effective = running.clone();
-    effective.debug = new.debug;
-    effective.health_manager = new.health_manager.clone();
-    effective.controller_worker.loadbalancer_topology = new.controller_worker.loadbalancer_topology;
+    for option in config::OPTIONS.iter().filter(|o| o.mutable) {
+        option.copy(&mut effective, new);
+    }
     effective
 }
 
 /// `[section] key` of every option whose value differs.
 fn differences(a: &Config, b: &Config) -> Vec<String> {
-    let (a, b) = (option_values(a), option_values(b));
-    a.iter().zip(b.iter()).filter(|(x, y)| x.2 != y.2).map(|(x, _)| format!("[{}] {}", x.0, x.1)).collect()
-}
-
-/// Every option's value, for comparison.
-fn option_values(c: &Config) -> Vec<(&'static str, &'static str, String)> {
-    let h = &c.haproxy_amphora;
-    let m = &c.health_manager;
-    let a = &c.amphora_agent;
-    vec![
-        ("DEFAULT", "debug", c.debug.to_string()),
-        ("haproxy_amphora", "base_path", format!("{:?}", h.base_path)),
-        ("haproxy_amphora", "base_cert_dir", format!("{:?}", h.base_cert_dir)),
-        ("haproxy_amphora", "bind_host", h.bind_host.to_string()),
-        ("haproxy_amphora", "bind_port", h.bind_port.to_string()),
-        ("haproxy_amphora", "haproxy_cmd", format!("{:?}", h.haproxy_cmd)),
-        ("haproxy_amphora", "user_group", format!("{:?}", h.user_group)),
-        ("health_manager", "controller_ip_port_list", format!("{:?}", m.controller_ip_port_list)),
-        ("health_manager", "heartbeat_interval", m.heartbeat_interval.to_string()),
-        ("health_manager", "heartbeat_key", format!("{:?}", m.heartbeat_key)),
-        ("amphora_agent", "agent_server_ca", format!("{:?}", a.agent_server_ca)),
-        ("amphora_agent", "agent_server_cert", format!("{:?}", a.agent_server_cert)),
-        ("amphora_agent", "agent_server_network_dir", format!("{:?}", a.agent_server_network_dir)),
-        ("amphora_agent", "agent_request_read_timeout", a.agent_request_read_timeout.to_string()),
-        ("amphora_agent", "amphora_id", a.amphora_id.clone()),
-        ("amphora_agent", "agent_tls_protocol", format!("{:?}", a.agent_tls_protocol)),
-        ("amphora_agent", "amphora_udp_driver", a.amphora_udp_driver.clone()),
-        ("amphora_agent", "network_namespace", format!("{:?}", a.network_namespace)),
-        ("amphora_agent", "max_request_body_size", a.max_request_body_size.to_string()),
-        ("amphora_agent", "api_versions", a.api_versions.join(", ")),
-        ("controller_worker", "loadbalancer_topology", c.controller_worker.loadbalancer_topology.as_str().to_owned()),
-    ]
+    config::OPTIONS.iter().filter(|o| o.show(a) != o.show(b)).map(|o| o.name()).collect()
 }
 
 #[cfg(test)]
