@@ -84,21 +84,9 @@ pub enum TlsProtocol {
     Tls13,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Topology {
-    Single,
-    ActiveStandby,
-}
-
-impl Topology {
-    /// The spelling upstream's agent and controller use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Topology::Single => "SINGLE",
-            Topology::ActiveStandby => "ACTIVE_STANDBY",
-        }
-    }
-}
+/// The amphora topology; `[controller_worker] loadbalancer_topology` takes
+/// its configuration spelling.
+pub use crate::topology::Topology;
 
 /// Where an option comes from: upstream's agent, or this agent's own
 /// additions (documented in the README's "Options of ours").
@@ -214,7 +202,7 @@ impl IniValue for TlsProtocol {
 
 impl IniValue for Topology {
     fn ini(&self) -> String {
-        self.as_str().to_owned()
+        self.config_str().to_owned()
     }
 }
 
@@ -348,7 +336,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     option!("amphora_agent", "api_versions", Ours, mutable: false, default: Some("0.1, 1.0, appliance"),
         amphora_agent.api_versions = parse parse_api_versions),
     option!("controller_worker", "loadbalancer_topology", Upstream, mutable: true, default: Some("SINGLE"),
-        controller_worker.loadbalancer_topology = parse parse_topology),
+        controller_worker.loadbalancer_topology = parse Topology::parse_config),
     ignored("DEFAULT", "use_syslog"),
     ignored("DEFAULT", "syslog_log_facility"),
     ignored("DEFAULT", "log_file"),
@@ -436,14 +424,6 @@ fn parse_tls_protocol(value: &str, warnings: &mut Vec<ConfigWarning>) -> Result<
             Ok(TlsProtocol::Tls12)
         }
         _ => Err("expected one of SSLv2, SSLv3, TLSv1, TLSv1.1, TLSv1.2, TLSv1.3".into()),
-    }
-}
-
-fn parse_topology(value: &str) -> Result<Topology, String> {
-    match value {
-        "SINGLE" => Ok(Topology::Single),
-        "ACTIVE_STANDBY" => Ok(Topology::ActiveStandby),
-        _ => Err("expected SINGLE or ACTIVE_STANDBY".into()),
     }
 }
 

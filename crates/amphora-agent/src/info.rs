@@ -100,7 +100,7 @@ impl InfoService {
             disk: root_disk(),
             load: procfs::parse_loadavg(&read("/proc/loadavg")),
             active_tuned_profiles: read("/etc/tuned/active_profile").trim().to_owned(),
-            topology: amphora_proto::Topology::from(topology.as_str()),
+            topology: topology.to_v1(),
             vrrp_role: role.map(VrrpRole::from),
             topology_status: TopologyStatus::from(self.topology.status()),
             listeners: self.lbs.listener_ids(),

@@ -9,13 +9,24 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use amphora_proto::v0_1::TopologyKind;
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
 use crate::lb::LbService;
 
+/// The amphora topology: the one enum for the configuration option, both
+/// APIs and the stored record, each with its own spelling:
+///
+/// | | configuration, 1.0 API | 0.1 API, `topology.json` |
+/// |---|---|---|
+/// | `Single` | `SINGLE` | `SINGLE` |
+/// | `ActiveStandby` | `ACTIVE_STANDBY` | `ACTIVE-STANDBY` |
+/// | `ActiveActive` | (not accepted) | `ACTIVE-ACTIVE` |
+///
+/// Serde uses the 0.1 spelling, which is the stored record's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Kind {
+pub enum Topology {
     #[serde(rename = "SINGLE")]
     Single,
     #[serde(rename = "ACTIVE-STANDBY")]
@@ -24,21 +35,52 @@ pub enum Kind {
     ActiveActive,
 }
 
-impl Kind {
-    pub fn parse(raw: &str) -> Option<Self> {
+impl Topology {
+    /// Reads `[controller_worker] loadbalancer_topology` (upstream's
+    /// `constants.SUPPORTED_LB_TOPOLOGIES`).
+    pub fn parse_config(raw: &str) -> Result<Self, String> {
         match raw {
-            "SINGLE" => Some(Kind::Single),
-            "ACTIVE-STANDBY" | "ACTIVE_STANDBY" => Some(Kind::ActiveStandby),
-            "ACTIVE-ACTIVE" | "ACTIVE_ACTIVE" => Some(Kind::ActiveActive),
+            "SINGLE" => Ok(Topology::Single),
+            "ACTIVE_STANDBY" => Ok(Topology::ActiveStandby),
+            _ => Err("expected SINGLE or ACTIVE_STANDBY".into()),
+        }
+    }
+
+    /// The configuration's (and upstream's constants') spelling.
+    pub fn config_str(self) -> &'static str {
+        match self {
+            Topology::Single => "SINGLE",
+            Topology::ActiveStandby => "ACTIVE_STANDBY",
+            Topology::ActiveActive => "ACTIVE_ACTIVE",
+        }
+    }
+
+    /// As `GET /1.0/details` reports it.
+    pub fn to_v1(self) -> amphora_proto::Topology {
+        match self {
+            Topology::Single => amphora_proto::Topology::Single,
+            Topology::ActiveStandby => amphora_proto::Topology::ActiveStandby,
+            Topology::ActiveActive => amphora_proto::Topology::Other(self.config_str().to_owned()),
+        }
+    }
+
+    /// Reads a 0.1 `POST /v0.1/topology` value; the configuration's
+    /// underscore spelling is accepted too.
+    pub fn parse_v0_1(raw: &str) -> Option<Self> {
+        match raw {
+            "SINGLE" => Some(Topology::Single),
+            "ACTIVE-STANDBY" | "ACTIVE_STANDBY" => Some(Topology::ActiveStandby),
+            "ACTIVE-ACTIVE" | "ACTIVE_ACTIVE" => Some(Topology::ActiveActive),
             _ => None,
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    /// As the 0.1 API reports it.
+    pub fn to_v0_1(self) -> TopologyKind {
         match self {
-            Kind::Single => "SINGLE",
-            Kind::ActiveStandby => "ACTIVE-STANDBY",
-            Kind::ActiveActive => "ACTIVE-ACTIVE",
+            Topology::Single => TopologyKind::Single,
+            Topology::ActiveStandby => TopologyKind::ActiveStandby,
+            Topology::ActiveActive => TopologyKind::ActiveActive,
         }
     }
 }
@@ -53,7 +95,7 @@ pub enum Role {
 /// The stored topology. The secret is kept (mode 0600) but never shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
-    pub topology: Kind,
+    pub topology: Topology,
     pub role: Role,
     pub ha_ip: Option<IpAddr>,
     pub secret: Option<String>,
@@ -61,7 +103,7 @@ pub struct Record {
 
 impl Default for Record {
     fn default() -> Self {
-        Self { topology: Kind::Single, role: Role::Active, ha_ip: None, secret: None }
+        Self { topology: Topology::Single, role: Role::Active, ha_ip: None, secret: None }
     }
 }
 
@@ -71,7 +113,7 @@ pub use amphora_proto::v0_1::TopologyRequest as Request;
 /// Validates a request into a record; the error names every problem.
 pub fn validate(request: &Request) -> Result<Record, String> {
     let mut problems = Vec::new();
-    let topology = Kind::parse(request.topology.trim());
+    let topology = Topology::parse_v0_1(request.topology.trim());
     if topology.is_none() {
         problems.push(format!("Unknown topology: {}", request.topology));
     }
@@ -95,7 +137,7 @@ pub fn validate(request: &Request) -> Result<Record, String> {
         },
     };
     let secret = request.secret.clone().filter(|s| !s.is_empty());
-    if topology == Some(Kind::ActiveStandby) {
+    if topology == Some(Topology::ActiveStandby) {
         if request.role.as_deref().is_none_or(|r| r.trim().is_empty()) {
             problems.push("ACTIVE-STANDBY needs a role (ACTIVE or STANDBY)".into());
         }
@@ -112,9 +154,9 @@ pub fn validate(request: &Request) -> Result<Record, String> {
     let topology = topology.expect("checked");
     Ok(Record {
         topology,
-        role: if topology == Kind::ActiveStandby { role.unwrap_or(Role::Active) } else { Role::Active },
-        ha_ip: if topology == Kind::ActiveStandby { ha_ip } else { None },
-        secret: if topology == Kind::ActiveStandby { secret } else { None },
+        role: if topology == Topology::ActiveStandby { role.unwrap_or(Role::Active) } else { Role::Active },
+        ha_ip: if topology == Topology::ActiveStandby { ha_ip } else { None },
+        secret: if topology == Topology::ActiveStandby { secret } else { None },
     })
 }
 
@@ -167,10 +209,10 @@ impl TopologyService {
         self.changing.store(true, Ordering::SeqCst);
         let (changing, lbs) = (self.changing.clone(), self.lbs.clone());
         tokio::spawn(async move {
-            tracing::info!(topology = record.topology.as_str(), "topology transition started");
+            tracing::info!(topology = %record.topology.to_v0_1(), "topology transition started");
             lbs.reload_running().await;
             changing.store(false, Ordering::SeqCst);
-            tracing::info!(topology = record.topology.as_str(), "topology transition complete");
+            tracing::info!(topology = %record.topology.to_v0_1(), "topology transition complete");
         });
         Ok(SetOutcome::Transition)
     }
@@ -208,5 +250,35 @@ mod tests {
         for part in ["Unknown role: BOSS", "Invalid ha_ip: x", "needs a secret"] {
             assert!(err.contains(part), "{err}");
         }
+    }
+
+    const ALL: [Topology; 3] = [Topology::Single, Topology::ActiveStandby, Topology::ActiveActive];
+
+    #[test]
+    fn configuration_spelling_round_trips() {
+        for topology in [Topology::Single, Topology::ActiveStandby] {
+            assert_eq!(Topology::parse_config(topology.config_str()), Ok(topology));
+            assert_eq!(topology.to_v1().as_str(), topology.config_str());
+            assert!(topology.to_v1().is_known());
+        }
+        assert_eq!(Topology::Single.config_str(), "SINGLE");
+        assert_eq!(Topology::ActiveStandby.config_str(), "ACTIVE_STANDBY");
+        assert!(Topology::parse_config("ACTIVE-STANDBY").is_err(), "the configuration takes upstream's spelling only");
+        assert!(Topology::parse_config("ACTIVE_ACTIVE").is_err());
+    }
+
+    #[test]
+    fn v0_1_spelling_round_trips_and_is_the_stored_spelling() {
+        for topology in ALL {
+            let spelled = topology.to_v0_1();
+            assert!(spelled.is_known());
+            assert_eq!(Topology::parse_v0_1(spelled.as_str()), Some(topology));
+            // The record file uses the same spelling.
+            assert_eq!(serde_json::to_value(topology).expect("json"), serde_json::json!(spelled.as_str()));
+            assert_eq!(serde_json::from_value::<Topology>(serde_json::json!(spelled.as_str())).ok(), Some(topology));
+        }
+        assert_eq!(Topology::ActiveStandby.to_v0_1().as_str(), "ACTIVE-STANDBY");
+        assert_eq!(Topology::parse_v0_1("ACTIVE_STANDBY"), Some(Topology::ActiveStandby));
+        assert_eq!(Topology::parse_v0_1("active-standby"), None);
     }
 }

@@ -53,7 +53,7 @@ async fn get_topology(State(state): State<AppState>) -> Response {
     Json(TopologyResponse {
         hostname: info.hostname,
         uuid: info.uuid,
-        topology: TopologyKind::from(record.topology.as_str()),
+        topology: record.topology.to_v0_1(),
         role: match record.role {
             topology::Role::Active => v0_1::Role::Active,
             topology::Role::Standby => v0_1::Role::Standby,
@@ -87,7 +87,7 @@ async fn details(State(state): State<AppState>) -> Response {
     details.info.api_version = ApiVersion::V0_1;
     // The 0.1 API spells topologies its own way.
     let topology = match state.topology.record() {
-        Some(record) => TopologyKind::from(record.topology.as_str()),
+        Some(record) => record.topology.to_v0_1(),
         None if details.topology == Topology::ActiveStandby => TopologyKind::ActiveStandby,
         None => TopologyKind::Single,
     };
