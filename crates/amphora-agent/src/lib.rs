@@ -11,6 +11,7 @@
 pub mod config;
 
 pub(crate) mod certs;
+pub(crate) mod check_scripts;
 pub(crate) mod etag;
 pub(crate) mod fsutil;
 pub(crate) mod haproxy;
@@ -108,7 +109,7 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
         Some(vrrp.clone()),
     );
     lbs.restore().await;
-    vrrp.restore(&lbs.wanted_stats_sockets()).await;
+    vrrp.restore(|| lbs.wanted_stats_sockets()).await;
 
     let topology = Arc::new(TopologyService::new(haproxy_conf.base_path.join("topology.json"), lbs.clone()));
     let sampler = Sampler::start(netns).context("cannot start the statistics sampler")?;

@@ -7,7 +7,7 @@
 //! every script in `check_scripts/`. The agent keeps
 //! `check_scripts/haproxy_check_script.sh` listing the stats socket of every
 //! load balancer that should run, so keepalived gives up the VIP when one of
-//! them stops answering.
+//! them stops answering; `check_scripts::CheckScripts` is their one writer.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -15,16 +15,18 @@ use std::sync::Arc;
 
 use nix::unistd::Pid;
 
+use crate::check_scripts::CheckScripts;
 use crate::fsutil;
 pub use crate::keepalived::{Action, KeepalivedError as VrrpError};
-use crate::keepalived::{Files, Keepalived, Subsystem, io_error, shell_quote};
+use crate::keepalived::{Files, Keepalived, Subsystem, io_error};
 use crate::netns::Netns;
 
 /// keepalived and its files.
 #[derive(Debug)]
 pub struct Vrrp {
     dir: PathBuf,
-    checker: PathBuf,
+    /// The only writer of the track scripts.
+    check_scripts: CheckScripts,
     daemon: Arc<Keepalived>,
 }
 
@@ -40,15 +42,12 @@ impl Vrrp {
             record: dir.join("agent-state.json"),
         };
         let daemon = Keepalived::new("keepalived", keepalived, netns, files, Subsystem::Vrrp);
-        Arc::new(Self { dir, checker, daemon })
+        let check_scripts = CheckScripts::new(dir.clone(), checker);
+        Arc::new(Self { dir, check_scripts, daemon })
     }
 
     pub fn config_path(&self) -> PathBuf {
         self.daemon.files().config.clone()
-    }
-
-    fn check_scripts_dir(&self) -> PathBuf {
-        self.dir.join("check_scripts")
     }
 
     pub fn configured(&self) -> bool {
@@ -60,15 +59,13 @@ impl Vrrp {
     }
 
     /// `PUT /1.0/vrrp/upload`: validates and stores the configuration and
-    /// installs the track scripts. Returns the ETag. On failure the
-    /// previous configuration is untouched.
-    pub async fn upload(&self, body: &[u8], sockets: &[PathBuf]) -> Result<String, VrrpError> {
+    /// installs the track scripts for the stats sockets `wanted` returns.
+    /// Returns the ETag. On failure the previous configuration is untouched.
+    pub async fn upload(&self, body: &[u8], wanted: impl FnOnce() -> Vec<PathBuf>) -> Result<String, VrrpError> {
         let _guard = self.daemon.exclusive().await;
         std::str::from_utf8(body).map_err(|_| VrrpError::NotUtf8)?;
-        fsutil::create_dir_all(&self.check_scripts_dir(), 0o755)
-            .map_err(io_error(format!("cannot create {}", self.dir.display())))?;
         // The track script the configuration names must exist for the test.
-        self.write_check_scripts(sockets)?;
+        self.check_scripts.rewrite(wanted).await?;
         let staged = self.dir.join("octavia-keepalived.conf.new");
         fsutil::write_atomic(&staged, body, 0o644).map_err(io_error("cannot stage the configuration"))?;
         if let Err(e) = self.daemon.config_test(&staged).await {
@@ -80,44 +77,15 @@ impl Vrrp {
         Ok(crate::etag::md5_hex(body))
     }
 
-    /// Rewrites the track scripts for the given stats sockets (the load
-    /// balancers that should run). Nothing to do without VRRP.
-    pub fn load_balancers_changed(&self, sockets: &[PathBuf]) {
+    /// Rewrites the track scripts for the stats sockets `wanted` returns
+    /// (the load balancers that should run). Nothing to do without VRRP.
+    pub async fn load_balancers_changed(&self, wanted: impl FnOnce() -> Vec<PathBuf>) {
         if !self.configured() {
             return;
         }
-        if let Err(e) = self.write_check_scripts(sockets) {
+        if let Err(e) = self.check_scripts.rewrite(wanted).await {
             tracing::error!(error = %e, "cannot update the keepalived check script");
         }
-    }
-
-    fn write_check_scripts(&self, sockets: &[PathBuf]) -> Result<(), VrrpError> {
-        let dir = self.check_scripts_dir();
-        fsutil::create_dir_all(&dir, 0o755).map_err(io_error(format!("cannot create {}", dir.display())))?;
-        let main = format!(
-            "#!/bin/sh\n# Written by the amphora agent: keepalived's track script.\n\
-             # Fails when any script of {dir} fails; the last failure is kept in\n\
-             # {log} for whoever wonders why this amphora gave up its VIP.\n\
-             PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nstatus=0\n\
-             for file in {dir}/*; do\n    [ -f \"$file\" ] || continue\n\
-             \x20   if ! output=$(sh \"$file\" 2>&1); then\n\
-             \x20       status=$((status + 1))\n\
-             \x20       echo \"$(date -u +%FT%TZ) $file: $output\" > {log}\n\
-             \x20   fi\ndone\nexit $status\n",
-            dir = dir.display(),
-            log = self.dir.join("last-check-failure.log").display(),
-        );
-        fsutil::write_atomic(&self.dir.join("check_script.sh"), main.as_bytes(), 0o755)
-            .map_err(io_error("cannot write check_script.sh"))?;
-        // No load balancer: keepalived must not make this amphora MASTER.
-        let haproxy = if sockets.is_empty() {
-            "exit 1\n".to_owned()
-        } else {
-            let list: Vec<String> = sockets.iter().map(|s| shell_quote(&s.display().to_string())).collect();
-            format!("exec {} {}\n", shell_quote(&self.checker.display().to_string()), list.join(" "))
-        };
-        fsutil::write_atomic(&dir.join("haproxy_check_script.sh"), haproxy.as_bytes(), 0o755)
-            .map_err(io_error("cannot write haproxy_check_script.sh"))
     }
 
     /// `PUT /1.0/vrrp/{action}`. Starting a running keepalived reloads it,
@@ -131,11 +99,11 @@ impl Vrrp {
 
     /// At agent start: adopts a running keepalived or starts it if it
     /// should run.
-    pub async fn restore(&self, sockets: &[PathBuf]) {
+    pub async fn restore(&self, wanted: impl FnOnce() -> Vec<PathBuf>) {
         if !self.configured() {
             return;
         }
-        self.load_balancers_changed(sockets);
+        self.load_balancers_changed(wanted).await;
         self.daemon.restore().await;
     }
 

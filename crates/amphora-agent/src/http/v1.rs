@@ -200,7 +200,7 @@ async fn interface_rules(
 }
 
 async fn upload_vrrp(State(state): State<AppState>, RawBody(body): RawBody) -> Result<Response, ApiError> {
-    let etag = state.vrrp.upload(&body, &state.lbs.wanted_stats_sockets()).await?;
+    let etag = state.vrrp.upload(&body, || state.lbs.wanted_stats_sockets()).await?;
     Ok(with_etag(Json(Message::ok()).into_response(), &etag))
 }
 

@@ -200,9 +200,9 @@ impl LbService {
             .collect()
     }
 
-    fn load_balancers_changed(&self) {
+    async fn load_balancers_changed(&self) {
         if let Some(vrrp) = &self.vrrp {
-            vrrp.load_balancers_changed(&self.wanted_stats_sockets());
+            vrrp.load_balancers_changed(|| self.wanted_stats_sockets()).await;
         }
     }
 
@@ -377,7 +377,7 @@ impl LbService {
             }
         };
         // Whatever happened, what should run may have changed.
-        self.load_balancers_changed();
+        self.load_balancers_changed().await;
         let outcome = outcome?;
         if outcome != Outcome::Stopped {
             self.advertise(id).await;
@@ -481,7 +481,7 @@ impl LbService {
             .map_err(io_error("cannot remove the certificates"))?;
         fsutil::remove_dir_all_if_exists(&dir).map_err(io_error(format!("cannot remove {}", dir.display())))?;
         fsutil::sync_dir(self.layout.base_path()).map_err(io_error("cannot sync the state directory"))?;
-        self.load_balancers_changed();
+        self.load_balancers_changed().await;
         tracing::info!(lb = %id, "load balancer deleted");
         Ok(())
     }

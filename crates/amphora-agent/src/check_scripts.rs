@@ -1,0 +1,165 @@
+//! keepalived's track scripts: the one writer of `{base_path}/vrrp/check_script.sh`
+//! and `check_scripts/haproxy_check_script.sh`.
+//!
+//! Two events rewrite them: a VRRP configuration upload and a change in
+//! which load balancers should run. Were each to compute the list of stats
+//! sockets and then write it, the one computed first could be written last
+//! and leave keepalived tracking a stale list. So writes are serialised here,
+//! and each writer computes the list while it holds the lock: the last write
+//! always carries the list as it was when it ran.
+
+use std::path::{Path, PathBuf};
+
+use crate::fsutil;
+use crate::keepalived::{KeepalivedError, io_error, shell_quote};
+
+/// The track scripts of one keepalived, and their lock.
+#[derive(Debug)]
+pub struct CheckScripts {
+    /// keepalived's directory, `{base_path}/vrrp`.
+    dir: PathBuf,
+    /// The `amphora-vrrp-check` binary.
+    checker: PathBuf,
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl CheckScripts {
+    pub fn new(dir: PathBuf, checker: PathBuf) -> Self {
+        Self { dir, checker, writing: tokio::sync::Mutex::new(()) }
+    }
+
+    /// `check_scripts/`: every script in it runs on each check.
+    pub fn scripts_dir(&self) -> PathBuf {
+        self.dir.join("check_scripts")
+    }
+
+    /// The script keepalived's configuration names.
+    pub fn main_script(&self) -> PathBuf {
+        self.dir.join("check_script.sh")
+    }
+
+    /// The script that asks each load balancer's stats socket.
+    pub fn haproxy_script(&self) -> PathBuf {
+        self.scripts_dir().join("haproxy_check_script.sh")
+    }
+
+    /// Rewrites both scripts for the stats sockets `wanted` returns (those
+    /// of the load balancers that should run). `wanted` is called with the
+    /// lock held, so that it sees every change made before this call.
+    pub async fn rewrite(&self, wanted: impl FnOnce() -> Vec<PathBuf>) -> Result<(), KeepalivedError> {
+        let _writing = self.writing.lock().await;
+        let sockets = wanted();
+        let dir = self.scripts_dir();
+        fsutil::create_dir_all(&dir, 0o755).map_err(io_error(format!("cannot create {}", dir.display())))?;
+        fsutil::write_atomic(&self.main_script(), self.main_script_text().as_bytes(), 0o755)
+            .map_err(io_error("cannot write check_script.sh"))?;
+        fsutil::write_atomic(&self.haproxy_script(), haproxy_script_text(&self.checker, &sockets).as_bytes(), 0o755)
+            .map_err(io_error("cannot write haproxy_check_script.sh"))
+    }
+
+    fn main_script_text(&self) -> String {
+        format!(
+            "#!/bin/sh\n# Written by the amphora agent: keepalived's track script.\n\
+             # Fails when any script of {dir} fails; the last failure is kept in\n\
+             # {log} for whoever wonders why this amphora gave up its VIP.\n\
+             PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nstatus=0\n\
+             for file in {dir}/*; do\n    [ -f \"$file\" ] || continue\n\
+             \x20   if ! output=$(sh \"$file\" 2>&1); then\n\
+             \x20       status=$((status + 1))\n\
+             \x20       echo \"$(date -u +%FT%TZ) $file: $output\" > {log}\n\
+             \x20   fi\ndone\nexit $status\n",
+            dir = self.scripts_dir().display(),
+            log = self.dir.join("last-check-failure.log").display(),
+        )
+    }
+}
+
+/// The haproxy track script: ask every socket; with no load balancer,
+/// fail, so keepalived does not make this amphora MASTER.
+fn haproxy_script_text(checker: &Path, sockets: &[PathBuf]) -> String {
+    if sockets.is_empty() {
+        return "exit 1\n".to_owned();
+    }
+    let list: Vec<String> = sockets.iter().map(|s| shell_quote(&s.display().to_string())).collect();
+    format!("exec {} {}\n", shell_quote(&checker.display().to_string()), list.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn scripts(dir: &Path) -> Arc<CheckScripts> {
+        Arc::new(CheckScripts::new(dir.join("vrrp"), PathBuf::from("/usr/bin/amphora-vrrp-check")))
+    }
+
+    fn sockets(prefix: &str, n: usize) -> Vec<PathBuf> {
+        (0..n).map(|i| PathBuf::from(format!("/var/lib/octavia/{prefix}-{i}.sock"))).collect()
+    }
+
+    #[tokio::test]
+    async fn scripts_name_the_checker_and_every_socket() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let scripts = scripts(dir.path());
+        scripts.rewrite(|| vec![PathBuf::from("/x/a.sock"), PathBuf::from("/x/it's.sock")]).await.expect("write");
+        assert_eq!(
+            std::fs::read_to_string(scripts.haproxy_script()).expect("read"),
+            "exec '/usr/bin/amphora-vrrp-check' '/x/a.sock' '/x/it'\\''s.sock'\n"
+        );
+        let main = std::fs::read_to_string(scripts.main_script()).expect("read");
+        assert!(main.starts_with("#!/bin/sh\n"), "{main}");
+        assert!(main.contains(&format!("for file in {}/*; do", scripts.scripts_dir().display())), "{main}");
+        scripts.rewrite(Vec::new).await.expect("write");
+        assert_eq!(std::fs::read_to_string(scripts.haproxy_script()).expect("read"), "exit 1\n");
+    }
+
+    /// Two writers racing leave one of their two scripts whole, never a
+    /// mix of both.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_leave_one_complete_script() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let scripts = scripts(dir.path());
+        let (a, b) = (sockets("a", 200), sockets("b", 300));
+        let checker = PathBuf::from("/usr/bin/amphora-vrrp-check");
+        let (text_a, text_b) = (haproxy_script_text(&checker, &a), haproxy_script_text(&checker, &b));
+        for _ in 0..20 {
+            let (first, second) = (scripts.clone(), scripts.clone());
+            let (a, b) = (a.clone(), b.clone());
+            let (r1, r2) = tokio::join!(
+                tokio::spawn(async move { first.rewrite(move || a).await }),
+                tokio::spawn(async move { second.rewrite(move || b).await }),
+            );
+            r1.expect("join").expect("write");
+            r2.expect("join").expect("write");
+            let written = std::fs::read_to_string(scripts.haproxy_script()).expect("read");
+            assert!(written == text_a || written == text_b, "a mix of two writes: {written}");
+        }
+    }
+
+    /// Whatever order racing writers finish in, the script ends with the
+    /// list as it stood after the last change: each writer reads the list
+    /// under the lock, after every change that preceded its call.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_last_write_carries_the_latest_list() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let scripts = scripts(dir.path());
+        let wanted = Arc::new(AtomicUsize::new(0));
+        let mut writers = Vec::new();
+        for n in 1..=16 {
+            let (scripts, wanted) = (scripts.clone(), wanted.clone());
+            writers.push(tokio::spawn(async move {
+                // A change of what should run, then the rewrite it causes.
+                wanted.store(n, Ordering::SeqCst);
+                scripts.rewrite(|| sockets("lb", wanted.load(Ordering::SeqCst))).await
+            }));
+        }
+        for writer in writers {
+            writer.await.expect("join").expect("write");
+        }
+        let latest = sockets("lb", wanted.load(Ordering::SeqCst));
+        let expected = haproxy_script_text(&PathBuf::from("/usr/bin/amphora-vrrp-check"), &latest);
+        assert_eq!(std::fs::read_to_string(scripts.haproxy_script()).expect("read"), expected);
+    }
+}
