@@ -63,4 +63,11 @@ if ! wait "$clients"; then
 fi
 CLIENTS_PYTHON="$(head -n 1 target/clients-python.txt)"
 export CLIENTS_PYTHON
-cargo test --workspace "$@" -- --include-ignored
+# cargo-nextest (on the CI machines) runs the tests of all binaries side by
+# side (.config/nextest.toml); plain cargo test runs one binary at a time.
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --run-ignored all "$@"
+    cargo test --workspace --doc
+else
+    cargo test --workspace "$@" -- --include-ignored
+fi

@@ -8,14 +8,13 @@
 
 mod e2e_support;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use amphora_controller::jobs::JobKind;
 use amphora_controller::local::{DEFAULT_MEMBER_SUBNET_ID, DEFAULT_VIP_SUBNET_ID};
 use amphora_controller::worker::flows;
-use e2e_support::{System, Topology, get_body};
+use e2e_support::{System, Topology};
 use serde_json::{Value, json};
 
 const BUILD: Duration = Duration::from_secs(180);
@@ -35,45 +34,10 @@ async fn deploy(sys: &mut System) -> Deployed {
     let (_, _, client) = sys.host(DEFAULT_VIP_SUBNET_ID).await;
     let mut servers = Vec::new();
     for body in ["member-1", "member-2"] {
-        let (_, address, index) = sys.host(DEFAULT_MEMBER_SUBNET_ID).await;
-        let addr = SocketAddr::new(address, 8080);
-        sys.spawn_in(index, async move {
-            let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the member server");
-            amphora_testkit::traffic::serve_http(listener, body).await;
-        });
-        servers.push((index, address));
+        servers.push(sys.http_server(DEFAULT_MEMBER_SUBNET_ID, body).await);
     }
-
-    let created = sys
-        .api
-        .expect(
-            201,
-            "POST",
-            "/v2/lbaas/loadbalancers",
-            Some(&json!({"loadbalancer": {"name": "e2e", "vip_subnet_id": DEFAULT_VIP_SUBNET_ID}})),
-        )
-        .await;
-    let lb = created["loadbalancer"]["id"].as_str().expect("an id").to_owned();
-    let active = sys.wait_lb(&lb, "ACTIVE", BUILD).await;
-    let vip: std::net::IpAddr = active["vip_address"].as_str().expect("a VIP").parse().expect("an address");
-
-    let listener = sys
-        .create(
-            &lb,
-            "listeners",
-            "listener",
-            json!({"loadbalancer_id": lb, "protocol": "HTTP", "protocol_port": 80, "name": "http"}),
-        )
-        .await;
-    let pool = sys
-        .create(
-            &lb,
-            "pools",
-            "pool",
-            json!({"listener_id": listener["id"], "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN"}),
-        )
-        .await;
-    let pool_id = pool["id"].as_str().expect("a pool id").to_owned();
+    let (lb, vip) = sys.create_lb("e2e", DEFAULT_VIP_SUBNET_ID, BUILD).await;
+    let pool_id = sys.http_listener_and_pool(&lb).await;
     sys.create(
         &lb,
         "healthmonitors",
@@ -83,32 +47,10 @@ async fn deploy(sys: &mut System) -> Deployed {
     )
     .await;
     let mut members = Vec::new();
-    for (index, address) in &servers {
-        let member = sys
-            .create(
-                &lb,
-                &format!("pools/{pool_id}/members"),
-                "member",
-                json!({"address": address.to_string(), "protocol_port": 8080, "subnet_id": DEFAULT_MEMBER_SUBNET_ID}),
-            )
-            .await;
-        members.push((*index, member["id"].as_str().expect("a member id").to_owned()));
+    for (address, index) in servers {
+        members.push((index, sys.add_member(&lb, &pool_id, address, DEFAULT_MEMBER_SUBNET_ID).await));
     }
     Deployed { lb, vip: SocketAddr::new(vip, 80), client, members, pool: pool_id }
-}
-
-/// Sends `n` requests from the client host; counts the answers by body.
-async fn send(sys: &System, client: usize, vip: SocketAddr, n: usize) -> BTreeMap<String, usize> {
-    sys.spawn_in(client, async move {
-        let mut seen = BTreeMap::new();
-        for _ in 0..n {
-            let body = get_body(vip).await.unwrap_or_else(|| "(failed)".into());
-            *seen.entry(body).or_insert(0) += 1;
-        }
-        seen
-    })
-    .await
-    .expect("the client task")
 }
 
 async fn member_status(sys: &System, pool: &str, member: &str) -> String {
@@ -124,7 +66,7 @@ async fn http_through_the_vip_is_balanced_a_dead_member_is_marked_down_and_stats
     // Round robin over both members once haproxy has them up.
     let seen = sys
         .until("both members to answer through the VIP", Duration::from_secs(60), || async {
-            let seen = send(&sys, d.client, d.vip, 10).await;
+            let seen = sys.send(d.client, d.vip, 10).await;
             (seen.get("member-1") == Some(&5) && seen.get("member-2") == Some(&5)).then_some(seen)
         })
         .await;
@@ -146,7 +88,7 @@ async fn http_through_the_vip_is_balanced_a_dead_member_is_marked_down_and_stats
         (member_status(&sys, &d.pool, &member2).await == "ERROR").then_some(())
     })
     .await;
-    let seen = send(&sys, d.client, d.vip, 10).await;
+    let seen = sys.send(d.client, d.vip, 10).await;
     assert_eq!(seen.get("member-1"), Some(&10), "{seen:?}");
     let lb = sys.api.get(&format!("/v2/lbaas/loadbalancers/{}", d.lb)).await;
     assert_eq!(lb["loadbalancer"]["operating_status"], "DEGRADED", "{lb}");
@@ -169,7 +111,7 @@ async fn a_dead_single_amphora_is_detected_replaced_and_traffic_resumes() {
     let mut sys = System::start(Topology::Single);
     let d = deploy(&mut sys).await;
     sys.until("traffic through the VIP", Duration::from_secs(60), || async {
-        let seen = send(&sys, d.client, d.vip, 4).await;
+        let seen = sys.send(d.client, d.vip, 4).await;
         (!seen.contains_key("(failed)")).then_some(())
     })
     .await;
@@ -190,7 +132,7 @@ async fn a_dead_single_amphora_is_detected_replaced_and_traffic_resumes() {
     sys.wait_lb(&d.lb, "ACTIVE", BUILD).await;
     assert_eq!(replaced["role"], "STANDALONE");
     sys.until("traffic through the VIP again", Duration::from_secs(60), || async {
-        let seen = send(&sys, d.client, d.vip, 10).await;
+        let seen = sys.send(d.client, d.vip, 10).await;
         (seen.get("member-1") == Some(&5) && seen.get("member-2") == Some(&5)).then_some(())
     })
     .await;
@@ -213,7 +155,7 @@ async fn active_standby_moves_the_vip_to_the_backup_when_the_master_dies_and_reb
     let mut sys = System::start(Topology::ActiveStandby);
     let d = deploy(&mut sys).await;
     sys.until("traffic through the VIP", Duration::from_secs(60), || async {
-        let seen = send(&sys, d.client, d.vip, 10).await;
+        let seen = sys.send(d.client, d.vip, 10).await;
         (seen.get("member-1") == Some(&5) && seen.get("member-2") == Some(&5)).then_some(())
     })
     .await;
@@ -239,7 +181,7 @@ async fn active_standby_moves_the_vip_to_the_backup_when_the_master_dies_and_reb
     })
     .await;
     sys.until("traffic through the BACKUP", Duration::from_secs(15), || async {
-        let seen = send(&sys, d.client, d.vip, 4).await;
+        let seen = sys.send(d.client, d.vip, 4).await;
         (!seen.contains_key("(failed)")).then_some(())
     })
     .await;
@@ -253,7 +195,7 @@ async fn active_standby_moves_the_vip_to_the_backup_when_the_master_dies_and_reb
     .await;
     sys.wait_lb(&d.lb, "ACTIVE", BUILD).await;
     sys.until("traffic through the VIP after the rebuild", Duration::from_secs(60), || async {
-        let seen = send(&sys, d.client, d.vip, 10).await;
+        let seen = sys.send(d.client, d.vip, 10).await;
         (seen.get("member-1") == Some(&5) && seen.get("member-2") == Some(&5)).then_some(())
     })
     .await;
@@ -282,19 +224,14 @@ async fn openstacksdk_builds_a_load_balancer_that_serves_http_and_deletes_it_wit
         DEFAULT_MEMBER_SUBNET_ID.to_owned(),
     ];
     for body in ["member-1", "member-2"] {
-        let (_, address, index) = sys.host(DEFAULT_MEMBER_SUBNET_ID).await;
-        let addr = SocketAddr::new(address, 8080);
-        sys.spawn_in(index, async move {
-            let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the member server");
-            amphora_testkit::traffic::serve_http(listener, body).await;
-        });
+        let (address, _) = sys.http_server(DEFAULT_MEMBER_SUBNET_ID, body).await;
         args.push(address.to_string());
     }
     let built = tokio::task::spawn_blocking(move || sdk(&args)).await.expect("sdk");
     let vip: std::net::IpAddr = built["vip"].as_str().expect("a VIP").parse().expect("an address");
     let vip = SocketAddr::new(vip, 80);
     sys.until("both members through the VIP", Duration::from_secs(60), || async {
-        let seen = send(&sys, client, vip, 10).await;
+        let seen = sys.send(client, vip, 10).await;
         (seen.get("member-1") == Some(&5) && seen.get("member-2") == Some(&5)).then_some(())
     })
     .await;
@@ -309,7 +246,7 @@ async fn openstacksdk_builds_a_load_balancer_that_serves_http_and_deletes_it_wit
         (!std::path::Path::new(&format!("/run/netns/{namespace}")).exists()).then_some(())
     })
     .await;
-    let seen = send(&sys, client, vip, 1).await;
+    let seen = sys.send(client, vip, 1).await;
     assert_eq!(seen.get("(failed)"), Some(&1), "the VIP still answers: {seen:?}");
 }
 
@@ -439,17 +376,7 @@ async fn housekeeping_rotates_an_amphora_certificate_through_the_agent_before_it
         Topology::Single,
         "[certificates]\ncert_validity_time = 120\n[house_keeping]\ncert_interval = 1\ncert_expiry_buffer = 110\n",
     );
-    let created = sys
-        .api
-        .expect(
-            201,
-            "POST",
-            "/v2/lbaas/loadbalancers",
-            Some(&json!({"loadbalancer": {"vip_subnet_id": DEFAULT_VIP_SUBNET_ID}})),
-        )
-        .await;
-    let lb = created["loadbalancer"]["id"].as_str().expect("an id").to_owned();
-    sys.wait_lb(&lb, "ACTIVE", BUILD).await;
+    let (lb, _) = sys.create_lb("rotate", DEFAULT_VIP_SUBNET_ID, BUILD).await;
     let amp = sys.amphorae(&lb).await[0].clone();
     let id = amp["id"].as_str().expect("an id").to_owned();
     let first = amp["cert_expiration"].as_str().expect("an expiry").to_owned();
@@ -505,7 +432,7 @@ async fn last_job(
 
 /// Some when four requests through the VIP all reach the one member.
 async fn all_served(sys: &System, client: usize, vip: SocketAddr) -> Option<()> {
-    let seen = send(sys, client, vip, 4).await;
+    let seen = sys.send(client, vip, 4).await;
     (seen.get("member-1") == Some(&4)).then_some(())
 }
 
@@ -514,43 +441,11 @@ async fn a_controller_killed_at_each_step_of_a_failover_resumes_it_and_orphans_n
     let mut sys = System::start(Topology::Single);
     let db = sys.db().await;
     let (_, _, client) = sys.host(DEFAULT_VIP_SUBNET_ID).await;
-    let (_, address, server) = sys.host(DEFAULT_MEMBER_SUBNET_ID).await;
-    let addr = SocketAddr::new(address, 8080);
-    sys.spawn_in(server, async move {
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the member server");
-        amphora_testkit::traffic::serve_http(listener, "member-1").await;
-    });
-    let created = sys
-        .api
-        .expect(
-            201,
-            "POST",
-            "/v2/lbaas/loadbalancers",
-            Some(&json!({"loadbalancer": {"name": "failover-kill", "vip_subnet_id": DEFAULT_VIP_SUBNET_ID}})),
-        )
-        .await;
-    let lb = created["loadbalancer"]["id"].as_str().expect("an id").to_owned();
-    let active = sys.wait_lb(&lb, "ACTIVE", BUILD).await;
-    let vip: std::net::IpAddr = active["vip_address"].as_str().expect("a VIP").parse().expect("an address");
+    let (address, _) = sys.http_server(DEFAULT_MEMBER_SUBNET_ID, "member-1").await;
+    let (lb, vip) = sys.create_lb("failover-kill", DEFAULT_VIP_SUBNET_ID, BUILD).await;
     let vip = SocketAddr::new(vip, 80);
-    let listener = sys
-        .create(&lb, "listeners", "listener", json!({"loadbalancer_id": lb, "protocol": "HTTP", "protocol_port": 80}))
-        .await;
-    let pool = sys
-        .create(
-            &lb,
-            "pools",
-            "pool",
-            json!({"listener_id": listener["id"], "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN"}),
-        )
-        .await;
-    sys.create(
-        &lb,
-        &format!("pools/{}/members", pool["id"].as_str().expect("a pool id")),
-        "member",
-        json!({"address": address.to_string(), "protocol_port": 8080, "subnet_id": DEFAULT_MEMBER_SUBNET_ID}),
-    )
-    .await;
+    let pool = sys.http_listener_and_pool(&lb).await;
+    sys.add_member(&lb, &pool, address, DEFAULT_MEMBER_SUBNET_ID).await;
     sys.until("traffic through the VIP", Duration::from_secs(60), || all_served(&sys, client, vip)).await;
 
     // Kill the controller once the failover job has reached each step of
@@ -634,28 +529,9 @@ async fn a_member_subnet_no_member_uses_any_more_is_unplugged_from_the_amphora()
     let (_, _, client) = sys.host(DEFAULT_VIP_SUBNET_ID).await;
     // One server on the VIP subnet (reached through the VRRP port, no
     // member port) and one on the member subnet.
-    let mut servers = Vec::new();
-    for (body, subnet) in [("on-vip", DEFAULT_VIP_SUBNET_ID), ("on-member", DEFAULT_MEMBER_SUBNET_ID)] {
-        let (_, address, index) = sys.host(subnet).await;
-        let addr = SocketAddr::new(address, 8080);
-        sys.spawn_in(index, async move {
-            let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the member server");
-            amphora_testkit::traffic::serve_http(listener, body).await;
-        });
-        servers.push(address);
-    }
-    let created = sys
-        .api
-        .expect(
-            201,
-            "POST",
-            "/v2/lbaas/loadbalancers",
-            Some(&json!({"loadbalancer": {"name": "unplug", "vip_subnet_id": DEFAULT_VIP_SUBNET_ID}})),
-        )
-        .await;
-    let lb = created["loadbalancer"]["id"].as_str().expect("an id").to_owned();
-    let active = sys.wait_lb(&lb, "ACTIVE", BUILD).await;
-    let vip: std::net::IpAddr = active["vip_address"].as_str().expect("a VIP").parse().expect("an address");
+    let (on_vip, _) = sys.http_server(DEFAULT_VIP_SUBNET_ID, "on-vip").await;
+    let (on_member_address, _) = sys.http_server(DEFAULT_MEMBER_SUBNET_ID, "on-member").await;
+    let (lb, vip) = sys.create_lb("unplug", DEFAULT_VIP_SUBNET_ID, BUILD).await;
     let vip = SocketAddr::new(vip, 80);
     let amphora = sys.amphorae(&lb).await[0]["id"].as_str().expect("an amphora").to_owned();
     let haproxy_ns = sys.config.local_network.haproxy_namespace(&amphora);
@@ -663,38 +539,24 @@ async fn a_member_subnet_no_member_uses_any_more_is_unplugged_from_the_amphora()
     let fabric_ns = sys.config.local_network.fabric_namespace.clone();
     let member_owner = format!("member:{amphora}:{DEFAULT_MEMBER_SUBNET_ID}");
 
-    let listener = sys
-        .create(&lb, "listeners", "listener", json!({"loadbalancer_id": lb, "protocol": "HTTP", "protocol_port": 80}))
-        .await;
-    let pool = sys
-        .create(
-            &lb,
-            "pools",
-            "pool",
-            json!({"listener_id": listener["id"], "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN"}),
-        )
-        .await;
-    let pool = pool["id"].as_str().expect("a pool id").to_owned();
-    let member = |address: std::net::IpAddr, subnet: &str| json!({"address": address.to_string(), "protocol_port": 8080, "subnet_id": subnet});
-    sys.create(&lb, &format!("pools/{pool}/members"), "member", member(servers[0], DEFAULT_VIP_SUBNET_ID)).await;
+    let pool = sys.http_listener_and_pool(&lb).await;
+    sys.add_member(&lb, &pool, on_vip, DEFAULT_VIP_SUBNET_ID).await;
     assert!(member_ports(&sys, &amphora).await.is_empty(), "a member on the VIP subnet needs no member port");
 
     // A member on the member subnet: the amphora gets a port there.
-    let on_member =
-        sys.create(&lb, &format!("pools/{pool}/members"), "member", member(servers[1], DEFAULT_MEMBER_SUBNET_ID)).await;
+    let on_member = sys.add_member(&lb, &pool, on_member_address, DEFAULT_MEMBER_SUBNET_ID).await;
     let ports = member_ports(&sys, &amphora).await;
     assert_eq!(ports.len(), 1, "{ports:?}");
     let (owner, port_id, mac) = ports[0].clone();
     assert_eq!(owner, member_owner);
     assert!(has_mac(&haproxy_ns, &mac), "the member port {mac} is not in {haproxy_ns}");
     sys.until("both members through the VIP", Duration::from_secs(60), || async {
-        let seen = send(&sys, client, vip, 10).await;
+        let seen = sys.send(client, vip, 10).await;
         (seen.get("on-vip") == Some(&5) && seen.get("on-member") == Some(&5)).then_some(())
     })
     .await;
 
     // Its only member goes: the port leaves the amphora and the table.
-    let on_member = on_member["id"].as_str().expect("a member id").to_owned();
     sys.api.expect(204, "DELETE", &format!("/v2/lbaas/pools/{pool}/members/{on_member}"), None).await;
     sys.wait_lb(&lb, "ACTIVE", BUILD).await;
     assert!(member_ports(&sys, &amphora).await.is_empty(), "the member port is still allocated");
@@ -712,7 +574,7 @@ async fn a_member_subnet_no_member_uses_any_more_is_unplugged_from_the_amphora()
     let links = std::process::Command::new("ip").args(["-n", &fabric_ns, "-o", "link", "show"]).output().expect("ip");
     assert!(!String::from_utf8_lossy(&links.stdout).contains(&format!(" {fabric_link}@")), "{fabric_link} is left");
     // The remaining member still serves every request.
-    let seen = send(&sys, client, vip, 10).await;
+    let seen = sys.send(client, vip, 10).await;
     assert_eq!(seen.get("on-vip"), Some(&10), "{seen:?}");
 
     // A pool deleted with its members also frees their subnet's port.
@@ -720,7 +582,7 @@ async fn a_member_subnet_no_member_uses_any_more_is_unplugged_from_the_amphora()
         .create(&lb, "pools", "pool", json!({"loadbalancer_id": lb, "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN"}))
         .await;
     let second = second["id"].as_str().expect("a pool id").to_owned();
-    sys.create(&lb, &format!("pools/{second}/members"), "member", member(servers[1], DEFAULT_MEMBER_SUBNET_ID)).await;
+    sys.add_member(&lb, &second, on_member_address, DEFAULT_MEMBER_SUBNET_ID).await;
     let ports = member_ports(&sys, &amphora).await;
     assert_eq!(ports.len(), 1, "{ports:?}");
     assert!(has_mac(&haproxy_ns, &ports[0].2), "the new member port is not in {haproxy_ns}");
@@ -728,7 +590,7 @@ async fn a_member_subnet_no_member_uses_any_more_is_unplugged_from_the_amphora()
     sys.wait_lb(&lb, "ACTIVE", BUILD).await;
     assert!(member_ports(&sys, &amphora).await.is_empty(), "the port of the deleted pool's member is left");
     assert!(!has_mac(&haproxy_ns, &ports[0].2), "the deleted pool's member port is still in {haproxy_ns}");
-    let seen = send(&sys, client, vip, 10).await;
+    let seen = sys.send(client, vip, 10).await;
     assert_eq!(seen.get("on-vip"), Some(&10), "{seen:?}");
     let left = orphans(&sys).await;
     assert!(left.is_empty(), "{left:?}");

@@ -3,7 +3,7 @@
 //! `cargo build -p amphora-agent`). Needs root.
 //!
 //! Every test has its own `[local_network] name_prefix`, state directory
-//! and management subnet (a random /24 of 198.18.0.0/15, since the
+//! and management subnet (a /24 of 198.18.0.0/15 leased from the testkit, since the
 //! controller's veth is in the host namespace), and a guard that tears
 //! everything down even when the test fails.
 
@@ -26,6 +26,7 @@ use amphora_controller::local::{
 };
 use amphora_controller::worker::drivers::{BootFiles, ComputeDriver, NetworkDriver, Port, VipRequest};
 use amphora_proto::net::{FixedIpRequest, PlugNetworkRequest, PlugVipRequest};
+use amphora_testkit::lease::SubnetLease;
 use amphora_testkit::pki::Pki;
 use amphora_testkit::{netns, wait};
 use ipnet::IpNet;
@@ -53,6 +54,8 @@ struct Env {
     config_file: PathBuf,
     dir: tempfile::TempDir,
     management: IpNet,
+    /// The management subnet's lease: the controller's end is in the host.
+    _lease: SubnetLease,
 }
 
 impl Env {
@@ -65,7 +68,8 @@ impl Env {
         let dir = tempfile::tempdir().expect("temp dir");
         let r = random();
         let prefix = format!("t{:07x}", r & 0x0fff_ffff);
-        let management: IpNet = management_cidr().parse().expect("management CIDR");
+        let lease = SubnetLease::take();
+        let management: IpNet = lease.cidr().parse().expect("management CIDR");
         let text = format!(
             "[api_settings]\nauth_strategy = noauth\n[database]\nconnection = {db_url}\n\
              [controller_worker]\ncompute_driver = local\nnetwork_driver = local\n\
@@ -77,7 +81,7 @@ impl Env {
         let config = config::parse([(Path::new("<test>"), text.as_str())]).expect("valid configuration").config;
         let config_file = dir.path().join("octavia.conf");
         std::fs::write(&config_file, &text).expect("write the configuration");
-        Env { config, config_file, dir, management }
+        Env { config, config_file, dir, management, _lease: lease }
     }
 
     fn prefix(&self) -> &str {
@@ -302,16 +306,11 @@ fn haproxy_config(base: &Path, lb: &str, vip: &str, amphora_id: &str) -> String 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_amphora_boots_serves_its_vip_survives_restarts_and_leaves_nothing_behind() {
     let test_db = common::databases().await.remove(0);
-    // The host reaches the VIP network too: a VIP subnet of its own then,
-    // as the management one (distinct from it by one bit).
-    let r = random();
-    let vip_cidr: IpNet = format!("198.{}.{}.0/24", 18 + r % 2, 128 + (r >> 8) % 128).parse().expect("cidr");
-    let env = loop {
-        let env = Env::with(&test_db.url, &format!("host_vip_access = True\nvip_cidr = {vip_cidr}\nvip_ipv6_cidr =\n"));
-        if env.management.network() != vip_cidr.network() {
-            break env;
-        }
-    };
+    // The host reaches the VIP network too: a leased VIP subnet then, as
+    // the management one.
+    let vip_lease = SubnetLease::take();
+    let vip_cidr: IpNet = vip_lease.cidr().parse().expect("cidr");
+    let env = Env::with(&test_db.url, &format!("host_vip_access = True\nvip_cidr = {vip_cidr}\nvip_ipv6_cidr =\n"));
     let db = Db::open(&test_db.url).await.expect("database");
     let net = LocalNetwork::new(db.clone(), &env.config);
     net.ensure_fabric().await.expect("fabric");
@@ -646,18 +645,4 @@ async fn a_management_range_the_host_already_routes_is_refused_before_anything_i
     // Once the host no longer routes it, the same settings build.
     drop(own);
     fabric.ensure().await.expect("the fabric without the overlap");
-}
-
-/// A /24 of 198.18.0.0/15 with a third octet below 128 (the VIP test uses
-/// the upper half): a random start per process, then the next one for each
-/// environment, so the tests of this binary (which run at once and put
-/// their management end in the host namespace) never share one.
-fn management_cidr() -> String {
-    use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static START: OnceLock<u32> = OnceLock::new();
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = *START.get_or_init(|| random() % 256);
-    let n = (start + NEXT.fetch_add(1, Ordering::SeqCst)) % 256;
-    format!("198.{}.{}.0/24", 18 + n / 128, n % 128)
 }

@@ -10,6 +10,7 @@ pub mod capture;
 pub mod client;
 pub mod contract;
 pub mod gate;
+pub mod lease;
 pub mod netns;
 pub mod pki;
 pub mod traffic;

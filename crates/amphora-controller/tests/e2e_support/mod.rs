@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use amphora_controller::config::Config;
 use amphora_controller::db::Db;
 use amphora_controller::local::{self, LocalNetwork};
+use amphora_testkit::lease::SubnetLease;
 use amphora_testkit::netns::{self, NsRuntime};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,21 +40,6 @@ pub fn agent_binary() -> PathBuf {
     agent
 }
 
-/// A random /24 of 198.18.0.0/15 (the benchmarking range) for the
-/// management network, whose controller end lives in the host namespace:
-/// distinct per test so parallel tests do not share routes.
-fn management_cidr() -> String {
-    use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    // A random start per process, then the next /24 for each system: the
-    // tests of one binary (which run at once) never share one.
-    static START: OnceLock<usize> = OnceLock::new();
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let start = *START.get_or_init(|| (uuid::Uuid::new_v4().as_u128() % 512) as usize);
-    let n = (start + NEXT.fetch_add(1, Ordering::SeqCst)) % 512;
-    format!("198.{}.{}.0/24", 18 + n / 256, n % 256)
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Topology {
     Single,
@@ -68,6 +54,8 @@ pub struct System {
     child: Option<Child>,
     hosts: Vec<String>,
     runtimes: Vec<Option<NsRuntime>>,
+    /// The management subnet's lease: the controller's end is in the host.
+    _management: SubnetLease,
 }
 
 impl System {
@@ -82,6 +70,7 @@ impl System {
         let dir = tempfile::Builder::new().prefix("e2e.").tempdir_in("/tmp").expect("temp dir");
         let prefix = format!("e{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
         let d = dir.path().display();
+        let management = SubnetLease::take();
         let topology = match topology {
             Topology::Single => "SINGLE",
             Topology::ActiveStandby => "ACTIVE_STANDBY",
@@ -101,7 +90,7 @@ impl System {
              default_connection_limit = 4000\n\
              [local_network]\nname_prefix = {prefix}\nmanagement_cidr = {mgmt}\n\
              [local_compute]\nstate_dir = {d}/amp\nagent_path = {agent}\n",
-            mgmt = management_cidr(),
+            mgmt = management.cidr(),
             agent = agent_binary().display(),
         );
         let config_path = dir.path().join("octavia.conf");
@@ -120,6 +109,7 @@ impl System {
             child: None,
             hosts: Vec::new(),
             runtimes: Vec::new(),
+            _management: management,
         };
         system.launch();
         system
@@ -266,6 +256,73 @@ impl System {
             self.api.expect(201, "POST", &format!("/v2/lbaas/{collection}"), Some(&json!({ key: body }))).await;
         self.wait_lb(lb, "ACTIVE", Duration::from_secs(120)).await;
         created[key].clone()
+    }
+
+    /// A test host on `subnet_id` serving `body` to every `GET` on port
+    /// 8080: (its address, its index).
+    pub async fn http_server(&mut self, subnet_id: &str, body: &'static str) -> (IpAddr, usize) {
+        let (_, address, index) = self.host(subnet_id).await;
+        let addr = SocketAddr::new(address, 8080);
+        self.spawn_in(index, async move {
+            let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the member server");
+            amphora_testkit::traffic::serve_http(listener, body).await;
+        });
+        (address, index)
+    }
+
+    /// Creates a load balancer on `subnet_id` and waits for ACTIVE: its id
+    /// and VIP address.
+    pub async fn create_lb(&self, name: &str, subnet_id: &str, limit: Duration) -> (String, IpAddr) {
+        let body = json!({"loadbalancer": {"name": name, "vip_subnet_id": subnet_id}});
+        let created = self.api.expect(201, "POST", "/v2/lbaas/loadbalancers", Some(&body)).await;
+        let lb = created["loadbalancer"]["id"].as_str().expect("an id").to_owned();
+        let active = self.wait_lb(&lb, "ACTIVE", limit).await;
+        let vip = active["vip_address"].as_str().expect("a VIP").parse().expect("an address");
+        (lb, vip)
+    }
+
+    /// An HTTP listener on port 80 with a round-robin HTTP pool: the
+    /// pool's id.
+    pub async fn http_listener_and_pool(&self, lb: &str) -> String {
+        let listener = self
+            .create(
+                lb,
+                "listeners",
+                "listener",
+                json!({"loadbalancer_id": lb, "protocol": "HTTP", "protocol_port": 80}),
+            )
+            .await;
+        let pool = self
+            .create(
+                lb,
+                "pools",
+                "pool",
+                json!({"listener_id": listener["id"], "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN"}),
+            )
+            .await;
+        pool["id"].as_str().expect("a pool id").to_owned()
+    }
+
+    /// Adds a member on port 8080 of `address`: its id.
+    pub async fn add_member(&self, lb: &str, pool: &str, address: IpAddr, subnet_id: &str) -> String {
+        let body = json!({"address": address.to_string(), "protocol_port": 8080, "subnet_id": subnet_id});
+        let member = self.create(lb, &format!("pools/{pool}/members"), "member", body).await;
+        member["id"].as_str().expect("a member id").to_owned()
+    }
+
+    /// Sends `n` requests through `vip` from the test host `client`;
+    /// counts the answers by body ("(failed)" for a failure).
+    pub async fn send(&self, client: usize, vip: SocketAddr, n: usize) -> std::collections::BTreeMap<String, usize> {
+        self.spawn_in(client, async move {
+            let mut seen = std::collections::BTreeMap::new();
+            for _ in 0..n {
+                let body = get_body(vip).await.unwrap_or_else(|| "(failed)".into());
+                *seen.entry(body).or_insert(0) += 1;
+            }
+            seen
+        })
+        .await
+        .expect("the client task")
     }
 
     pub async fn amphorae(&self, lb: &str) -> Vec<Value> {
