@@ -12,35 +12,36 @@ use std::path::{Path, PathBuf};
 
 use crate::fsutil;
 use crate::keepalived::{KeepalivedError, io_error, shell_quote};
+use crate::layout::Layout;
 
 /// The track scripts of one keepalived, and their lock.
 #[derive(Debug)]
 pub struct CheckScripts {
-    /// keepalived's directory, `{base_path}/vrrp`.
-    dir: PathBuf,
+    /// `check_script.sh`, the one keepalived's configuration names.
+    main: PathBuf,
+    /// `check_scripts/`: every script in it runs on each check.
+    scripts_dir: PathBuf,
+    /// Where the main script records the last failure.
+    failure_log: PathBuf,
     /// The `amphora-vrrp-check` binary.
     checker: PathBuf,
     writing: tokio::sync::Mutex<()>,
 }
 
 impl CheckScripts {
-    pub fn new(dir: PathBuf, checker: PathBuf) -> Self {
-        Self { dir, checker, writing: tokio::sync::Mutex::new(()) }
-    }
-
-    /// `check_scripts/`: every script in it runs on each check.
-    pub fn scripts_dir(&self) -> PathBuf {
-        self.dir.join("check_scripts")
-    }
-
-    /// The script keepalived's configuration names.
-    pub fn main_script(&self) -> PathBuf {
-        self.dir.join("check_script.sh")
+    pub fn new(layout: &Layout, checker: PathBuf) -> Self {
+        Self {
+            main: layout.check_script(),
+            scripts_dir: layout.check_scripts_dir(),
+            failure_log: layout.last_check_failure(),
+            checker,
+            writing: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// The script that asks each load balancer's stats socket.
     pub fn haproxy_script(&self) -> PathBuf {
-        self.scripts_dir().join("haproxy_check_script.sh")
+        self.scripts_dir.join("haproxy_check_script.sh")
     }
 
     /// Rewrites both scripts for the stats sockets `wanted` returns (those
@@ -49,9 +50,9 @@ impl CheckScripts {
     pub async fn rewrite(&self, wanted: impl FnOnce() -> Vec<PathBuf>) -> Result<(), KeepalivedError> {
         let _writing = self.writing.lock().await;
         let sockets = wanted();
-        let dir = self.scripts_dir();
-        fsutil::create_dir_all(&dir, 0o755).map_err(io_error(format!("cannot create {}", dir.display())))?;
-        fsutil::write_atomic(&self.main_script(), self.main_script_text().as_bytes(), 0o755)
+        let dir = &self.scripts_dir;
+        fsutil::create_dir_all(dir, 0o755).map_err(io_error(format!("cannot create {}", dir.display())))?;
+        fsutil::write_atomic(&self.main, self.main_script_text().as_bytes(), 0o755)
             .map_err(io_error("cannot write check_script.sh"))?;
         fsutil::write_atomic(&self.haproxy_script(), haproxy_script_text(&self.checker, &sockets).as_bytes(), 0o755)
             .map_err(io_error("cannot write haproxy_check_script.sh"))
@@ -68,8 +69,8 @@ impl CheckScripts {
              \x20       status=$((status + 1))\n\
              \x20       echo \"$(date -u +%FT%TZ) $file: $output\" > {log}\n\
              \x20   fi\ndone\nexit $status\n",
-            dir = self.scripts_dir().display(),
-            log = self.dir.join("last-check-failure.log").display(),
+            dir = self.scripts_dir.display(),
+            log = self.failure_log.display(),
         )
     }
 }
@@ -92,7 +93,8 @@ mod tests {
     use super::*;
 
     fn scripts(dir: &Path) -> Arc<CheckScripts> {
-        Arc::new(CheckScripts::new(dir.join("vrrp"), PathBuf::from("/usr/bin/amphora-vrrp-check")))
+        let layout = Layout::new(dir.to_owned(), dir.join("certs"));
+        Arc::new(CheckScripts::new(&layout, PathBuf::from("/usr/bin/amphora-vrrp-check")))
     }
 
     fn sockets(prefix: &str, n: usize) -> Vec<PathBuf> {
@@ -108,9 +110,10 @@ mod tests {
             std::fs::read_to_string(scripts.haproxy_script()).expect("read"),
             "exec '/usr/bin/amphora-vrrp-check' '/x/a.sock' '/x/it'\\''s.sock'\n"
         );
-        let main = std::fs::read_to_string(scripts.main_script()).expect("read");
+        let main = std::fs::read_to_string(dir.path().join("vrrp/check_script.sh")).expect("read");
         assert!(main.starts_with("#!/bin/sh\n"), "{main}");
-        assert!(main.contains(&format!("for file in {}/*; do", scripts.scripts_dir().display())), "{main}");
+        let scripts_dir = dir.path().join("vrrp/check_scripts");
+        assert!(main.contains(&format!("for file in {}/*; do", scripts_dir.display())), "{main}");
         scripts.rewrite(Vec::new).await.expect("write");
         assert_eq!(std::fs::read_to_string(scripts.haproxy_script()).expect("read"), "exit 1\n");
     }

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::fsutil;
 use crate::haproxy::cli;
 use crate::haproxy::stats::{self, Service, StatRow};
+use crate::layout::Layout;
 use crate::lb::LbService;
 
 /// Counters reported as deltas, by their `show stat` names.
@@ -156,12 +157,12 @@ pub fn encode_fitting(message: &Heartbeat, key: &str) -> Result<(Vec<u8>, Option
 
 /// Why no heartbeat is sent this time, when keepalived should run but
 /// does not (upstream: so the controller fails this amphora over).
-pub fn keepalived_down(base_path: &Path) -> Option<String> {
-    let config = base_path.join(crate::lb::VRRP_DIR).join("octavia-keepalived.conf");
-    if !config.is_file() {
+pub fn keepalived_down(layout: &Layout) -> Option<String> {
+    let files = layout.keepalived_files();
+    if !files.config.is_file() {
         return None;
     }
-    let pid_file = base_path.join(crate::lb::VRRP_DIR).join("octavia-keepalived.pid");
+    let pid_file = files.pid;
     let pid = match std::fs::read_to_string(&pid_file) {
         Ok(text) => text.trim().parse::<i32>().ok(),
         Err(_) => return Some(format!("keepalived is configured but has no pid file {}", pid_file.display())),
@@ -176,7 +177,6 @@ pub fn keepalived_down(base_path: &Path) -> Option<String> {
 #[derive(Debug)]
 pub struct HeartbeatSender {
     amphora_id: String,
-    base_path: PathBuf,
     lbs: Arc<LbService>,
     config: watch::Receiver<Arc<Config>>,
     counters: Counters,
@@ -185,14 +185,9 @@ pub struct HeartbeatSender {
 }
 
 impl HeartbeatSender {
-    pub fn new(
-        amphora_id: String,
-        base_path: PathBuf,
-        lbs: Arc<LbService>,
-        config: watch::Receiver<Arc<Config>>,
-    ) -> Self {
-        let counters = Counters::load(base_path.join("stats_counters.json"));
-        Self { amphora_id, base_path, lbs, config, counters, seq: 0, next: 0 }
+    pub fn new(amphora_id: String, lbs: Arc<LbService>, config: watch::Receiver<Arc<Config>>) -> Self {
+        let counters = Counters::load(lbs.layout().stats_counters());
+        Self { amphora_id, lbs, config, counters, seq: 0, next: 0 }
     }
 
     /// The current message; counters advance.
@@ -220,7 +215,7 @@ impl HeartbeatSender {
         loop {
             let config = self.config.borrow_and_update().clone();
             let health = &config.health_manager;
-            if let Some(reason) = keepalived_down(&self.base_path) {
+            if let Some(reason) = keepalived_down(self.lbs.layout()) {
                 tracing::error!("{reason}: skipping the health heartbeat");
             } else if health.controller_ip_port_list.is_empty() {
                 tracing::debug!("no controller to send heartbeats to");

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::lb::RESERVED_NAMES;
+use crate::layout::RESERVED_NAMES;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0:?} is not a valid identifier: use 1 to 64 letters, digits, '-' or '_'")]

@@ -20,6 +20,7 @@ pub(crate) mod http;
 pub(crate) mod ids;
 pub(crate) mod info;
 pub(crate) mod keepalived;
+pub(crate) mod layout;
 pub(crate) mod lb;
 pub(crate) mod net;
 pub(crate) mod netns;
@@ -99,7 +100,7 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
     let checker = std::env::current_exe()
         .map(|exe| exe.with_file_name("amphora-vrrp-check"))
         .unwrap_or_else(|_| PathBuf::from("amphora-vrrp-check"));
-    let vrrp = Vrrp::new(&haproxy_conf.base_path, PathBuf::from("keepalived"), checker, netns.clone());
+    let vrrp = Vrrp::new(&layout, PathBuf::from("keepalived"), checker, netns.clone());
     let lbs = LbService::new(
         layout,
         haproxy,
@@ -111,7 +112,7 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
     lbs.restore().await;
     vrrp.restore(|| lbs.wanted_stats_sockets()).await;
 
-    let topology = Arc::new(TopologyService::new(haproxy_conf.base_path.join("topology.json"), lbs.clone()));
+    let topology = Arc::new(TopologyService::new(lbs.layout().topology_record(), lbs.clone()));
     let sampler = Sampler::start(netns).context("cannot start the statistics sampler")?;
     let info = Arc::new(InfoService::new(
         config.amphora_agent.amphora_id.clone(),
@@ -120,12 +121,8 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
         sampler,
         info::Sources { lbs: lbs.clone(), net: net.clone(), vrrp: vrrp.clone(), topology: topology.clone() },
     ));
-    let heartbeats = health::HeartbeatSender::new(
-        config.amphora_agent.amphora_id.clone(),
-        haproxy_conf.base_path.clone(),
-        lbs.clone(),
-        settings.subscribe(),
-    );
+    let heartbeats =
+        health::HeartbeatSender::new(config.amphora_agent.amphora_id.clone(), lbs.clone(), settings.subscribe());
     tokio::spawn(heartbeats.run());
     let tls = Arc::new(tls);
     let versions = Arc::new(

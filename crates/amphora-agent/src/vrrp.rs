@@ -10,7 +10,7 @@
 //! them stops answering; `check_scripts::CheckScripts` is their one writer.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use nix::unistd::Pid;
@@ -18,32 +18,26 @@ use nix::unistd::Pid;
 use crate::check_scripts::CheckScripts;
 use crate::fsutil;
 pub use crate::keepalived::{Action, KeepalivedError as VrrpError};
-use crate::keepalived::{Files, Keepalived, Subsystem, io_error};
+use crate::keepalived::{Keepalived, Subsystem, io_error};
+use crate::layout::Layout;
 use crate::netns::Netns;
 
 /// keepalived and its files.
 #[derive(Debug)]
 pub struct Vrrp {
-    dir: PathBuf,
+    layout: Layout,
     /// The only writer of the track scripts.
     check_scripts: CheckScripts,
     daemon: Arc<Keepalived>,
 }
 
 impl Vrrp {
-    /// `base_path` is the agent's; `checker` the `amphora-vrrp-check` binary.
-    pub fn new(base_path: &Path, keepalived: PathBuf, checker: PathBuf, netns: Option<Arc<Netns>>) -> Arc<Self> {
-        let dir = base_path.join(crate::lb::VRRP_DIR);
-        let files = Files {
-            config: dir.join("octavia-keepalived.conf"),
-            pid: dir.join("octavia-keepalived.pid"),
-            subsystem_pid: dir.join("octavia-keepalived.vrrp.pid"),
-            log: dir.join("octavia-keepalived.log"),
-            record: dir.join("agent-state.json"),
-        };
-        let daemon = Keepalived::new("keepalived", keepalived, netns, files, Subsystem::Vrrp);
-        let check_scripts = CheckScripts::new(dir.clone(), checker);
-        Arc::new(Self { dir, check_scripts, daemon })
+    /// keepalived's files are under `layout.vrrp_dir()`; `checker` is the
+    /// `amphora-vrrp-check` binary.
+    pub fn new(layout: &Layout, keepalived: PathBuf, checker: PathBuf, netns: Option<Arc<Netns>>) -> Arc<Self> {
+        let daemon = Keepalived::new("keepalived", keepalived, netns, layout.keepalived_files(), Subsystem::Vrrp);
+        let check_scripts = CheckScripts::new(layout, checker);
+        Arc::new(Self { layout: layout.clone(), check_scripts, daemon })
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -66,10 +60,10 @@ impl Vrrp {
         std::str::from_utf8(body).map_err(|_| VrrpError::NotUtf8)?;
         // The track script the configuration names must exist for the test.
         self.check_scripts.rewrite(wanted).await?;
-        let staged = self.dir.join("octavia-keepalived.conf.new");
+        let staged = self.layout.keepalived_new_config();
         fsutil::write_atomic(&staged, body, 0o644).map_err(io_error("cannot stage the configuration"))?;
         if let Err(e) = self.daemon.config_test(&staged).await {
-            let _ = std::fs::rename(&staged, self.dir.join("octavia-keepalived.conf.new-failed"));
+            let _ = std::fs::rename(&staged, self.layout.keepalived_failed_config());
             return Err(e);
         }
         fsutil::rename_durable(&staged, &self.config_path()).map_err(io_error("cannot install the configuration"))?;

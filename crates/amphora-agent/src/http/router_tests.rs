@@ -91,9 +91,9 @@ impl Fixture {
         let net = Arc::new(NetService::new(None, layout.interfaces_dir(), settings.clone()).expect("netlink"));
         let haproxy = Haproxy::new(conf.haproxy_cmd.clone(), layout.user_group_config(), None);
         // No keepalived here: its routes answer on their error paths.
-        let vrrp = Vrrp::new(&conf.base_path, dir.path().join("no-keepalived"), dir.path().join("no-checker"), None);
+        let vrrp = Vrrp::new(&layout, dir.path().join("no-keepalived"), dir.path().join("no-checker"), None);
         let lbs = LbService::new(layout, haproxy, &amphora_id, None, Some(net.clone()), Some(vrrp.clone()));
-        let topology = Arc::new(TopologyService::new(conf.base_path.join("topology.json"), lbs.clone()));
+        let topology = Arc::new(TopologyService::new(lbs.layout().topology_record(), lbs.clone()));
         let info = Arc::new(InfoService::new(
             amphora_id.clone(),
             settings.clone(),

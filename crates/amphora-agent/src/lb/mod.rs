@@ -8,8 +8,6 @@
 //! recorded on disk, so a restarted agent adopts running processes and a
 //! rebooted amphora starts what ran before.
 
-mod layout;
-
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
@@ -26,13 +24,12 @@ use amphora_proto::{
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-pub use layout::{Layout, RESERVED_NAMES, VRRP_DIR};
-
 use crate::certs::{self, CertFileName, KeyRule, PemError};
 use crate::fsutil;
 use crate::haproxy::stats::{self, Service};
 use crate::haproxy::{self, Haproxy, HaproxyError, Instance, cfg, cli, process};
 use crate::ids::{AmphoraId, LbId};
+pub use crate::layout::Layout;
 use crate::net::NetService;
 use crate::vrrp::Vrrp;
 

@@ -1,15 +1,23 @@
-//! Where a load balancer's files live. The layout is upstream's, so an
-//! operator can swap agents in an existing image without migration:
-//! `{base_path}/{lb}/haproxy.cfg`, `{base_path}/{lb}/{lb}.pid`,
-//! `{base_path}/{lb}/servers-state`, certificates in `{base_cert_dir}/{lb}/`.
-//! Files that are the agent's own (master socket, master output, desired
-//! state) sit beside them in the load balancer's directory.
+//! Where every file of the agent's state lives: the one place that knows
+//! the layout of `base_path` (and `base_cert_dir`). The layout is
+//! upstream's, so an operator can swap agents in an existing image without
+//! migration:
+//! - per load balancer: `{base_path}/{lb}/haproxy.cfg`, `{lb}/{lb}.pid`,
+//!   `{lb}/servers-state`, the stats socket `{base_path}/{lb}.sock`,
+//!   certificates in `{base_cert_dir}/{lb}/`; the agent's own files (master
+//!   socket, master output, desired state) sit beside them;
+//! - keepalived: `{base_path}/vrrp/` (configuration, pid files, track
+//!   scripts);
+//! - network: `{base_path}/interfaces/`;
+//! - the 0.1 topology record `{base_path}/topology.json` and the heartbeat
+//!   counters `{base_path}/stats_counters.json`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::haproxy::Instance;
 use crate::ids::LbId;
+use crate::keepalived::Files;
 
 /// `{base_path}/interfaces/`: the stored network interface definitions and
 /// firewall rules.
@@ -51,6 +59,59 @@ impl Layout {
 
     pub fn interfaces_dir(&self) -> PathBuf {
         self.base_path.join(INTERFACES_DIR)
+    }
+
+    /// keepalived's directory, `{base_path}/vrrp`; its track scripts live
+    /// there too.
+    pub fn vrrp_dir(&self) -> PathBuf {
+        self.base_path.join(VRRP_DIR)
+    }
+
+    /// The files of the VRRP keepalived, under `vrrp_dir`.
+    pub fn keepalived_files(&self) -> Files {
+        let dir = self.vrrp_dir();
+        Files {
+            config: dir.join("octavia-keepalived.conf"),
+            pid: dir.join("octavia-keepalived.pid"),
+            subsystem_pid: dir.join("octavia-keepalived.vrrp.pid"),
+            log: dir.join("octavia-keepalived.log"),
+            record: dir.join("agent-state.json"),
+        }
+    }
+
+    /// Where an uploaded keepalived configuration waits for its test.
+    pub fn keepalived_new_config(&self) -> PathBuf {
+        self.vrrp_dir().join("octavia-keepalived.conf.new")
+    }
+
+    /// The last keepalived configuration its test rejected.
+    pub fn keepalived_failed_config(&self) -> PathBuf {
+        self.vrrp_dir().join("octavia-keepalived.conf.new-failed")
+    }
+
+    /// keepalived's track script: the one its configuration names.
+    pub fn check_script(&self) -> PathBuf {
+        self.vrrp_dir().join("check_script.sh")
+    }
+
+    /// Scripts the track script runs, every one of them on each check.
+    pub fn check_scripts_dir(&self) -> PathBuf {
+        self.vrrp_dir().join("check_scripts")
+    }
+
+    /// The track script's record of its last failure.
+    pub fn last_check_failure(&self) -> PathBuf {
+        self.vrrp_dir().join("last-check-failure.log")
+    }
+
+    /// The 0.1 API's topology record.
+    pub fn topology_record(&self) -> PathBuf {
+        self.base_path.join("topology.json")
+    }
+
+    /// The heartbeat's last counter values (upstream's file).
+    pub fn stats_counters(&self) -> PathBuf {
+        self.base_path.join("stats_counters.json")
     }
 
     /// Whether the load balancer's directory holds anything the agent wrote
@@ -143,6 +204,27 @@ mod tests {
         assert_eq!(layout.stats_socket(&lb), PathBuf::from("/var/lib/octavia/85e2111b.sock"));
         assert_eq!(layout.instance(&lb, "p".into()).pid_file, PathBuf::from("/var/lib/octavia/85e2111b/85e2111b.pid"));
         assert_eq!(layout.user_group_config(), PathBuf::from("/var/lib/octavia/haproxy-default-user-group.conf"));
+        assert_eq!(layout.interfaces_dir(), PathBuf::from("/var/lib/octavia/interfaces"));
+        assert_eq!(layout.topology_record(), PathBuf::from("/var/lib/octavia/topology.json"));
+        assert_eq!(layout.stats_counters(), PathBuf::from("/var/lib/octavia/stats_counters.json"));
+    }
+
+    #[test]
+    fn keepalived_files_follow_upstream() {
+        let layout = Layout::new("/var/lib/octavia".into(), "/var/lib/octavia/certs".into());
+        let files = layout.keepalived_files();
+        let vrrp = |name: &str| PathBuf::from("/var/lib/octavia/vrrp").join(name);
+        assert_eq!(layout.vrrp_dir(), vrrp(""));
+        assert_eq!(files.config, vrrp("octavia-keepalived.conf"));
+        assert_eq!(files.pid, vrrp("octavia-keepalived.pid"));
+        assert_eq!(files.subsystem_pid, vrrp("octavia-keepalived.vrrp.pid"));
+        assert_eq!(files.log, vrrp("octavia-keepalived.log"));
+        assert_eq!(files.record, vrrp("agent-state.json"));
+        assert_eq!(layout.keepalived_new_config(), vrrp("octavia-keepalived.conf.new"));
+        assert_eq!(layout.keepalived_failed_config(), vrrp("octavia-keepalived.conf.new-failed"));
+        assert_eq!(layout.check_script(), vrrp("check_script.sh"));
+        assert_eq!(layout.check_scripts_dir(), vrrp("check_scripts"));
+        assert_eq!(layout.last_check_failure(), vrrp("last-check-failure.log"));
     }
 
     #[test]
