@@ -16,16 +16,14 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
+use crate::daemon::{self, Backoff, Event, Lifecycle, StopError};
 use crate::fsutil;
-use crate::haproxy::process;
 use crate::netns::Netns;
 
 /// Longest keepalived may take to record its pid after being started.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Grace given to keepalived to stop on SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-const MIN_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// `keepalived --config-test` output that does not make a configuration
 /// unusable.
 const BENIGN_TEST_WARNINGS: &[&str] =
@@ -186,7 +184,7 @@ impl Keepalived {
     }
 
     pub fn running_pid(&self) -> Option<Pid> {
-        process::running_daemon(&self.files.pid, &self.files.config)
+        daemon::running_daemon(&self.files.pid, &self.files.config)
     }
 
     /// Whether the agent should keep it running. A configuration without
@@ -377,13 +375,11 @@ impl Keepalived {
         tokio::spawn(async move {
             let _mark = mark;
             let mut pid = pid;
-            let mut backoff = MIN_BACKOFF;
+            let mut backoff = Backoff::new();
+            let mut state = Lifecycle::Running { pid };
             loop {
-                let since = Instant::now();
-                process::wait_exit(pid).await;
-                if since.elapsed() >= MAX_BACKOFF {
-                    backoff = MIN_BACKOFF;
-                }
+                backoff.started();
+                daemon::wait_exit(pid).await;
                 let Some(daemon) = me.upgrade() else { return };
                 {
                     let current = daemon.lock.lock().await;
@@ -391,23 +387,30 @@ impl Keepalived {
                         return;
                     }
                 }
-                tracing::warn!(%pid, instance = daemon.label, retry_in = ?backoff, "keepalived exited unexpectedly");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                let delay = backoff.died();
+                state.step(Event::Died { until: tokio::time::Instant::now() + delay }, &daemon.label);
+                tracing::warn!(%pid, instance = daemon.label, retry_in = ?delay, "keepalived exited unexpectedly");
+                tokio::time::sleep(delay).await;
                 let current = daemon.lock.lock().await;
                 if *current != generation || !daemon.wants_running() || !daemon.configured() {
                     return;
                 }
                 if let Some(running) = daemon.running_pid() {
+                    state.step(Event::Up(running), &daemon.label);
                     pid = running;
                     continue;
                 }
+                state.step(Event::Launch, &daemon.label);
                 match daemon.start().await {
                     Ok(new_pid) => {
+                        state.step(Event::Up(new_pid), &daemon.label);
                         tracing::info!(pid = %new_pid, instance = daemon.label, "keepalived restarted");
                         pid = new_pid;
                     }
-                    Err(e) => tracing::error!(instance = daemon.label, error = %e, "cannot restart keepalived"),
+                    Err(e) => {
+                        state.step(Event::LaunchFailed, &daemon.label);
+                        tracing::error!(instance = daemon.label, error = %e, "cannot restart keepalived")
+                    }
                 }
             }
         });
@@ -440,18 +443,10 @@ impl Keepalived {
 }
 
 async fn stop(pid: Pid, label: &str) -> Result<(), KeepalivedError> {
-    match signal::kill(pid, Signal::SIGTERM) {
-        Err(nix::errno::Errno::ESRCH) => return Ok(()),
-        Err(source) => return Err(KeepalivedError::Signal { label: label.to_owned(), pid, source }),
-        Ok(()) => {}
-    }
-    if tokio::time::timeout(STOP_GRACE, process::wait_exit(pid)).await.is_ok() {
-        return Ok(());
-    }
-    let _ = signal::killpg(pid, Signal::SIGKILL);
-    tokio::time::timeout(STOP_GRACE, process::wait_exit(pid))
-        .await
-        .map_err(|_| KeepalivedError::Failed(format!("{label} {pid} survived SIGKILL")))
+    daemon::stop(pid, STOP_GRACE).await.map_err(|e| match e {
+        StopError::Signal { pid, source } => KeepalivedError::Signal { label: label.to_owned(), pid, source },
+        StopError::Survived { pid } => KeepalivedError::Failed(format!("{label} {pid} survived SIGKILL")),
+    })
 }
 
 fn tail(path: &Path) -> String {

@@ -12,6 +12,7 @@ pub mod config;
 
 pub(crate) mod certs;
 pub(crate) mod check_scripts;
+pub(crate) mod daemon;
 pub(crate) mod etag;
 pub(crate) mod fsutil;
 pub(crate) mod haproxy;

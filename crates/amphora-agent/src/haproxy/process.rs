@@ -12,7 +12,6 @@
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -21,11 +20,10 @@ use std::time::Duration;
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 use tokio::process::Command;
 
 use super::cli;
+use crate::daemon::{self, StopError, is_zombie, running_daemon};
 use crate::netns::Netns;
 
 /// Longest a configuration check or a start may take (many certificates
@@ -241,21 +239,10 @@ impl Haproxy {
     /// Stops a master and its workers; connections in flight are cut, as
     /// upstream's `systemctl stop` does.
     pub async fn stop(&self, pid: Pid) -> Result<(), HaproxyError> {
-        match signal::kill(pid, Signal::SIGTERM) {
-            Err(nix::errno::Errno::ESRCH) => return Ok(()),
-            Err(source) => return Err(HaproxyError::Signal { pid, source }),
-            Ok(()) => {}
-        }
-        if tokio::time::timeout(STOP_GRACE, wait_exit(pid)).await.is_ok() {
-            return Ok(());
-        }
-        tracing::warn!(%pid, "haproxy ignored SIGTERM; killing its process group");
-        // The master leads its own process group (it called setsid).
-        let _ = signal::killpg(pid, Signal::SIGKILL);
-        match tokio::time::timeout(STOP_GRACE, wait_exit(pid)).await {
-            Ok(()) => Ok(()),
-            Err(_) => Err(HaproxyError::StopFailed(format!("haproxy {pid} survived SIGKILL"))),
-        }
+        daemon::stop(pid, STOP_GRACE).await.map_err(|e| match e {
+            StopError::Signal { pid, source } => HaproxyError::Signal { pid, source },
+            StopError::Survived { pid } => HaproxyError::StopFailed(format!("haproxy {pid} survived SIGKILL")),
+        })
     }
 }
 
@@ -309,12 +296,6 @@ fn rotate_log(path: &Path) -> u64 {
     len
 }
 
-fn read_pid_file(path: &Path) -> Option<Pid> {
-    let text = fs::read_to_string(path).ok()?;
-    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-    (pid > 1).then(|| Pid::from_raw(pid))
-}
-
 /// The master pid of `instance` if that master is alive. The process must
 /// be an haproxy running this instance's configuration, so a recycled pid
 /// is never mistaken for it.
@@ -347,67 +328,6 @@ fn parent_of(pid: i32) -> Option<i32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// The pid recorded in `pid_file`, if that process is alive and has
-/// `argument` (its configuration file) on its command line.
-pub fn running_daemon(pid_file: &Path, argument: &Path) -> Option<Pid> {
-    let pid = read_pid_file(pid_file)?;
-    is_alive(pid, argument).then_some(pid)
-}
-
-fn is_alive(pid: Pid, config: &Path) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    // The state follows the command name, which is in parentheses and may
-    // itself contain spaces or parentheses.
-    let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
-    if matches!(state, None | Some("Z") | Some("X")) {
-        return false;
-    }
-    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else { return false };
-    let config = config.as_os_str().as_encoded_bytes();
-    cmdline.split(|b| *b == 0).any(|arg| arg == config)
-}
-
-/// Resolves when the process `pid` has exited (also when it no longer
-/// exists). Works for processes that are not children of the agent.
-pub async fn wait_exit(pid: Pid) {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
-    // or -1; no memory is shared with the kernel.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    if raw < 0 {
-        // ESRCH: already gone. Anything else (an old kernel): poll.
-        if io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH) {
-            while signal::kill(pid, None).is_ok() && !is_zombie(pid) {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-        return;
-    }
-    // SAFETY: `raw` is a descriptor we just received and own exclusively.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
-    // SAFETY: an OwnedFd stays open and refers to the same pidfd for as
-    // long as the AsyncFd owns it.
-    match unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
-        Ok(fd) => {
-            let _ = fd.readable().await;
-        }
-        Err(_) => {
-            while signal::kill(pid, None).is_ok() && !is_zombie(pid) {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
-}
-
-fn is_zombie(pid: Pid) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let i = stat.rfind(')')?;
-            stat[i + 1..].split_whitespace().next().map(|s| s == "Z" || s == "X")
-        })
-        .unwrap_or(true)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,32 +340,5 @@ mod tests {
         assert!(explained.starts_with("[ALERT]"));
         assert!(explained.contains("LimitNOFILE"));
         assert_eq!(explain_start_failure("other".into()), "other");
-    }
-
-    #[test]
-    fn pid_files_are_read_defensively() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("lb.pid");
-        for (content, expected) in [("1234\n", Some(1234)), ("1\n", None), ("x\n", None), ("", None), ("-5", None)] {
-            fs::write(&path, content).expect("write");
-            assert_eq!(read_pid_file(&path).map(Pid::as_raw), expected, "{content:?}");
-        }
-    }
-
-    #[test]
-    fn the_current_process_is_alive_only_with_its_own_arguments() {
-        let me = Pid::this();
-        let exe = std::env::args_os().next().expect("argv0");
-        assert!(is_alive(me, Path::new(&exe)));
-        assert!(!is_alive(me, Path::new("/nonexistent/haproxy.cfg")));
-    }
-
-    #[tokio::test]
-    async fn wait_exit_sees_a_process_end() {
-        let mut child = std::process::Command::new("sleep").arg("0.2").spawn().expect("sleep");
-        let pid = Pid::from_raw(child.id() as i32);
-        let reaper = std::thread::spawn(move || child.wait());
-        tokio::time::timeout(Duration::from_secs(10), wait_exit(pid)).await.expect("exit seen");
-        reaper.join().expect("join").expect("wait");
     }
 }

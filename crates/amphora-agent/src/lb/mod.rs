@@ -15,7 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use amphora_proto::heartbeat::BackendStatus;
 use amphora_proto::{
@@ -25,6 +25,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::certs::{self, CertFileName, KeyRule, PemError};
+use crate::daemon::{self, Backoff, Event, Lifecycle};
 use crate::fsutil;
 use crate::haproxy::stats::{self, Service};
 use crate::haproxy::{self, Haproxy, HaproxyError, Instance, cfg, cli, process};
@@ -32,13 +33,6 @@ use crate::ids::{AmphoraId, LbId};
 pub use crate::layout::Layout;
 use crate::net::NetService;
 use crate::vrrp::Vrrp;
-
-/// First delay before restarting an haproxy that died.
-const MIN_BACKOFF: Duration = Duration::from_secs(1);
-/// Longest delay between restart attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// An haproxy that ran this long before dying restarts without delay growth.
-const STABLE_RUN: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LbError {
@@ -770,20 +764,20 @@ impl LbService {
         tokio::spawn(async move {
             let _mark = mark;
             let mut pid = pid;
-            let mut backoff = MIN_BACKOFF;
+            let mut backoff = Backoff::new();
+            let mut state = Lifecycle::Running { pid };
+            let name = format!("haproxy {id}");
             loop {
-                let since = Instant::now();
-                process::wait_exit(pid).await;
-                if since.elapsed() >= STABLE_RUN {
-                    backoff = MIN_BACKOFF;
-                }
+                backoff.started();
+                daemon::wait_exit(pid).await;
                 let Some(service) = me.upgrade() else { return };
                 if !service.still_wanted(&id, generation).await {
                     return;
                 }
-                tracing::warn!(lb = %id, %pid, retry_in = ?backoff, "haproxy exited unexpectedly");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                let delay = backoff.died();
+                state.step(Event::Died { until: tokio::time::Instant::now() + delay }, &name);
+                tracing::warn!(lb = %id, %pid, retry_in = ?delay, "haproxy exited unexpectedly");
+                tokio::time::sleep(delay).await;
 
                 let slot = service.slot(&id);
                 let current = slot.op.lock().await;
@@ -792,6 +786,7 @@ impl LbService {
                 }
                 let instance = service.instance(&id);
                 if let Some(running) = process::running_pid(&instance) {
+                    state.step(Event::Up(running), &name);
                     pid = running;
                     continue;
                 }
@@ -799,12 +794,17 @@ impl LbService {
                     tracing::error!(lb = %id, error = %e, "cannot restart haproxy");
                     continue;
                 }
+                state.step(Event::Launch, &name);
                 match service.haproxy.start(&instance).await {
                     Ok(new_pid) => {
+                        state.step(Event::Up(new_pid), &name);
                         tracing::info!(lb = %id, pid = %new_pid, "haproxy restarted");
                         pid = new_pid;
                     }
-                    Err(e) => tracing::error!(lb = %id, error = %e, "cannot restart haproxy"),
+                    Err(e) => {
+                        state.step(Event::LaunchFailed, &name);
+                        tracing::error!(lb = %id, error = %e, "cannot restart haproxy")
+                    }
                 }
             }
         });
