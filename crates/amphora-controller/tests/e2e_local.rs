@@ -14,7 +14,7 @@ use std::time::Duration;
 use amphora_controller::jobs::JobKind;
 use amphora_controller::local::{DEFAULT_MEMBER_SUBNET_ID, DEFAULT_VIP_SUBNET_ID};
 use amphora_controller::worker::flows;
-use e2e_support::{System, Topology};
+use e2e_support::{Engine, System, Topology};
 use serde_json::{Value, json};
 
 const BUILD: Duration = Duration::from_secs(180);
@@ -60,7 +60,17 @@ async fn member_status(sys: &System, pool: &str, member: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http_through_the_vip_is_balanced_a_dead_member_is_marked_down_and_stats_count_the_requests() {
-    let mut sys = System::start(Topology::Single);
+    balanced_member_down_and_stats(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs AMPHORA_TEST_POSTGRES; scripts/test.sh runs it with a PostgreSQL server"]
+async fn on_postgresql_http_through_the_vip_is_balanced_a_dead_member_is_marked_down_and_stats_count_the_requests() {
+    balanced_member_down_and_stats(Engine::Postgres).await;
+}
+
+async fn balanced_member_down_and_stats(engine: Engine) {
+    let mut sys = System::start_on(Topology::Single, engine).await;
     let d = deploy(&mut sys).await;
 
     // Round robin over both members once haproxy has them up.
@@ -108,7 +118,17 @@ async fn http_through_the_vip_is_balanced_a_dead_member_is_marked_down_and_stats
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_single_amphora_is_detected_replaced_and_traffic_resumes() {
-    let mut sys = System::start(Topology::Single);
+    dead_single_amphora_replaced(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs AMPHORA_TEST_POSTGRES; scripts/test.sh runs it with a PostgreSQL server"]
+async fn on_postgresql_a_dead_single_amphora_is_detected_replaced_and_traffic_resumes() {
+    dead_single_amphora_replaced(Engine::Postgres).await;
+}
+
+async fn dead_single_amphora_replaced(engine: Engine) {
+    let mut sys = System::start_on(Topology::Single, engine).await;
     let d = deploy(&mut sys).await;
     sys.until("traffic through the VIP", Duration::from_secs(60), || async {
         let seen = sys.send(d.client, d.vip, 4).await;
