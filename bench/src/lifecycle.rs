@@ -733,7 +733,14 @@ fn render(
                 "{t}: listener create to the first request served through the VIP (listener, pool, member created in turn)"
             ),
             &f.listener_to_first_request,
-            "three create flows, each an haproxy configuration PUT and reload per amphora, plus our 50 ms polling for ACTIVE between them",
+            if t == "SINGLE" {
+                "three create flows, each an haproxy configuration PUT and reload per amphora, plus our 50 ms polling for ACTIVE between them"
+            } else {
+                "keepalived: with no load balancer the track script fails (as upstream's agent writes it), and keepalived \
+                 takes a first failure at start as FAULT; leaving FAULT takes vrrp_success_count (2) passes at \
+                 vrrp_check_interval (5 s), then BACKUP waits 3 advert_int (1 s) plus skew before it is MASTER and \
+                 holds the VIP: 10-14 s after haproxy's first start"
+            },
         );
         row(
             format!("{t}: kill to detection (load balancer leaves ACTIVE)"),

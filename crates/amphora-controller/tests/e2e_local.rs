@@ -14,7 +14,7 @@ use std::time::Duration;
 use amphora_controller::jobs::JobKind;
 use amphora_controller::local::{DEFAULT_MEMBER_SUBNET_ID, DEFAULT_VIP_SUBNET_ID};
 use amphora_controller::worker::flows;
-use e2e_support::{System, Topology};
+use e2e_support::{Engine, System, Topology};
 use serde_json::{Value, json};
 
 const BUILD: Duration = Duration::from_secs(180);
@@ -60,7 +60,17 @@ async fn member_status(sys: &System, pool: &str, member: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http_through_the_vip_is_balanced_a_dead_member_is_marked_down_and_stats_count_the_requests() {
-    let mut sys = System::start(Topology::Single);
+    balanced_member_down_and_stats(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs AMPHORA_TEST_POSTGRES; scripts/test.sh runs it with a PostgreSQL server"]
+async fn on_postgresql_http_through_the_vip_is_balanced_a_dead_member_is_marked_down_and_stats_count_the_requests() {
+    balanced_member_down_and_stats(Engine::Postgres).await;
+}
+
+async fn balanced_member_down_and_stats(engine: Engine) {
+    let mut sys = System::start_on(Topology::Single, engine).await;
     let d = deploy(&mut sys).await;
 
     // Round robin over both members once haproxy has them up.
@@ -108,7 +118,17 @@ async fn http_through_the_vip_is_balanced_a_dead_member_is_marked_down_and_stats
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_single_amphora_is_detected_replaced_and_traffic_resumes() {
-    let mut sys = System::start(Topology::Single);
+    dead_single_amphora_replaced(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs AMPHORA_TEST_POSTGRES; scripts/test.sh runs it with a PostgreSQL server"]
+async fn on_postgresql_a_dead_single_amphora_is_detected_replaced_and_traffic_resumes() {
+    dead_single_amphora_replaced(Engine::Postgres).await;
+}
+
+async fn dead_single_amphora_replaced(engine: Engine) {
+    let mut sys = System::start_on(Topology::Single, engine).await;
     let d = deploy(&mut sys).await;
     sys.until("traffic through the VIP", Duration::from_secs(60), || async {
         let seen = sys.send(d.client, d.vip, 4).await;
@@ -438,7 +458,20 @@ async fn all_served(sys: &System, client: usize, vip: SocketAddr) -> Option<()> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_controller_killed_at_each_step_of_a_failover_resumes_it_and_orphans_nothing() {
-    let mut sys = System::start(Topology::Single);
+    failover_killed_at_each_step(Topology::Single, JobKind::FailoverAmphora).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_controller_killed_at_each_step_of_an_active_standby_load_balancer_failover_resumes_it_and_orphans_nothing() {
+    failover_killed_at_each_step(Topology::ActiveStandby, JobKind::FailoverLoadBalancer).await;
+}
+
+/// Fails over (an amphora, or the whole load balancer) once per step of
+/// the failover flow, killing the controller when the job has reached
+/// that step: after the restart the job completes, the load balancer has
+/// its full set of new amphorae, traffic flows and nothing is orphaned.
+async fn failover_killed_at_each_step(topology: Topology, kind: JobKind) {
+    let mut sys = System::start(topology);
     let db = sys.db().await;
     let (_, _, client) = sys.host(DEFAULT_VIP_SUBNET_ID).await;
     let (address, _) = sys.http_server(DEFAULT_MEMBER_SUBNET_ID, "member-1").await;
@@ -447,6 +480,7 @@ async fn a_controller_killed_at_each_step_of_a_failover_resumes_it_and_orphans_n
     let pool = sys.http_listener_and_pool(&lb).await;
     sys.add_member(&lb, &pool, address, DEFAULT_MEMBER_SUBNET_ID).await;
     sys.until("traffic through the VIP", Duration::from_secs(60), || all_served(&sys, client, vip)).await;
+    let size = if topology == Topology::Single { 1 } else { 2 };
 
     // Kill the controller once the failover job has reached each step of
     // its flow (the number of steps is the planned flow's, so the test
@@ -456,12 +490,18 @@ async fn a_controller_killed_at_each_step_of_a_failover_resumes_it_and_orphans_n
     let mut kill_at = 0i64;
     while steps.is_none_or(|n| kill_at < n) {
         let amps = sys.amphorae(&lb).await;
-        assert_eq!(amps.len(), 1, "before the failover killed at step {kill_at}: {amps:?}");
-        let failed = amps[0]["id"].as_str().expect("an amphora").to_owned();
-        sys.api.expect(202, "PUT", &format!("/v2/octavia/amphorae/{failed}/failover"), None).await;
+        assert_eq!(amps.len(), size, "before the failover killed at step {kill_at}: {amps:?}");
+        let before: Vec<String> = amps.iter().map(|a| a["id"].as_str().expect("an amphora").to_owned()).collect();
+        let target = if kind == JobKind::FailoverAmphora {
+            sys.api.expect(202, "PUT", &format!("/v2/octavia/amphorae/{}/failover", before[0]), None).await;
+            before[0].clone()
+        } else {
+            sys.api.expect(202, "PUT", &format!("/v2/lbaas/loadbalancers/{lb}/failover"), None).await;
+            lb.clone()
+        };
         let (job, state, step, payload) =
             amphora_testkit::wait::until(&format!("the failover job at step {kill_at}"), BUILD, || async {
-                last_job(&db, JobKind::FailoverAmphora, &failed).await.filter(|(_, state, step, _)| {
+                last_job(&db, kind, &target).await.filter(|(_, state, step, _)| {
                     (state == "RUNNING" && *step >= kill_at) || (state != "QUEUED" && state != "RUNNING")
                 })
             })
@@ -471,14 +511,14 @@ async fn a_controller_killed_at_each_step_of_a_failover_resumes_it_and_orphans_n
             // The job's payload is planned once it runs step 0's successor.
             let payload = amphora_controller::worker::flow::parse_payload(&payload);
             if payload.get("planned").is_some() {
-                steps = Some(flows::build(JobKind::FailoverAmphora, &payload).len() as i64);
+                steps = Some(flows::build(kind, &payload).len() as i64);
             }
         }
         sys.kill_and_restart_controller();
         eprintln!("failover job {job}: controller killed at step {step} (waited for {kill_at} of {steps:?})");
 
         sys.wait_lb(&lb, "ACTIVE", BUILD).await;
-        let (_, state, _, payload) = last_job(&db, JobKind::FailoverAmphora, &failed).await.expect("the job");
+        let (_, state, _, payload) = last_job(&db, kind, &target).await.expect("the job");
         assert_eq!(
             state,
             "DONE",
@@ -487,12 +527,21 @@ async fn a_controller_killed_at_each_step_of_a_failover_resumes_it_and_orphans_n
         );
         if steps.is_none() {
             let payload = amphora_controller::worker::flow::parse_payload(&payload);
-            steps = Some(flows::build(JobKind::FailoverAmphora, &payload).len() as i64);
+            steps = Some(flows::build(kind, &payload).len() as i64);
         }
         let amps = sys.amphorae(&lb).await;
-        assert_eq!(amps.len(), 1, "killed at step {step} of job {job}: {amps:?}");
-        assert_eq!(amps[0]["status"], "ALLOCATED", "killed at step {step}: {amps:?}");
-        assert_ne!(amps[0]["id"], failed.as_str(), "killed at step {step}: the failed amphora is still there");
+        assert_eq!(amps.len(), size, "killed at step {step} of job {job}: {amps:?}");
+        assert!(amps.iter().all(|a| a["status"] == "ALLOCATED"), "killed at step {step}: {amps:?}");
+        let replaced = if kind == JobKind::FailoverAmphora { &before[..1] } else { &before[..] };
+        assert!(
+            amps.iter().all(|a| !replaced.iter().any(|old| a["id"] == old.as_str())),
+            "killed at step {step}: a failed amphora is still there: {amps:?}"
+        );
+        if topology == Topology::ActiveStandby {
+            let mut roles: Vec<&str> = amps.iter().filter_map(|a| a["role"].as_str()).collect();
+            roles.sort_unstable();
+            assert_eq!(roles, ["BACKUP", "MASTER"], "killed at step {step}");
+        }
         let what = format!("traffic through the VIP after a kill at step {step}");
         sys.until(&what, Duration::from_secs(60), || all_served(&sys, client, vip)).await;
         let left = orphans(&sys).await;

@@ -87,6 +87,11 @@ async fn two_workers_run_each_job_once() {
     for db in common::databases().await {
         let mut cfg = config(&db, 0, Topology::Single);
         cfg.worker.workers = 4;
+        // Claiming is what is checked here, not a lease running out: the
+        // recovery tests' 1 s lease can lapse on a loaded machine (a SQLite
+        // write waiting seconds for the lock), and the other worker then
+        // rightly takes the job over, a second attempt.
+        cfg.worker.job_lease = std::time::Duration::from_secs(60);
         let e = env(&db, cfg.clone()).await;
         let driver = TestDriver::new(&e.db, &e.config);
         // On PostgreSQL the second worker has its own pool, as a second

@@ -40,6 +40,26 @@ pub fn agent_binary() -> PathBuf {
     agent
 }
 
+/// The controller's database: the embedded default, or a database of its
+/// own on the PostgreSQL server that `AMPHORA_TEST_POSTGRES` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// A new database on the test PostgreSQL server: its URL.
+async fn postgres_database() -> String {
+    let server = std::env::var("AMPHORA_TEST_POSTGRES")
+        .expect("AMPHORA_TEST_POSTGRES must name a PostgreSQL server (scripts/test.sh starts one)");
+    sqlx::any::install_default_drivers();
+    let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&server).await.expect("connect to PostgreSQL");
+    sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str()).await.expect("create a database");
+    let base = server.rsplit_once('/').map(|(b, _)| b).unwrap_or(&server);
+    format!("{base}/{name}")
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Topology {
     Single,
@@ -64,12 +84,28 @@ impl System {
     }
 
     /// With `extra` as a second configuration file (its options win).
+    /// A system on the given database engine.
+    pub async fn start_on(topology: Topology, engine: Engine) -> System {
+        let connection = match engine {
+            Engine::Sqlite => None,
+            Engine::Postgres => Some(postgres_database().await),
+        };
+        System::start_full(topology, connection, "")
+    }
+
     pub fn start_with(topology: Topology, extra: &str) -> System {
+        System::start_full(topology, None, extra)
+    }
+
+    /// `connection`: a database URL, or None for a SQLite file in the
+    /// system's directory.
+    fn start_full(topology: Topology, connection: Option<String>, extra: &str) -> System {
         // The amphorae's directories must stay short (haproxy's socket
         // paths), so the state lives in a short temporary directory.
         let dir = tempfile::Builder::new().prefix("e2e.").tempdir_in("/tmp").expect("temp dir");
         let prefix = format!("e{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
         let d = dir.path().display();
+        let connection = connection.unwrap_or_else(|| format!("sqlite:///{d}/octavia.db"));
         let management = SubnetLease::take();
         let topology = match topology {
             Topology::Single => "SINGLE",
@@ -78,7 +114,7 @@ impl System {
         let text = format!(
             "[DEFAULT]\ndebug = True\n\
              [api_settings]\nauth_strategy = noauth\nbind_host = 127.0.0.1\nbind_port = 0\n\
-             [database]\nconnection = sqlite:///{d}/octavia.db\n\
+             [database]\nconnection = {connection}\n\
              [controller_worker]\ncompute_driver = local\nnetwork_driver = local\n\
              amphora_driver = amphora_haproxy_rest_driver\nloadbalancer_topology = {topology}\n\
              job_lease = 3\n\
