@@ -56,7 +56,7 @@ fn require_listener(state: &AppState, id: &LbId) -> Result<(), ApiError> {
 
 async fn get_topology(State(state): State<AppState>) -> Response {
     let record = state.topology.record().unwrap_or_default();
-    let info = state.info.info();
+    let info = state.info.info().await;
     Json(TopologyResponse {
         hostname: info.hostname,
         uuid: info.uuid,
@@ -75,7 +75,7 @@ async fn set_topology(State(state): State<AppState>, RawBody(body): RawBody) -> 
     let request: topology::Request = json_body(&body, "Invalid request")?;
     let record = topology::validate(&request)
         .map_err(|details| ApiError::with_details(StatusCode::BAD_REQUEST, "Invalid request", details))?;
-    let outcome = state.topology.set(record).map_err(|e| {
+    let outcome = state.topology.set(record).await.map_err(|e| {
         ApiError::with_details(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error", e.to_string())
     })?;
     let status = match outcome {
@@ -86,7 +86,7 @@ async fn set_topology(State(state): State<AppState>, RawBody(body): RawBody) -> 
 }
 
 async fn info(State(state): State<AppState>) -> Response {
-    let mut info = state.info.info();
+    let mut info = state.info.info().await;
     info.api_version = ApiVersion::V0_1;
     Json(info).into_response()
 }
