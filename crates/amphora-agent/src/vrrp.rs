@@ -68,30 +68,32 @@ impl Vrrp {
         fsutil::create_dir_all(&self.check_scripts_dir(), 0o755)
             .map_err(io_error(format!("cannot create {}", self.dir.display())))?;
         // The track script the configuration names must exist for the test.
-        self.write_check_scripts(sockets)?;
+        self.write_check_scripts(sockets).await?;
         let staged = self.dir.join("octavia-keepalived.conf.new");
-        fsutil::write_atomic(&staged, body, 0o644).map_err(io_error("cannot stage the configuration"))?;
+        fsutil::write_atomic_async(&staged, body, 0o644).await.map_err(io_error("cannot stage the configuration"))?;
         if let Err(e) = self.daemon.config_test(&staged).await {
             let _ = std::fs::rename(&staged, self.dir.join("octavia-keepalived.conf.new-failed"));
             return Err(e);
         }
-        fsutil::rename_durable(&staged, &self.config_path()).map_err(io_error("cannot install the configuration"))?;
-        self.daemon.mark_new()?;
+        fsutil::rename_durable_async(&staged, &self.config_path())
+            .await
+            .map_err(io_error("cannot install the configuration"))?;
+        self.daemon.mark_new().await?;
         Ok(crate::etag::md5_hex(body))
     }
 
     /// Rewrites the track scripts for the given stats sockets (the load
     /// balancers that should run). Nothing to do without VRRP.
-    pub fn load_balancers_changed(&self, sockets: &[PathBuf]) {
+    pub async fn load_balancers_changed(&self, sockets: &[PathBuf]) {
         if !self.configured() {
             return;
         }
-        if let Err(e) = self.write_check_scripts(sockets) {
+        if let Err(e) = self.write_check_scripts(sockets).await {
             tracing::error!(error = %e, "cannot update the keepalived check script");
         }
     }
 
-    fn write_check_scripts(&self, sockets: &[PathBuf]) -> Result<(), VrrpError> {
+    async fn write_check_scripts(&self, sockets: &[PathBuf]) -> Result<(), VrrpError> {
         let dir = self.check_scripts_dir();
         fsutil::create_dir_all(&dir, 0o755).map_err(io_error(format!("cannot create {}", dir.display())))?;
         let main = format!(
@@ -107,7 +109,8 @@ impl Vrrp {
             dir = dir.display(),
             log = self.dir.join("last-check-failure.log").display(),
         );
-        fsutil::write_atomic(&self.dir.join("check_script.sh"), main.as_bytes(), 0o755)
+        fsutil::write_atomic_async(&self.dir.join("check_script.sh"), main.as_bytes(), 0o755)
+            .await
             .map_err(io_error("cannot write check_script.sh"))?;
         // No load balancer: keepalived must not make this amphora MASTER.
         let haproxy = if sockets.is_empty() {
@@ -116,7 +119,8 @@ impl Vrrp {
             let list: Vec<String> = sockets.iter().map(|s| shell_quote(&s.display().to_string())).collect();
             format!("exec {} {}\n", shell_quote(&self.checker.display().to_string()), list.join(" "))
         };
-        fsutil::write_atomic(&dir.join("haproxy_check_script.sh"), haproxy.as_bytes(), 0o755)
+        fsutil::write_atomic_async(&dir.join("haproxy_check_script.sh"), haproxy.as_bytes(), 0o755)
+            .await
             .map_err(io_error("cannot write haproxy_check_script.sh"))
     }
 
@@ -135,7 +139,7 @@ impl Vrrp {
         if !self.configured() {
             return;
         }
-        self.load_balancers_changed(sockets);
+        self.load_balancers_changed(sockets).await;
         self.daemon.restore().await;
     }
 
