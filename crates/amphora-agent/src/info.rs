@@ -10,13 +10,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+
 use amphora_proto::{ApiVersion, Details, Info, TopologyStatus, VrrpRole};
 
 use crate::config::Topology;
 use crate::lb::LbService;
 use crate::net::NetService;
 use crate::settings::LiveConfig;
-use crate::system::packages::{Packages, TRACKED};
+use crate::system::packages::{Packages, TRACKED, Versions};
 use crate::system::sampler::Sampler;
 use crate::topology::TopologyService;
 use crate::vrrp::Vrrp;
@@ -40,6 +43,18 @@ pub struct InfoService {
     net: Arc<NetService>,
     vrrp: Arc<Vrrp>,
     topology: Arc<TopologyService>,
+    /// `/info`'s body as last served, with what it was made from.
+    info_body: ArcSwapOption<InfoBody>,
+}
+
+/// A serialised `/info` answer and its inputs: it is served again while
+/// the package versions (the same cached map) and the hostname are the
+/// same, so a request neither builds nor serialises anything.
+#[derive(Debug)]
+struct InfoBody {
+    versions: Arc<Versions>,
+    hostname: String,
+    json: Bytes,
 }
 
 impl InfoService {
@@ -51,7 +66,7 @@ impl InfoService {
         sources: Sources,
     ) -> Self {
         let Sources { lbs, net, vrrp, topology } = sources;
-        Self { amphora_id, settings, packages, sampler, lbs, net, vrrp, topology }
+        Self { amphora_id, settings, packages, sampler, lbs, net, vrrp, topology, info_body: ArcSwapOption::empty() }
     }
 
     /// Reads the package database now rather than on the first request.
@@ -61,8 +76,29 @@ impl InfoService {
 
     pub async fn info(&self) -> Info {
         let versions = self.packages.versions().await;
+        self.info_from(&versions, hostname())
+    }
+
+    /// `/info` as JSON; the same bytes as serialising [`Self::info`].
+    pub async fn info_json(&self) -> Bytes {
+        let versions = self.packages.versions().await;
+        let hostname = hostname();
+        if let Some(cached) = self.info_body.load().as_ref()
+            && Arc::ptr_eq(&cached.versions, &versions)
+            && cached.hostname == hostname
+        {
+            return cached.json.clone();
+        }
+        let info = self.info_from(&versions, hostname.clone());
+        // Serialising a struct of strings cannot fail.
+        let json = Bytes::from(serde_json::to_vec(&info).unwrap_or_default());
+        self.info_body.store(Some(Arc::new(InfoBody { versions, hostname, json: json.clone() })));
+        json
+    }
+
+    fn info_from(&self, versions: &Versions, hostname: String) -> Info {
         Info {
-            hostname: hostname(),
+            hostname,
             uuid: self.amphora_id.clone(),
             haproxy_version: versions.get("haproxy").cloned(),
             api_version: ApiVersion::V1_0,

@@ -54,6 +54,11 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Self {
+        Self::with_packages(None).await
+    }
+
+    /// With `dpkg_status` as the package database instead of the system's.
+    async fn with_packages(dpkg_status: Option<std::path::PathBuf>) -> Self {
         // On a memory filesystem where there is one: the agent's durable
         // writes cost a disk flush each elsewhere.
         let shm = Path::new("/dev/shm");
@@ -97,7 +102,12 @@ impl Fixture {
         let info = Arc::new(InfoService::new(
             amphora_id.clone(),
             settings.clone(),
-            Packages::new(Sources::system(conf.haproxy_cmd.clone())),
+            Packages::new(match dpkg_status {
+                Some(dpkg_status) => {
+                    Sources { dpkg_status, rpm_databases: Vec::new(), haproxy_cmd: conf.haproxy_cmd.clone() }
+                }
+                None => Sources::system(conf.haproxy_cmd.clone()),
+            }),
             Sampler::start(None).await.expect("sampler"),
             info::Sources { lbs: lbs.clone(), net: net.clone(), vrrp: vrrp.clone(), topology: topology.clone() },
         ));
@@ -894,4 +904,37 @@ async fn the_route_table_is_the_tested_one() {
         untested.is_empty() && unserved.is_empty(),
         "routes without a test: {untested:?}; tested routes the router does not serve: {unserved:?}"
     );
+}
+
+/// dpkg's way of changing its database: a new file renamed over the old.
+fn install_dpkg_status(path: &Path, haproxy: &str) {
+    let staged = path.with_extension("new");
+    let text = format!("Package: haproxy\nStatus: install ok installed\nVersion: {haproxy}\n");
+    std::fs::write(&staged, text).expect("write the status file");
+    std::fs::rename(&staged, path).expect("install the status file");
+}
+
+/// `/info` is served from a body kept between requests: the same bytes
+/// while nothing changes, and a package upgrade still shows.
+#[tokio::test]
+async fn info_follows_a_package_upgrade() {
+    let packages = tempfile::tempdir().expect("temp dir");
+    let status = packages.path().join("status");
+    install_dpkg_status(&status, "2.6.12-1");
+    let fixture = Fixture::with_packages(Some(status.clone())).await;
+    let first = fixture.call(&Method::GET, v1::INFO, Vec::new()).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(first.content_type.starts_with("application/json"), "{}", first.content_type);
+    let info: Value = serde_json::from_str(&first.body).expect("JSON");
+    assert_eq!(info["haproxy_version"], "2.6.12-1");
+    check_info(&fixture, &info, "1.0");
+    assert_eq!(fixture.call(&Method::GET, paths::INFO, Vec::new()).await.body, first.body);
+
+    install_dpkg_status(&status, "2.8.5-1");
+    amphora_testkit::wait::until("the upgrade to show in /info", std::time::Duration::from_secs(10), || async {
+        let answer = fixture.call(&Method::GET, v1::INFO, Vec::new()).await;
+        let info: Value = serde_json::from_str(&answer.body).expect("JSON");
+        (info["haproxy_version"] == "2.8.5-1").then_some(())
+    })
+    .await;
 }
