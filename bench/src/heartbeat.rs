@@ -63,7 +63,7 @@ pub fn ours_build_and_sign(stat: &str, rounds: usize) -> Duration {
         };
         add_haproxy_stats(&mut message, &parse_show_stat(stat), &mut counters);
         let (envelope, _) = encode_fitting(&message, "insecure").expect("encode");
-        counters.persist().expect("persist counters");
+        counters.persist_blocking().expect("persist counters");
         std::hint::black_box(envelope);
         times.push(thread_cpu() - started);
     }

@@ -14,15 +14,22 @@ pub struct Throughput {
     pub requests_per_second: f64,
     pub p50: Duration,
     pub p99: Duration,
+    pub max: Duration,
+    pub requests: u64,
     pub errors: u64,
 }
 
 /// Runs `clients` loops of `GET path` for `duration`.
 pub async fn run(make_client: impl Fn() -> AgentClient, path: &str, clients: usize, duration: Duration) -> Throughput {
+    run_with((0..clients).map(|_| Arc::new(make_client())).collect(), path, duration).await
+}
+
+/// Runs one loop of `GET path` for `duration` on each of `clients` (which
+/// may already hold open connections).
+pub async fn run_with(clients: Vec<Arc<AgentClient>>, path: &str, duration: Duration) -> Throughput {
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let client = Arc::new(make_client());
+    for client in clients {
         let path = path.to_owned();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -50,6 +57,8 @@ pub async fn run(make_client: impl Fn() -> AgentClient, path: &str, clients: usi
         requests_per_second: latencies.len() as f64 / elapsed,
         p50: percentile(&latencies, 0.50),
         p99: percentile(&latencies, 0.99),
+        max: latencies.last().copied().unwrap_or_default(),
+        requests: latencies.len() as u64,
         errors,
     }
 }
@@ -192,6 +201,8 @@ pub async fn run_http(
         requests_per_second: latencies.len() as f64 / elapsed,
         p50: percentile(&latencies, 0.50),
         p99: percentile(&latencies, 0.99),
+        max: latencies.last().copied().unwrap_or_default(),
+        requests: latencies.len() as u64,
         errors,
     }
 }

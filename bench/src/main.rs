@@ -8,6 +8,7 @@
 
 mod controller;
 mod heartbeat;
+mod hot;
 mod lifecycle;
 mod load;
 mod scenario;
@@ -61,6 +62,10 @@ enum Command {
     /// The controller running real amphorae on this host: creates,
     /// failovers, traffic gaps, memory (bench/run-lifecycle.sh).
     Lifecycle(lifecycle::LifecycleArgs),
+    /// Our agent's hot paths, for two builds compared in one run: CPU per
+    /// kept-alive request, /1.0/info latency on a single-worker runtime
+    /// under configuration PUTs, reloads and heartbeats.
+    AgentHot(hot::HotArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,6 +73,7 @@ fn main() -> anyhow::Result<()> {
     match &args.command {
         Some(Command::Controller(c)) => return controller::main(c),
         Some(Command::Lifecycle(l)) => return lifecycle::main(l),
+        Some(Command::AgentHot(h)) => return hot::main(h),
         None => {}
     }
     let launchers = Launchers {
@@ -108,6 +114,7 @@ fn main() -> anyhow::Result<()> {
     for section in [
         controller::existing_section(&previous),
         controller::section_between(&previous, lifecycle::BEGIN, lifecycle::END),
+        controller::section_between(&previous, hot::BEGIN, hot::END),
     ]
     .into_iter()
     .flatten()

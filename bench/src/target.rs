@@ -55,9 +55,31 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
+/// How an agent is started beyond the common configuration.
+#[derive(Debug, Clone)]
+pub struct LaunchOptions {
+    /// The agent's binary instead of `Launchers::ours` (ours only).
+    pub binary: Option<PathBuf>,
+    /// `TOKIO_WORKER_THREADS` for ours: 1 is what a 1-vCPU amphora gets.
+    pub worker_threads: Option<usize>,
+    /// Seconds between heartbeats.
+    pub heartbeat_interval: u64,
+}
+
+impl Default for LaunchOptions {
+    fn default() -> Self {
+        Self { binary: None, worker_threads: None, heartbeat_interval: 10 }
+    }
+}
+
 impl Target {
     /// Starts an agent; returns as soon as the process is spawned.
     pub fn launch(kind: Kind, launchers: &Launchers) -> anyhow::Result<Self> {
+        Self::launch_with(kind, launchers, &LaunchOptions::default())
+    }
+
+    /// [`Target::launch`] with options.
+    pub fn launch_with(kind: Kind, launchers: &Launchers, options: &LaunchOptions) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("amphora-bench.").tempdir()?;
         let amphora_id = unique_amphora_id();
         let pki = Pki::new(&amphora_id);
@@ -72,7 +94,7 @@ impl Target {
         let config = format!(
             "[DEFAULT]\ndebug = True\n\n\
              [haproxy_amphora]\nbase_path = {base}\nbase_cert_dir = {base}/certs\nbind_host = 127.0.0.1\nbind_port = {port}\nhaproxy_cmd = /usr/sbin/haproxy\n\n\
-             [health_manager]\ncontroller_ip_port_list = 127.0.0.1:{hm}\nheartbeat_interval = 10\nheartbeat_key = insecure\n\n\
+             [health_manager]\ncontroller_ip_port_list = 127.0.0.1:{hm}\nheartbeat_interval = {interval}\nheartbeat_key = insecure\n\n\
              [amphora_agent]\nagent_server_ca = {dir}/client_ca.pem\nagent_server_cert = {dir}/server.pem\n\
              agent_request_read_timeout = 180\namphora_id = {amphora_id}\nagent_tls_protocol = TLSv1.2\n\
              amphora_udp_driver = keepalived_lvs\nnetwork_namespace = {namespace}\n\n\
@@ -80,13 +102,20 @@ impl Target {
             base = base_path.display(),
             dir = dir.path().display(),
             hm = free_port(),
+            interval = options.heartbeat_interval,
         );
         let config_path = dir.path().join("amphora-agent.conf");
         std::fs::write(&config_path, config)?;
         let log = std::fs::File::create(dir.path().join("agent.log"))?;
 
         let mut command = match kind {
-            Kind::Ours => Command::new(&launchers.ours),
+            Kind::Ours => {
+                let mut command = Command::new(options.binary.as_ref().unwrap_or(&launchers.ours));
+                if let Some(threads) = options.worker_threads {
+                    command.env("TOKIO_WORKER_THREADS", threads.to_string());
+                }
+                command
+            }
             Kind::Upstream => {
                 let mut command = Command::new(&launchers.python);
                 command.arg(&launchers.upstream_launcher);

@@ -52,10 +52,16 @@ impl CheckScripts {
         let sockets = wanted();
         let dir = &self.scripts_dir;
         fsutil::create_dir_all(dir, 0o755).map_err(io_error(format!("cannot create {}", dir.display())))?;
-        fsutil::write_atomic(&self.main, self.main_script_text().as_bytes(), 0o755)
+        fsutil::write_atomic_async(&self.main, self.main_script_text().as_bytes(), 0o755)
+            .await
             .map_err(io_error("cannot write check_script.sh"))?;
-        fsutil::write_atomic(&self.haproxy_script(), haproxy_script_text(&self.checker, &sockets).as_bytes(), 0o755)
-            .map_err(io_error("cannot write haproxy_check_script.sh"))
+        fsutil::write_atomic_async(
+            &self.haproxy_script(),
+            haproxy_script_text(&self.checker, &sockets).as_bytes(),
+            0o755,
+        )
+        .await
+        .map_err(io_error("cannot write haproxy_check_script.sh"))
     }
 
     fn main_script_text(&self) -> String {

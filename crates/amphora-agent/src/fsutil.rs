@@ -2,6 +2,12 @@
 //! replaced atomically (temporary file in the same directory, fsync, rename,
 //! fsync of the directory), so a crash or power loss leaves either the old
 //! or the new content, never a torn file.
+//!
+//! Each fsync can take milliseconds (much more on a busy disk), and an
+//! amphora with one vCPU has one runtime worker: async code calls the
+//! `*_async` forms, which do the same on tokio's blocking pool, so TLS
+//! handshakes, `/info` and heartbeats go on meanwhile. A caller that is
+//! cancelled does not cancel the write: it completes on its own.
 
 use std::fs;
 use std::io::{self, Write};
@@ -30,6 +36,29 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     sync_dir(dir)
+}
+
+/// Runs blocking file-system work on tokio's blocking pool and waits for it.
+pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
+/// [`write_atomic`] off the runtime.
+pub async fn write_atomic_async(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    let (path, data) = (path.to_owned(), data.to_vec());
+    blocking(move || write_atomic(&path, &data, mode)).await
+}
+
+/// [`rename_durable`] off the runtime.
+pub async fn rename_durable_async(from: &Path, to: &Path) -> io::Result<()> {
+    let (from, to) = (from.to_owned(), to.to_owned());
+    blocking(move || rename_durable(&from, &to)).await
+}
+
+/// [`sync_dir`] off the runtime.
+pub async fn sync_dir_async(dir: &Path) -> io::Result<()> {
+    let dir = dir.to_owned();
+    blocking(move || sync_dir(&dir)).await
 }
 
 /// Whether an error means the file system has no room left (or the quota
@@ -128,6 +157,20 @@ mod tests {
         overwrite_in_place(&path, b"{}").expect("shorter");
         assert_eq!(fs::read(&path).expect("read"), b"{}");
         assert!(is_full(&overwrite_in_place(&path, b"{\"longer\":1}").expect_err("longer")));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn async_forms_write_durably_from_a_single_threaded_runtime() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (staged, path) = (dir.path().join("staged"), dir.path().join("final"));
+        write_atomic_async(&staged, b"content", 0o640).await.expect("write");
+        rename_durable_async(&staged, &path).await.expect("rename");
+        sync_dir_async(dir.path()).await.expect("sync");
+        assert_eq!(fs::read(&path).expect("read"), b"content");
+        assert!(!staged.exists());
+        assert_eq!(fs::metadata(&path).expect("stat").permissions().mode() & 0o777, 0o640);
+        let missing = write_atomic_async(&dir.path().join("no/such/dir/file"), b"x", 0o600).await;
+        assert_eq!(missing.expect_err("no directory").kind(), io::ErrorKind::NotFound);
     }
 
     #[test]

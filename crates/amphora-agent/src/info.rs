@@ -1,16 +1,25 @@
 //! The amphora's description of itself: `/info` and `/1.0/details`.
+//!
+//! Both are cheap to serve: package versions are cached until the package
+//! database changes (see `system::packages`), and the machine's figures
+//! (CPU, memory, load, disk, network) are the sampler's latest reading, at
+//! most `system::sampler::INTERVAL` (5 s) old, so a request reads no `/proc`
+//! or `/sys` file. Load balancer figures (listeners, running haproxies) and
+//! the VRRP role are read live.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use amphora_proto::{ApiVersion, Details, Disk, Info, TopologyStatus, VrrpRole};
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+
+use amphora_proto::{ApiVersion, Details, Info, TopologyStatus, VrrpRole};
 
 use crate::config::Topology;
 use crate::lb::LbService;
 use crate::net::NetService;
 use crate::settings::LiveConfig;
-use crate::system::packages::{Packages, TRACKED};
-use crate::system::procfs;
+use crate::system::packages::{Packages, TRACKED, Versions};
 use crate::system::sampler::Sampler;
 use crate::topology::TopologyService;
 use crate::vrrp::Vrrp;
@@ -34,6 +43,18 @@ pub struct InfoService {
     net: Arc<NetService>,
     vrrp: Arc<Vrrp>,
     topology: Arc<TopologyService>,
+    /// `/info`'s body as last served, with what it was made from.
+    info_body: ArcSwapOption<InfoBody>,
+}
+
+/// A serialised `/info` answer and its inputs: it is served again while
+/// the package versions (the same cached map) and the hostname are the
+/// same, so a request neither builds nor serialises anything.
+#[derive(Debug)]
+struct InfoBody {
+    versions: Arc<Versions>,
+    hostname: String,
+    json: Bytes,
 }
 
 impl InfoService {
@@ -45,18 +66,39 @@ impl InfoService {
         sources: Sources,
     ) -> Self {
         let Sources { lbs, net, vrrp, topology } = sources;
-        Self { amphora_id, settings, packages, sampler, lbs, net, vrrp, topology }
+        Self { amphora_id, settings, packages, sampler, lbs, net, vrrp, topology, info_body: ArcSwapOption::empty() }
     }
 
     /// Reads the package database now rather than on the first request.
-    pub fn warm_up(&self) {
-        self.packages.versions();
+    pub async fn warm_up(&self) {
+        self.packages.versions().await;
     }
 
-    pub fn info(&self) -> Info {
-        let versions = self.packages.versions();
+    pub async fn info(&self) -> Info {
+        let versions = self.packages.versions().await;
+        self.info_from(&versions, hostname())
+    }
+
+    /// `/info` as JSON; the same bytes as serialising [`Self::info`].
+    pub async fn info_json(&self) -> Bytes {
+        let versions = self.packages.versions().await;
+        let hostname = hostname();
+        if let Some(cached) = self.info_body.load().as_ref()
+            && Arc::ptr_eq(&cached.versions, &versions)
+            && cached.hostname == hostname
+        {
+            return cached.json.clone();
+        }
+        let info = self.info_from(&versions, hostname.clone());
+        // Serialising a struct of strings cannot fail.
+        let json = Bytes::from(serde_json::to_vec(&info).unwrap_or_default());
+        self.info_body.store(Some(Arc::new(InfoBody { versions, hostname, json: json.clone() })));
+        json
+    }
+
+    fn info_from(&self, versions: &Versions, hostname: String) -> Info {
         Info {
-            hostname: hostname(),
+            hostname,
             uuid: self.amphora_id.clone(),
             haproxy_version: versions.get("haproxy").cloned(),
             api_version: ApiVersion::V1_0,
@@ -81,29 +123,30 @@ impl InfoService {
     }
 
     pub async fn details(&self) -> Details {
-        let info = self.info();
+        let info = self.info().await;
         let (topology, role) = self.topology().await;
-        let versions = self.packages.versions();
-        let rates = self.sampler.rates();
-        let memory = procfs::parse_meminfo(&read("/proc/meminfo"));
+        let versions = self.packages.versions().await;
+        let snapshot = self.sampler.snapshot();
+        let (rates, machine) = (&snapshot.rates, &snapshot.machine);
+        let (listeners, running) = self.lbs.listener_ids_and_running_count();
         Details {
             info,
             network_tx: rates.network_tx,
             network_rx: rates.network_rx,
-            networks: rates.networks,
+            networks: rates.networks.clone(),
             active: role.is_none_or(|r| r == "MASTER"),
-            haproxy_count: self.lbs.running_count() as u32,
+            haproxy_count: running as u32,
             lvs_listener_process_count: 0,
-            cpu_count: cpu_count(),
+            cpu_count: machine.cpu_count,
             cpu: rates.cpu,
-            memory,
-            disk: root_disk(),
-            load: procfs::parse_loadavg(&read("/proc/loadavg")),
-            active_tuned_profiles: read("/etc/tuned/active_profile").trim().to_owned(),
+            memory: machine.memory,
+            disk: machine.disk,
+            load: machine.load,
+            active_tuned_profiles: machine.active_tuned_profiles.clone(),
             topology: topology.to_v1(),
             vrrp_role: role.map(VrrpRole::from),
             topology_status: TopologyStatus::from(self.topology.status()),
-            listeners: self.lbs.listener_ids(),
+            listeners,
             packages: TRACKED
                 .iter()
                 .filter_map(|name| versions.get(*name).map(|v| BTreeMap::from([(name.to_string(), v.clone())])))
@@ -113,28 +156,6 @@ impl InfoService {
     }
 }
 
-fn read(path: &str) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
 fn hostname() -> String {
     nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
-}
-
-fn cpu_count() -> u32 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN).ok().flatten().map(|n| n as u32).unwrap_or(1)
-}
-
-/// Root file system usage in kilobytes.
-fn root_disk() -> Disk {
-    match nix::sys::statvfs::statvfs("/") {
-        Ok(st) => {
-            let fragment = st.fragment_size();
-            Disk {
-                used: (st.blocks() - st.blocks_free()) * fragment / 1024,
-                available: st.blocks_available() * fragment / 1024,
-            }
-        }
-        Err(_) => Disk { used: 0, available: 0 },
-    }
 }

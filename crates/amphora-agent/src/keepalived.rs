@@ -197,15 +197,17 @@ impl Keepalived {
             .is_none_or(|r| r.desired == Desired::Running)
     }
 
-    fn set_desired(&self, desired: Desired) -> Result<(), KeepalivedError> {
+    async fn set_desired(&self, desired: Desired) -> Result<(), KeepalivedError> {
         let bytes = serde_json::to_vec(&Record { desired }).map_err(|e| io_error("cannot encode")(e.into()))?;
-        fsutil::write_atomic(&self.files.record, &bytes, 0o600).map_err(io_error("cannot record keepalived's state"))
+        fsutil::write_atomic_async(&self.files.record, &bytes, 0o600)
+            .await
+            .map_err(io_error("cannot record keepalived's state"))
     }
 
     /// Records "stopped" for a configuration that has no record yet, so a
     /// fresh upload does not start at boot before it was ever started.
-    pub fn mark_new(&self) -> Result<(), KeepalivedError> {
-        if self.files.record.exists() { Ok(()) } else { self.set_desired(Desired::Stopped) }
+    pub async fn mark_new(&self) -> Result<(), KeepalivedError> {
+        if self.files.record.exists() { Ok(()) } else { self.set_desired(Desired::Stopped).await }
     }
 
     /// Holds the instance's lock (while its files change).
@@ -259,7 +261,7 @@ impl Keepalived {
         }
         match (action, self.running_pid()) {
             (Action::Start | Action::Reload, Some(pid)) => {
-                self.set_desired(Desired::Running)?;
+                self.set_desired(Desired::Running).await?;
                 match self.subsystem {
                     Subsystem::Vrrp => {
                         signal::kill(pid, Signal::SIGHUP).map_err(|source| KeepalivedError::Signal {
@@ -286,7 +288,7 @@ impl Keepalived {
                 Ok(Action::Reload)
             }
             (Action::Start | Action::Reload, None) => {
-                self.set_desired(Desired::Running)?;
+                self.set_desired(Desired::Running).await?;
                 let pid = self.start().await?;
                 *generation += 1;
                 self.supervise(pid, *generation);
@@ -295,7 +297,7 @@ impl Keepalived {
             }
             (Action::Stop, running) => {
                 if self.configured() {
-                    self.set_desired(Desired::Stopped)?;
+                    self.set_desired(Desired::Stopped).await?;
                 }
                 *generation += 1;
                 if let Some(pid) = running {

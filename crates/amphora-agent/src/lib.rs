@@ -56,7 +56,7 @@ use crate::lb::{Layout, LbService};
 use crate::net::NetService;
 use crate::netns::Netns;
 use crate::settings::LiveConfig;
-use crate::system::packages::Packages;
+use crate::system::packages::{Packages, Sources};
 use crate::system::sampler::Sampler;
 use crate::tls::{TlsFiles, TlsState};
 use crate::topology::TopologyService;
@@ -114,11 +114,11 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
     vrrp.restore(|| lbs.wanted_stats_sockets()).await;
 
     let topology = Arc::new(TopologyService::new(lbs.layout().topology_record(), lbs.clone()));
-    let sampler = Sampler::start(netns).context("cannot start the statistics sampler")?;
+    let sampler = Sampler::start(netns).await.context("cannot start the statistics sampler")?;
     let info = Arc::new(InfoService::new(
         config.amphora_agent.amphora_id.clone(),
         settings.clone(),
-        Packages::new(haproxy_conf.haproxy_cmd.clone()),
+        Packages::new(Sources::system(haproxy_conf.haproxy_cmd.clone())),
         sampler,
         info::Sources { lbs: lbs.clone(), net: net.clone(), vrrp: vrrp.clone(), topology: topology.clone() },
     ));
@@ -136,11 +136,12 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
     let listener = TcpListener::bind(bind).await.with_context(|| format!("cannot listen on {bind}"))?;
     let local = listener.local_addr()?;
     if let Some(path) = &options.ready_file {
-        fsutil::write_atomic(path, format!("{local}\n").as_bytes(), 0o644)
+        fsutil::write_atomic_async(path, format!("{local}\n").as_bytes(), 0o644)
+            .await
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     tracing::info!(address = %local, "amphora agent ready");
-    tokio::task::spawn_blocking(move || info.warm_up());
+    tokio::spawn(async move { info.warm_up().await });
 
     let limits = http::Limits {
         handshake: Duration::from_secs(10),

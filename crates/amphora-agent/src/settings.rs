@@ -99,7 +99,8 @@ impl LiveConfig {
         for warning in &loaded.warnings {
             tracing::warn!("{warning}");
         }
-        fsutil::write_atomic(main, text.as_bytes(), 0o600)
+        fsutil::write_atomic_async(main, text.as_bytes(), 0o600)
+            .await
             .map_err(|source| UpdateError::Write { path: main.clone(), source })?;
 
         let old = self.current();

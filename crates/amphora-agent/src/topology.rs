@@ -171,7 +171,10 @@ pub enum SetOutcome {
 #[derive(Debug)]
 pub struct TopologyService {
     path: PathBuf,
+    /// The current record; never held across I/O.
     record: Mutex<Option<Record>>,
+    /// Serialises `set`, whose write is awaited.
+    writing: tokio::sync::Mutex<()>,
     changing: Arc<AtomicBool>,
     lbs: Arc<LbService>,
 }
@@ -180,7 +183,13 @@ impl TopologyService {
     /// `path` is where the record is kept (`{base_path}/topology.json`).
     pub fn new(path: PathBuf, lbs: Arc<LbService>) -> Self {
         let record = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
-        Self { path, record: Mutex::new(record), changing: Arc::new(AtomicBool::new(false)), lbs }
+        Self {
+            path,
+            record: Mutex::new(record),
+            writing: tokio::sync::Mutex::new(()),
+            changing: Arc::new(AtomicBool::new(false)),
+            lbs,
+        }
     }
 
     /// The record set through the 0.1 API, if any.
@@ -197,12 +206,12 @@ impl TopologyService {
     }
 
     /// Stores a validated topology; a different one starts a transition.
-    pub fn set(&self, record: Record) -> Result<SetOutcome, std::io::Error> {
-        let mut current = self.record.lock().unwrap_or_else(|e| e.into_inner());
-        let previous = current.clone().unwrap_or_default();
+    pub async fn set(&self, record: Record) -> Result<SetOutcome, std::io::Error> {
+        let _writing = self.writing.lock().await;
+        let previous = self.record().unwrap_or_default();
         let bytes = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
-        fsutil::write_atomic(&self.path, &bytes, 0o600)?;
-        *current = Some(record.clone());
+        fsutil::write_atomic_async(&self.path, &bytes, 0o600).await?;
+        *self.record.lock().unwrap_or_else(|e| e.into_inner()) = Some(record.clone());
         if previous.topology == record.topology && previous.role == record.role && previous.ha_ip == record.ha_ip {
             return Ok(SetOutcome::Unchanged);
         }

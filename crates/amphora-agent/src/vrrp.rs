@@ -61,13 +61,15 @@ impl Vrrp {
         // The track script the configuration names must exist for the test.
         self.check_scripts.rewrite(wanted).await?;
         let staged = self.layout.keepalived_new_config();
-        fsutil::write_atomic(&staged, body, 0o644).map_err(io_error("cannot stage the configuration"))?;
+        fsutil::write_atomic_async(&staged, body, 0o644).await.map_err(io_error("cannot stage the configuration"))?;
         if let Err(e) = self.daemon.config_test(&staged).await {
             let _ = std::fs::rename(&staged, self.layout.keepalived_failed_config());
             return Err(e);
         }
-        fsutil::rename_durable(&staged, &self.config_path()).map_err(io_error("cannot install the configuration"))?;
-        self.daemon.mark_new()?;
+        fsutil::rename_durable_async(&staged, &self.config_path())
+            .await
+            .map_err(io_error("cannot install the configuration"))?;
+        self.daemon.mark_new().await?;
         Ok(crate::etag::md5_hex(body))
     }
 

@@ -55,6 +55,18 @@ fn haproxy_masters(agent: &Agent) -> Vec<i32> {
         .collect()
 }
 
+/// Waits until the agent's haproxy masters are exactly `expected`. A
+/// single look is not enough: once its worker is ready, haproxy's master
+/// re-executes itself (to drop the parsed configuration), and while the
+/// kernel swaps its image its command line reads empty, so a snapshot taken
+/// then misses it. Two masters, or none, still time out here.
+async fn wait_for_masters(agent: &Agent, expected: &[i32], what: &str) {
+    wait::until(&format!("{what}: haproxy masters {expected:?}"), WAIT, || async {
+        (haproxy_masters(agent) == expected).then_some(())
+    })
+    .await
+}
+
 /// A backend inside the agent's namespace, and a runtime there to reach
 /// the frontend.
 fn namespace_with_backend(agent: &Agent) -> NsRuntime {
@@ -99,7 +111,7 @@ async fn a_start_abandoned_by_its_client_runs_haproxy_under_supervision() {
     let pid =
         wait::until("the master to record its pid", WAIT, || async { agent.haproxy_pid(LB).filter(|p| alive(*p)) })
             .await;
-    assert_eq!(haproxy_masters(&agent), vec![pid], "one haproxy master for the load balancer");
+    wait_for_masters(&agent, &[pid], "one haproxy master for the load balancer").await;
     assert_supervised(&agent, &ns, pid).await;
 
     // Starting it again is a success that changes nothing.
@@ -107,7 +119,7 @@ async fn a_start_abandoned_by_its_client_runs_haproxy_under_supervision() {
     let reply = client.put(&start_path(), "").await;
     assert_eq!(reply.status, 202, "{}", reply.text());
     assert_eq!(agent.haproxy_pid(LB), Some(running));
-    assert_eq!(haproxy_masters(&agent), vec![running]);
+    wait_for_masters(&agent, &[running], "still the one master").await;
     let listeners: Vec<ListenerStatus> = client.get("/1.0/listeners").await.json();
     assert_eq!(listeners.len(), 1);
     assert_eq!(listeners[0].status, ListenerState::Active);
@@ -155,7 +167,7 @@ async fn assert_supervised(agent: &Agent, ns: &NsRuntime, pid: i32) {
     })
     .await;
     wait_until_served(ns, "the restarted haproxy to serve traffic").await;
-    assert_eq!(haproxy_masters(agent), vec![restarted]);
+    wait_for_masters(agent, &[restarted], "only the restarted master").await;
 }
 
 #[tokio::test]
@@ -196,15 +208,22 @@ async fn a_start_finding_haproxy_running_unsupervised_supervises_it() {
     // Starting finds it running, keeps it, and now watches it.
     let reply = client.put(&start_path(), "").await;
     assert_eq!(reply.status, 202, "{}", reply.text());
-    assert_eq!(haproxy_masters(&agent), vec![unsupervised]);
+    wait_for_masters(&agent, &[unsupervised], "the hand-started master kept").await;
     assert_supervised(&agent, &ns, unsupervised).await;
 }
 
-/// The stored configuration, as the agent serves it and as it is on disk.
+/// The stored configuration, as the agent serves it and as it is on disk,
+/// at one moment: the file is read before and after the request, and the
+/// reading is taken again when the two differ (an installation landed
+/// in between, so the request may have seen either file).
 async fn stored(agent: &Agent) -> (u16, Option<String>, Option<Vec<u8>>) {
-    let reply = agent.client().get(&format!("/1.0/loadbalancer/{LB}/haproxy")).await;
-    let on_disk = std::fs::read(agent.base_path().join(LB).join("haproxy.cfg")).ok();
-    (reply.status, reply.header("etag").map(str::to_owned), on_disk)
+    let path = agent.base_path().join(LB).join("haproxy.cfg");
+    wait::until("a reading of the stored configuration that no installation straddles", WAIT, || async {
+        let on_disk = std::fs::read(&path).ok();
+        let reply = agent.client().get(&format!("/1.0/loadbalancer/{LB}/haproxy")).await;
+        (std::fs::read(&path).ok() == on_disk).then(|| (reply.status, reply.header("etag").map(str::to_owned), on_disk))
+    })
+    .await
 }
 
 async fn listener_ids(agent: &Agent) -> BTreeSet<String> {

@@ -32,7 +32,7 @@ use crate::info::{self, InfoService};
 use crate::lb::{self, Layout, LbService};
 use crate::net::NetService;
 use crate::settings::LiveConfig;
-use crate::system::packages::Packages;
+use crate::system::packages::{Packages, Sources};
 use crate::system::sampler::Sampler;
 use crate::tls::{TlsFiles, TlsState};
 use crate::topology::TopologyService;
@@ -53,7 +53,12 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new() -> Self {
+    async fn new() -> Self {
+        Self::with_packages(None).await
+    }
+
+    /// With `dpkg_status` as the package database instead of the system's.
+    async fn with_packages(dpkg_status: Option<std::path::PathBuf>) -> Self {
         // On a memory filesystem where there is one: the agent's durable
         // writes cost a disk flush each elsewhere.
         let shm = Path::new("/dev/shm");
@@ -97,8 +102,13 @@ impl Fixture {
         let info = Arc::new(InfoService::new(
             amphora_id.clone(),
             settings.clone(),
-            Packages::new(conf.haproxy_cmd.clone()),
-            Sampler::start(None).expect("sampler"),
+            Packages::new(match dpkg_status {
+                Some(dpkg_status) => {
+                    Sources { dpkg_status, rpm_databases: Vec::new(), haproxy_cmd: conf.haproxy_cmd.clone() }
+                }
+                None => Sources::system(conf.haproxy_cmd.clone()),
+            }),
+            Sampler::start(None).await.expect("sampler"),
             info::Sources { lbs: lbs.clone(), net: net.clone(), vrrp: vrrp.clone(), topology: topology.clone() },
         ));
         let tls = TlsState::load(TlsFiles {
@@ -240,7 +250,7 @@ fn assert_no_leak(fixture: &Fixture, body: &str) {
 
 async fn run(cases: Vec<Case>) {
     for case in cases {
-        let fixture = Fixture::new();
+        let fixture = Fixture::new().await;
         let Case { method, route, path, body, setup, status, expect } = case;
         assert!(paths::matches(route, &path), "{path} is not a path of {route}");
         match setup {
@@ -728,7 +738,7 @@ async fn appliance_routes_answer_as_specified() {
 /// appliance's 403 on its own paths.
 #[tokio::test]
 async fn unknown_paths_and_methods_are_refused_in_each_dialect() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::new().await;
     let answer = fixture.call(&Method::GET, "/nope", Vec::new()).await;
     assert_eq!(
         (answer.status.as_u16(), answer.json()),
@@ -753,7 +763,7 @@ async fn unknown_paths_and_methods_are_refused_in_each_dialect() {
 /// mutating call is refused as the specification says; reads go on.
 #[tokio::test(flavor = "current_thread")]
 async fn a_topology_transition_holds_mutating_calls() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::new().await;
     let answer = fixture
         .call(
             &Method::POST,
@@ -780,7 +790,7 @@ async fn a_topology_transition_holds_mutating_calls() {
 /// with the ETag the client compares (upstream: an MD5 of the bytes).
 #[tokio::test]
 async fn stored_files_come_back_with_their_md5() {
-    let fixture = Fixture::new();
+    let fixture = Fixture::new().await;
     fixture.store_lb(LB).await;
     let config = fixture.lb_config(LB);
     let answer = fixture.call(&Method::GET, &v1::lb_config(LB), Vec::new()).await;
@@ -868,7 +878,7 @@ async fn the_route_table_is_the_tested_one() {
     let cases: Vec<Case> =
         [common_cases(), v1_cases(), v0_1_cases(), appliance_cases()].into_iter().flatten().collect();
     let tested: BTreeSet<(String, &str)> = cases.iter().map(|c| (c.method.to_string(), c.route)).collect();
-    let fixture = Fixture::new();
+    let fixture = Fixture::new().await;
     let methods = [Method::GET, Method::PUT, Method::POST, Method::DELETE, Method::PATCH];
     let mut served = BTreeSet::new();
     for template in all_templates() {
@@ -894,4 +904,37 @@ async fn the_route_table_is_the_tested_one() {
         untested.is_empty() && unserved.is_empty(),
         "routes without a test: {untested:?}; tested routes the router does not serve: {unserved:?}"
     );
+}
+
+/// dpkg's way of changing its database: a new file renamed over the old.
+fn install_dpkg_status(path: &Path, haproxy: &str) {
+    let staged = path.with_extension("new");
+    let text = format!("Package: haproxy\nStatus: install ok installed\nVersion: {haproxy}\n");
+    std::fs::write(&staged, text).expect("write the status file");
+    std::fs::rename(&staged, path).expect("install the status file");
+}
+
+/// `/info` is served from a body kept between requests: the same bytes
+/// while nothing changes, and a package upgrade still shows.
+#[tokio::test]
+async fn info_follows_a_package_upgrade() {
+    let packages = tempfile::tempdir().expect("temp dir");
+    let status = packages.path().join("status");
+    install_dpkg_status(&status, "2.6.12-1");
+    let fixture = Fixture::with_packages(Some(status.clone())).await;
+    let first = fixture.call(&Method::GET, v1::INFO, Vec::new()).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(first.content_type.starts_with("application/json"), "{}", first.content_type);
+    let info: Value = serde_json::from_str(&first.body).expect("JSON");
+    assert_eq!(info["haproxy_version"], "2.6.12-1");
+    check_info(&fixture, &info, "1.0");
+    assert_eq!(fixture.call(&Method::GET, paths::INFO, Vec::new()).await.body, first.body);
+
+    install_dpkg_status(&status, "2.8.5-1");
+    amphora_testkit::wait::until("the upgrade to show in /info", std::time::Duration::from_secs(10), || async {
+        let answer = fixture.call(&Method::GET, v1::INFO, Vec::new()).await;
+        let info: Value = serde_json::from_str(&answer.body).expect("JSON");
+        (info["haproxy_version"] == "2.8.5-1").then_some(())
+    })
+    .await;
 }

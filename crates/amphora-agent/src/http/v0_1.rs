@@ -49,7 +49,7 @@ fn require_listener(state: &AppState, id: &LbId) -> Result<(), ApiError> {
 
 async fn get_topology(State(state): State<AppState>) -> Response {
     let record = state.topology.record().unwrap_or_default();
-    let info = state.info.info();
+    let info = state.info.info().await;
     Json(TopologyResponse {
         hostname: info.hostname,
         uuid: info.uuid,
@@ -68,7 +68,7 @@ async fn set_topology(State(state): State<AppState>, RawBody(body): RawBody) -> 
     let request: topology::Request = json_body(&body, "Invalid request")?;
     let record = topology::validate(&request)
         .map_err(|details| ApiError::new(Kind::Invalid, "Invalid request").with_details(details))?;
-    let outcome = state.topology.set(record)?;
+    let outcome = state.topology.set(record).await?;
     let status = match outcome {
         topology::SetOutcome::Unchanged => StatusCode::OK,
         topology::SetOutcome::Transition => StatusCode::ACCEPTED,
@@ -77,7 +77,7 @@ async fn set_topology(State(state): State<AppState>, RawBody(body): RawBody) -> 
 }
 
 async fn info(State(state): State<AppState>) -> Response {
-    let mut info = state.info.info();
+    let mut info = state.info.info().await;
     info.api_version = ApiVersion::V0_1;
     Json(info).into_response()
 }

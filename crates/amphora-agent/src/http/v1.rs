@@ -43,7 +43,7 @@ pub fn router() -> Router<AppState> {
 }
 
 pub(super) async fn info(State(state): State<AppState>) -> Response {
-    Json(state.info.info()).into_response()
+    ([(header::CONTENT_TYPE, "application/json")], state.info.info_json().await).into_response()
 }
 
 async fn details(State(state): State<AppState>) -> Response {

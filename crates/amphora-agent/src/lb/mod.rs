@@ -224,26 +224,29 @@ impl LbService {
             .unwrap_or_else(|| LbRecord { peer_name: self.default_peer.clone(), desired: Desired::Running })
     }
 
-    fn save_record(&self, id: &LbId, record: &LbRecord) -> Result<(), LbError> {
+    async fn save_record(&self, id: &LbId, record: &LbRecord) -> Result<(), LbError> {
         let bytes = serde_json::to_vec(record)
             .map_err(|e| LbError::Io { what: "cannot encode the load balancer record".into(), source: e.into() })?;
         let path = self.layout.agent_state(id);
-        match fsutil::write_atomic(&path, &bytes, 0o600) {
+        let lb = id.clone();
+        fsutil::blocking(move || match fsutil::write_atomic(&path, &bytes, 0o600) {
             // A full disk must not stop a stop: the record keeps its length
             // when only `desired` changes, so it can be rewritten in place.
             Err(e) if fsutil::is_full(&e) && fsutil::overwrite_in_place(&path, &bytes).is_ok() => {
-                tracing::warn!(lb = %id, error = %e, "state file system full; load balancer record rewritten in place");
+                tracing::warn!(%lb, error = %e, "state file system full; load balancer record rewritten in place");
                 Ok(())
             }
-            written => written.map_err(io_error(format!("cannot record the state of {id}"))),
-        }
+            written => written,
+        })
+        .await
+        .map_err(io_error(format!("cannot record the state of {id}")))
     }
 
-    fn set_desired(&self, id: &LbId, desired: Desired) -> Result<(), LbError> {
+    async fn set_desired(&self, id: &LbId, desired: Desired) -> Result<(), LbError> {
         let mut record = self.record(id);
         if record.desired != desired || !self.layout.agent_state(id).exists() {
             record.desired = desired;
-            self.save_record(id, &record)?;
+            self.save_record(id, &record).await?;
         }
         Ok(())
     }
@@ -255,9 +258,14 @@ impl LbService {
     /// Writes the user group configuration every haproxy command reads,
     /// when it is missing: someone may have emptied the state directory
     /// since the agent started.
-    fn ensure_haproxy_files(&self) -> Result<(), LbError> {
+    async fn ensure_haproxy_files(&self) -> Result<(), LbError> {
         let path = self.layout.user_group_config();
-        ensure_user_group_config(&path, self.user_group.as_deref())
+        if path.exists() {
+            return Ok(());
+        }
+        let (target, group) = (path.clone(), self.user_group.clone());
+        fsutil::blocking(move || ensure_user_group_config(&target, group.as_deref()))
+            .await
             .map_err(io_error(format!("cannot write {}", path.display())))
     }
 
@@ -278,17 +286,20 @@ impl LbService {
         let dir = self.layout.lb_dir(id);
         fsutil::create_dir_all(&dir, 0o755).map_err(io_error(format!("cannot create {}", dir.display())))?;
 
-        self.ensure_haproxy_files()?;
+        self.ensure_haproxy_files().await?;
         // Not synced yet: if the check fails it is only a debugging aid.
         let staged = self.layout.new_config(id);
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&staged)
-            .map_err(io_error(format!("cannot write {}", staged.display())))?;
-        file.write_all(config.as_bytes()).map_err(io_error(format!("cannot write {}", staged.display())))?;
+        let file = {
+            let (target, config) = (staged.clone(), config.into_bytes());
+            fsutil::blocking(move || {
+                let mut file =
+                    fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&target)?;
+                file.write_all(&config)?;
+                Ok(file)
+            })
+            .await
+            .map_err(io_error(format!("cannot write {}", staged.display())))?
+        };
 
         let peer_name = haproxy::peer_name(amphora_id.as_str());
         let checking = Instant::now();
@@ -311,9 +322,11 @@ impl LbService {
                 });
             }
         }
-        file.sync_all().map_err(io_error(format!("cannot sync {}", staged.display())))?;
-        drop(file);
-        fsutil::rename_durable(&staged, &self.layout.config(id))
+        fsutil::blocking(move || file.sync_all())
+            .await
+            .map_err(io_error(format!("cannot sync {}", staged.display())))?;
+        fsutil::rename_durable_async(&staged, &self.layout.config(id))
+            .await
             .map_err(io_error("cannot install the configuration"))?;
 
         let mut record = self.record(id);
@@ -323,7 +336,7 @@ impl LbService {
         }
         if is_new || record.peer_name != peer_name {
             record.peer_name = peer_name;
-            self.save_record(id, &record)?;
+            self.save_record(id, &record).await?;
         }
         Ok(crate::etag::md5_hex(body))
     }
@@ -354,8 +367,8 @@ impl LbService {
                     None => self.start_locked(id, &mut generation).await.map(|()| Outcome::Started),
                     Some(pid) => {
                         self.ensure_supervised(id, pid, &mut generation);
-                        self.ensure_haproxy_files()?;
-                        self.set_desired(id, Desired::Running)?;
+                        self.ensure_haproxy_files().await?;
+                        self.set_desired(id, Desired::Running).await?;
                         self.save_servers_state(id).await;
                         self.haproxy
                             .reload(&instance, pid)
@@ -377,13 +390,13 @@ impl LbService {
     }
 
     async fn start_locked(&self, id: &LbId, generation: &mut u64) -> Result<(), LbError> {
-        self.set_desired(id, Desired::Running)?;
+        self.set_desired(id, Desired::Running).await?;
         let instance = self.instance(id);
         if let Some(pid) = process::running_pid(&instance) {
             self.ensure_supervised(id, pid, generation);
             return Ok(());
         }
-        self.ensure_haproxy_files()?;
+        self.ensure_haproxy_files().await?;
         let pid =
             self.haproxy.start(&instance).await.map_err(|source| LbError::Action { action: Action::Start, source })?;
         *generation += 1;
@@ -404,7 +417,7 @@ impl LbService {
     }
 
     async fn stop_locked(&self, id: &LbId, generation: &mut u64) -> Result<(), LbError> {
-        self.set_desired(id, Desired::Stopped)?;
+        self.set_desired(id, Desired::Stopped).await?;
         *generation += 1;
         let instance = self.instance(id);
         if let Some(pid) = process::running_pid(&instance) {
@@ -423,7 +436,7 @@ impl LbService {
                 if !state.ends_with('\n') {
                     state.push('\n');
                 }
-                fsutil::write_atomic(&self.layout.servers_state(id), state.as_bytes(), 0o600)
+                fsutil::write_atomic_async(&self.layout.servers_state(id), state.as_bytes(), 0o600).await
             }
             Err(e) => Err(e),
         };
@@ -462,7 +475,7 @@ impl LbService {
         // the record, needs no free space.
         *generation += 1;
         fsutil::remove_file_if_exists(&self.layout.config(id)).map_err(io_error("cannot remove the configuration"))?;
-        fsutil::sync_dir(&dir).map_err(io_error(format!("cannot sync {}", dir.display())))?;
+        fsutil::sync_dir_async(&dir).await.map_err(io_error(format!("cannot sync {}", dir.display())))?;
         if let Some(pid) = process::running_pid(&instance) {
             self.haproxy.stop(pid).await.map_err(|source| LbError::Action { action: Action::Stop, source })?;
             tracing::info!(lb = %id, %pid, "haproxy stopped");
@@ -471,7 +484,7 @@ impl LbService {
         fsutil::remove_dir_all_if_exists(&self.layout.cert_dir(id))
             .map_err(io_error("cannot remove the certificates"))?;
         fsutil::remove_dir_all_if_exists(&dir).map_err(io_error(format!("cannot remove {}", dir.display())))?;
-        fsutil::sync_dir(self.layout.base_path()).map_err(io_error("cannot sync the state directory"))?;
+        fsutil::sync_dir_async(self.layout.base_path()).await.map_err(io_error("cannot sync the state directory"))?;
         self.load_balancers_changed().await;
         tracing::info!(lb = %id, "load balancer deleted");
         Ok(())
@@ -514,7 +527,8 @@ impl LbService {
         let _guard = slot.op.lock().await;
         let dir = self.layout.cert_dir(id);
         fsutil::create_dir_all(&dir, 0o700).map_err(io_error(format!("cannot create {}", dir.display())))?;
-        fsutil::write_atomic(&dir.join(name.as_str()), pem, 0o600)
+        fsutil::write_atomic_async(&dir.join(name.as_str()), pem, 0o600)
+            .await
             .map_err(io_error(format!("cannot store certificate {name}")))?;
         Ok(crate::etag::md5_hex(pem))
     }
@@ -543,7 +557,7 @@ impl LbService {
             Err(e) => return Err(io_error(format!("cannot remove {}", dir.display()))(e)),
         }
         if let Some(parent) = dir.parent() {
-            fsutil::sync_dir(parent).map_err(io_error("cannot sync the certificate directory"))?;
+            fsutil::sync_dir_async(parent).await.map_err(io_error("cannot sync the certificate directory"))?;
         }
         Ok(())
     }
@@ -706,16 +720,15 @@ impl LbService {
             .collect()
     }
 
-    /// Listener ids of every stored load balancer, sorted.
-    pub fn listener_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .layout
-            .load_balancers()
-            .iter()
-            .flat_map(|id| self.summary(id).frontends.into_iter().map(|f| f.name))
-            .collect();
+    /// Every listener id, sorted, and how many haproxies run: what the
+    /// details report, from one listing of the state directory.
+    pub fn listener_ids_and_running_count(&self) -> (Vec<String>, usize) {
+        let lbs = self.layout.load_balancers();
+        let mut ids: Vec<String> =
+            lbs.iter().flat_map(|id| self.summary(id).frontends.into_iter().map(|f| f.name)).collect();
         ids.sort();
-        ids
+        let running = lbs.iter().filter(|id| process::running_pid(&self.instance(id)).is_some()).count();
+        (ids, running)
     }
 
     /// Stats sockets of the load balancers whose haproxy is running.
@@ -726,11 +739,6 @@ impl LbService {
             .filter(|id| process::running_pid(&self.instance(id)).is_some())
             .filter_map(|id| self.stats_socket(id))
             .collect()
-    }
-
-    /// Load balancers whose haproxy is running.
-    pub fn running_count(&self) -> usize {
-        self.layout.load_balancers().iter().filter(|id| process::running_pid(&self.instance(id)).is_some()).count()
     }
 
     /// At agent start: adopts every running haproxy and starts those that
@@ -790,7 +798,7 @@ impl LbService {
                     pid = running;
                     continue;
                 }
-                if let Err(e) = service.ensure_haproxy_files() {
+                if let Err(e) = service.ensure_haproxy_files().await {
                     tracing::error!(lb = %id, error = %e, "cannot restart haproxy");
                     continue;
                 }

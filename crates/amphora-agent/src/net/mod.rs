@@ -107,11 +107,13 @@ impl NetService {
         defs
     }
 
-    fn persist(&self, def: &InterfaceDef) -> Result<(), NetError> {
+    async fn persist(&self, def: &InterfaceDef) -> Result<(), NetError> {
         let persist_error = |source| NetError::Persist { name: def.name.clone(), source };
         fsutil::create_dir_all(&self.dir, 0o755).map_err(persist_error)?;
         let bytes = serde_json::to_vec_pretty(def).map_err(|e| persist_error(std::io::Error::other(e)))?;
-        fsutil::write_atomic(&self.dir.join(format!("{}.json", def.name)), &bytes, 0o644).map_err(persist_error)
+        fsutil::write_atomic_async(&self.dir.join(format!("{}.json", def.name)), &bytes, 0o644)
+            .await
+            .map_err(persist_error)
     }
 
     /// `POST /1.0/plug/vip/{vip}`.
@@ -123,7 +125,7 @@ impl NetService {
             return Err(NetError::AlreadyPlugged(existing.name));
         }
         let link = self.host.link_by_mac(def.mac).await?.ok_or(NetError::NoInterface(def.mac))?;
-        self.persist(&def)?;
+        self.persist(&def).await?;
         self.host.move_to(&link, netns, &def.name).await?;
         let index = self.configure(&def).await?;
         self.advertise_on(&def, index);
@@ -165,7 +167,7 @@ impl NetService {
             if let Some(previous) = &previous {
                 amphora.remove(previous, existing.index).await?;
             }
-            self.persist(&def)?;
+            self.persist(&def).await?;
             let index = self.configure(&def).await?;
             self.advertise_on(&def, index);
             tracing::info!(interface = existing.name, %mac, "updated plugged interface");
@@ -176,7 +178,7 @@ impl NetService {
         let taken: Vec<String> = amphora.links().await?.into_iter().map(|l| l.name).collect();
         let name = (2..).map(|n| format!("eth{n}")).find(|n| !taken.contains(n)).expect("a free name");
         let def = model::member_interface(request, &name)?;
-        self.persist(&def)?;
+        self.persist(&def).await?;
         self.host.move_to(&link, netns, &name).await?;
         let index = self.configure(&def).await?;
         self.advertise_on(&def, index);
@@ -337,7 +339,7 @@ impl NetService {
         def.firewall = Some(firewall);
         let updated = def.clone();
         nft::load(&nft::render(&defs), netns).await.map_err(NetError::Firewall)?;
-        self.persist(&updated)?;
+        self.persist(&updated).await?;
         tracing::info!(interface = updated.name, rules = rules.len(), "firewall rules loaded");
         Ok(())
     }

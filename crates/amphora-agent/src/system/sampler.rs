@@ -1,13 +1,17 @@
-//! A background sampler of CPU and network counters, so the details report
-//! can give rates over the specification's 30-second window without making
-//! the caller wait. The sampler thread lives in the amphora namespace, where
-//! the load-balanced traffic flows, and reads that namespace's counters.
+//! A background sampler of CPU and network counters and of the machine's
+//! figures (memory, load, root disk, CPU count, tuned profile), so the
+//! details report can give rates over the specification's 30-second window
+//! without making the caller wait, and `/1.0/details` reads no `/proc` or
+//! `/sys` file itself: it serves the latest sample, at most [`INTERVAL`]
+//! (5 s) old. The sampler thread lives in the amphora namespace, where the
+//! load-balanced traffic flows, and reads that namespace's counters.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use amphora_proto::{Cpu, InterfaceCounters};
+use amphora_proto::{Cpu, Disk, InterfaceCounters, Memory};
+use arc_swap::ArcSwapOption;
 
 use super::procfs::{self, CpuTimes};
 use crate::netns::Netns;
@@ -18,11 +22,31 @@ pub const WINDOW: Duration = Duration::from_secs(30);
 pub const INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
-struct Sample {
+pub struct Sample {
     at: Instant,
     cpu: CpuTimes,
     /// Per interface: (received bytes, sent bytes).
     net: BTreeMap<String, (u64, u64)>,
+    system: Machine,
+}
+
+/// The machine's figures as last read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Machine {
+    pub memory: Memory,
+    pub load: [f64; 3],
+    /// Root file system usage in kilobytes.
+    pub disk: Disk,
+    pub cpu_count: u32,
+    pub active_tuned_profiles: String,
+}
+
+/// What the details report serves: the rates over the window and the
+/// machine's figures, both from the latest sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub rates: Rates,
+    pub machine: Machine,
 }
 
 /// Rates over the window ending at the latest sample.
@@ -38,31 +62,57 @@ pub struct Rates {
 #[derive(Debug, Default)]
 pub struct Sampler {
     samples: Mutex<VecDeque<Sample>>,
+    /// Computed once per sample, read by every request.
+    latest: ArcSwapOption<Snapshot>,
 }
 
 impl Sampler {
-    /// Starts sampling on a thread of its own, inside `netns` when given.
-    pub fn start(netns: Option<Arc<Netns>>) -> std::io::Result<Arc<Self>> {
-        let sampler = Arc::new(Sampler::default());
-        let weak: Weak<Sampler> = Arc::downgrade(&sampler);
-        std::thread::Builder::new().name("sampler".into()).spawn(move || {
+    /// Starts sampling on a thread of its own, inside `netns` when given;
+    /// returns once the first sample is in.
+    pub async fn start(netns: Option<Arc<Netns>>) -> std::io::Result<Arc<Self>> {
+        Self::start_with(INTERVAL, move || {
             if let Some(netns) = netns
                 && let Err(e) = netns.enter()
             {
                 tracing::warn!(namespace = netns.name(), error = %e, "sampler cannot enter the namespace");
             }
+            read_sample
+        })
+        .await
+    }
+
+    /// Samples with what `setup` returns (called once, on the sampler's
+    /// thread) every `interval`; returns once the first sample is in.
+    pub async fn start_with<R>(
+        interval: Duration,
+        setup: impl FnOnce() -> R + Send + 'static,
+    ) -> std::io::Result<Arc<Self>>
+    where
+        R: FnMut() -> Sample,
+    {
+        let sampler = Arc::new(Sampler::default());
+        let weak: Weak<Sampler> = Arc::downgrade(&sampler);
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new().name("sampler".into()).spawn(move || {
+            let mut read = setup();
+            let mut first = Some(first_tx);
             while let Some(sampler) = weak.upgrade() {
-                sampler.record(read_sample());
+                sampler.record(read());
                 drop(sampler);
-                std::thread::sleep(INTERVAL);
+                if let Some(first) = first.take() {
+                    let _ = first.send(());
+                }
+                std::thread::sleep(interval);
             }
         })?;
+        first_rx.await.map_err(|_| std::io::Error::other("the sampler stopped before its first sample"))?;
         Ok(sampler)
     }
 
     fn record(&self, sample: Sample) {
         let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         let horizon = sample.at.checked_sub(WINDOW);
+        let machine = sample.system.clone();
         samples.push_back(sample);
         // Keep the newest sample at least WINDOW old as the baseline.
         while let (Some(horizon), Some(second)) = (horizon, samples.get(1))
@@ -70,22 +120,63 @@ impl Sampler {
         {
             samples.pop_front();
         }
+        let rates = compute_rates(samples.make_contiguous());
+        self.latest.store(Some(Arc::new(Snapshot { rates, machine })));
     }
 
-    pub fn rates(&self) -> Rates {
-        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        compute_rates(samples.make_contiguous())
+    /// The latest sample's figures (no I/O). Before the first sample (only
+    /// a sampler built without `start`), zeros.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.latest.load_full().unwrap_or_else(|| {
+            Arc::new(Snapshot {
+                rates: compute_rates(&[]),
+                machine: Machine {
+                    memory: procfs::parse_meminfo(""),
+                    load: [0.0; 3],
+                    disk: Disk { used: 0, available: 0 },
+                    cpu_count: 0,
+                    active_tuned_profiles: String::new(),
+                },
+            })
+        })
     }
 }
 
-fn read_sample() -> Sample {
+/// Reads everything a sample holds, on the sampler's thread.
+pub fn read_sample() -> Sample {
     let cpu =
         std::fs::read_to_string("/proc/stat").ok().and_then(|text| procfs::parse_cpu_times(&text)).unwrap_or_default();
     // thread-self: this thread's namespace, not the process's.
     let net = std::fs::read_to_string("/proc/thread-self/net/dev")
         .map(|text| procfs::parse_net_dev(&text))
         .unwrap_or_default();
-    Sample { at: Instant::now(), cpu, net }
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let system = Machine {
+        memory: procfs::parse_meminfo(&read("/proc/meminfo")),
+        load: procfs::parse_loadavg(&read("/proc/loadavg")),
+        disk: root_disk(),
+        cpu_count: cpu_count(),
+        active_tuned_profiles: read("/etc/tuned/active_profile").trim().to_owned(),
+    };
+    Sample { at: Instant::now(), cpu, net, system }
+}
+
+fn cpu_count() -> u32 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN).ok().flatten().map(|n| n as u32).unwrap_or(1)
+}
+
+/// Root file system usage in kilobytes.
+fn root_disk() -> Disk {
+    match nix::sys::statvfs::statvfs("/") {
+        Ok(st) => {
+            let fragment = st.fragment_size();
+            Disk {
+                used: (st.blocks() - st.blocks_free()) * fragment / 1024,
+                available: st.blocks_available() * fragment / 1024,
+            }
+        }
+        Err(_) => Disk { used: 0, available: 0 },
+    }
 }
 
 /// Rates over `window` (oldest first). An interface that appeared during
@@ -140,12 +231,52 @@ fn round2(v: f64) -> f64 {
 mod tests {
     use super::*;
 
+    fn machine(memory_total: u64) -> Machine {
+        Machine {
+            memory: Memory { total: memory_total, ..procfs::parse_meminfo("") },
+            load: [0.5, 0.25, 0.125],
+            disk: Disk { used: 10, available: 20 },
+            cpu_count: 3,
+            active_tuned_profiles: "virtual-guest".into(),
+        }
+    }
+
     fn sample(at: Instant, user: u64, idle: u64, rx: u64, tx: u64) -> Sample {
         Sample {
             at,
             cpu: CpuTimes { user, idle, ..Default::default() },
             net: BTreeMap::from([("eth1".to_owned(), (rx, tx))]),
+            system: machine(1000),
         }
+    }
+
+    #[tokio::test]
+    async fn snapshots_serve_the_latest_sample_without_reading_again() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let reads = Arc::new(AtomicU64::new(0));
+        let counter = reads.clone();
+        let t0 = Instant::now();
+        // A long interval: only the first sample is taken during the test.
+        let sampler = Sampler::start_with(Duration::from_secs(3600), move || {
+            move || {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                let mut s = sample(t0 + INTERVAL * n as u32, 10, 90, 0, 0);
+                s.system = machine(4242 + n);
+                s
+            }
+        })
+        .await
+        .expect("start");
+        for _ in 0..100 {
+            assert_eq!(sampler.snapshot().machine, machine(4242));
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "one reading serves every snapshot");
+        // A new sample is what the next snapshot serves.
+        sampler.record(sample(t0 + INTERVAL, 20, 180, 500, 0));
+        let snapshot = sampler.snapshot();
+        assert_eq!(snapshot.machine, machine(1000));
+        assert_eq!(snapshot.rates.cpu.user, 10.0);
+        assert_eq!(snapshot.rates.network_rx, 100);
     }
 
     #[test]
@@ -177,6 +308,20 @@ mod tests {
         let appeared = sample(t0 + Duration::from_secs(20), 0, 200, 5_000, 0);
         let now = sample(t0 + Duration::from_secs(30), 0, 300, 15_000, 0);
         assert_eq!(compute_rates(&[before, appeared, now]).network_rx, 1_000);
+    }
+
+    #[test]
+    fn the_machine_figures_are_read_from_the_system() {
+        let machine = read_sample().system;
+        let total: u64 = std::fs::read_to_string("/proc/meminfo")
+            .expect("meminfo")
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("MemTotal");
+        assert_eq!(machine.memory.total, total);
+        assert!(machine.disk.used > 0 && machine.disk.available > 0);
+        assert!(machine.cpu_count >= 1);
     }
 
     #[test]
