@@ -16,6 +16,10 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/octavia/octavia.conf";
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub debug: bool,
+    /// Our option `[DEFAULT] release_memory_after_idle`: after this long
+    /// without work the process hands its unused memory back
+    /// (`crate::memory`); zero: never.
+    pub release_memory_after_idle: Duration,
     pub api: ApiSettings,
     pub database: Database,
     pub worker: ControllerWorker,
@@ -106,6 +110,15 @@ pub struct Database {
     /// `sqlite:///path/file.db` (upstream's SQLAlchemy spelling),
     /// `sqlite:/path` or `postgresql://...` / `postgres://...`.
     pub connection: String,
+    /// `max_pool_size` (oslo.db's name): connections one process opens at
+    /// most; unset: 8 on SQLite, 16 on PostgreSQL.
+    pub max_pool_size: Option<u32>,
+    /// `connection_recycle_time` (oslo.db's name and default, 3600 s): a
+    /// connection this old is replaced; zero: never.
+    pub connection_recycle_time: Duration,
+    /// Our option `pool_idle_timeout` (60 s): a connection unused this
+    /// long is closed; zero: never.
+    pub pool_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -261,6 +274,7 @@ const KNOWN_OPTIONS: &oslo_ini::KnownOptions = &[
             "verbose",
             "bind_host",
             "bind_port",
+            "release_memory_after_idle",
         ],
     ),
     (
@@ -285,7 +299,15 @@ const KNOWN_OPTIONS: &oslo_ini::KnownOptions = &[
     ),
     (
         "database",
-        &["connection", "max_retries", "pool_timeout", "max_pool_size", "max_overflow", "connection_recycle_time"],
+        &[
+            "connection",
+            "max_retries",
+            "pool_timeout",
+            "max_pool_size",
+            "max_overflow",
+            "connection_recycle_time",
+            "pool_idle_timeout",
+        ],
     ),
     (
         "controller_worker",
@@ -492,7 +514,20 @@ fn from_layers(mut layers: Layers) -> Result<Loaded, ConfigError> {
             DEFAULT_TLS1_3_SUPPORTED_CIPHERS,
         )?,
     };
-    let database = Database { connection: l.string("database", "connection", "sqlite:///var/lib/octavia/octavia.db")? };
+    let database = Database {
+        connection: l.string("database", "connection", "sqlite:///var/lib/octavia/octavia.db")?,
+        max_pool_size: l.get("database", "max_pool_size", None, |v| {
+            if v.is_empty() { Ok(None) } else { oslo_ini::parse_int(v, 1, 10_000).map(|n| Some(n as u32)) }
+        })?,
+        connection_recycle_time: Duration::from_secs(l.int(
+            "database",
+            "connection_recycle_time",
+            3600,
+            0,
+            86_400 * 365,
+        )?),
+        pool_idle_timeout: l.get("database", "pool_idle_timeout", Duration::from_secs(60), seconds)?,
+    };
     let worker = ControllerWorker {
         loadbalancer_topology: l.get("controller_worker", "loadbalancer_topology", Topology::Single, |v| {
             Topology::parse(v).ok_or_else(|| "expected SINGLE or ACTIVE_STANDBY".to_owned())
@@ -646,6 +681,7 @@ fn from_layers(mut layers: Layers) -> Result<Loaded, ConfigError> {
     };
     let mut config = Config {
         debug: l.bool("DEFAULT", "debug", false)?,
+        release_memory_after_idle: l.get("DEFAULT", "release_memory_after_idle", Duration::from_secs(1), seconds)?,
         api,
         database,
         worker,

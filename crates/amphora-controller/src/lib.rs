@@ -17,6 +17,7 @@ pub mod housekeeping;
 pub mod jobs;
 pub mod keystone;
 pub mod local;
+pub mod memory;
 pub mod model;
 pub mod render;
 pub mod worker;
@@ -77,7 +78,7 @@ pub async fn run(
     on_ready: impl FnOnce(Option<SocketAddr>),
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let db = Db::open(&config.database.connection).await?;
+    let db = Db::open_with(&config.database.connection, (&config.database).into()).await?;
     if config.worker.network_driver == "local" {
         // The management veth first: the health role binds to it and the
         // worker connects through it.
@@ -93,8 +94,10 @@ pub async fn run(
         api_addr = Some(listener.local_addr()?);
         tracing::info!(addr = %listener.local_addr()?, "API listening");
         let stop = stopped(shutdown.clone());
+        let activity = db.activity.clone();
         tasks.spawn(async move {
-            axum::serve(listener, api::app(state)).with_graceful_shutdown(stop).await?;
+            let app = api::app(state).layer(axum::middleware::from_fn_with_state(activity, memory::count_requests));
+            axum::serve(listener, app).with_graceful_shutdown(stop).await?;
             Ok::<(), anyhow::Error>(())
         });
     }
@@ -112,6 +115,13 @@ pub async fn run(
         let stop = shutdown.clone();
         let (db, config) = (db.clone(), config.clone());
         tasks.spawn(async move { housekeeping::run(db, config, stop).await });
+    }
+    {
+        let (db, stop, idle) = (db.clone(), shutdown.clone(), config.release_memory_after_idle);
+        tasks.spawn(async move {
+            memory::release_when_idle(db, idle, stop, |_| {}).await;
+            Ok(())
+        });
     }
     on_ready(api_addr);
     while let Some(result) = tasks.join_next().await {

@@ -42,6 +42,41 @@ pub struct Db {
     pub pool: AnyPool,
     pub backend: Backend,
     writer: Option<Arc<Mutex<()>>>,
+    /// The work the process does with this pool (API requests, jobs):
+    /// what `crate::memory` watches to tell when the process is idle.
+    pub activity: crate::memory::Activity,
+}
+
+/// How the pool keeps its connections (`[database]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// At most this many connections; `None`: 8 on SQLite, 16 on PostgreSQL.
+    pub max_connections: Option<u32>,
+    /// A connection older than this is closed once it is returned.
+    pub max_lifetime: Duration,
+    /// A connection unused for this long is closed (each open SQLite
+    /// connection keeps its own page cache and thread).
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> PoolSettings {
+        PoolSettings {
+            max_connections: None,
+            max_lifetime: Duration::from_secs(3600),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl From<&crate::config::Database> for PoolSettings {
+    fn from(d: &crate::config::Database) -> PoolSettings {
+        PoolSettings {
+            max_connections: d.max_pool_size,
+            max_lifetime: d.connection_recycle_time,
+            idle_timeout: d.pool_idle_timeout,
+        }
+    }
 }
 
 /// A write transaction; on SQLite it also holds the writer lock.
@@ -95,16 +130,27 @@ impl Db {
     /// Connects (creating a SQLite file and its directory on first start)
     /// without touching the schema.
     pub async fn connect(url: &str) -> Result<Db, DbError> {
+        Db::connect_with(url, PoolSettings::default()).await
+    }
+
+    /// [`Db::connect`] with the pool kept as `settings` say.
+    pub async fn connect_with(url: &str, settings: PoolSettings) -> Result<Db, DbError> {
         sqlx::any::install_default_drivers();
         let (backend, url, file) = normalise_url(url)?;
         if let Some(parent) = file.as_deref().and_then(Path::parent).filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|source| DbError::Directory { path: parent.to_owned(), source })?;
         }
-        let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
+        // No connection is kept open for its own sake: after a burst the
+        // pool shrinks back as connections sit idle.
+        let options = AnyPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(30))
+            .min_connections(0)
+            .idle_timeout(Some(settings.idle_timeout).filter(|t| !t.is_zero()))
+            .max_lifetime(Some(settings.max_lifetime).filter(|t| !t.is_zero()));
         let pool = match backend {
             Backend::Sqlite => {
                 options
-                    .max_connections(8)
+                    .max_connections(settings.max_connections.unwrap_or(8))
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             use sqlx::Executor;
@@ -118,15 +164,20 @@ impl Db {
                     .connect(&url)
                     .await?
             }
-            Backend::Postgres => options.max_connections(16).connect(&url).await?,
+            Backend::Postgres => options.max_connections(settings.max_connections.unwrap_or(16)).connect(&url).await?,
         };
         let writer = (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(())));
-        Ok(Db { pool, backend, writer })
+        Ok(Db { pool, backend, writer, activity: Default::default() })
     }
 
     /// Connects and brings the schema up to date.
     pub async fn open(url: &str) -> Result<Db, DbError> {
-        let db = Db::connect(url).await?;
+        Db::open_with(url, PoolSettings::default()).await
+    }
+
+    /// [`Db::open`] with the pool kept as `settings` say.
+    pub async fn open_with(url: &str, settings: PoolSettings) -> Result<Db, DbError> {
+        let db = Db::connect_with(url, settings).await?;
         db.upgrade().await?;
         Ok(db)
     }

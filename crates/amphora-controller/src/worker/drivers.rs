@@ -270,8 +270,20 @@ impl Reserved {
     }
 }
 
-async fn used_addresses(db: &Db, sql: &str) -> anyhow::Result<HashSet<Ipv4Addr>> {
-    let rows = sqlx::query(sql).fetch_all(&db.pool).await?;
+/// The addresses of `net`/24 that `column` of the live rows of `table`
+/// (`live`: a condition) holds. The engine filters: the other rows (a
+/// large deployment's, or another driver's) never leave it.
+async fn used_addresses(
+    db: &Db,
+    table: &str,
+    column: &str,
+    live: &str,
+    net: [u8; 3],
+) -> anyhow::Result<HashSet<Ipv4Addr>> {
+    // '.' is literal in LIKE; only '%' and '_' are not.
+    let sql = format!("SELECT {column} FROM {table} WHERE {live} AND {column} LIKE $1");
+    let pattern = format!("{}.{}.{}.%", net[0], net[1], net[2]);
+    let rows = sqlx::query(&sql).bind(pattern).fetch_all(&db.pool).await?;
     let mut out = HashSet::new();
     for r in rows {
         if let Some(a) = r.try_get::<Option<String>, _>(0)?.and_then(|s| s.parse().ok()) {
@@ -315,8 +327,9 @@ impl ComputeDriver for NoopCompute {
     fn wait_active<'a>(&'a self, _compute_id: &'a str) -> DriverFuture<'a, ComputeInfo> {
         Box::pin(async move {
             pause(self.delay).await;
-            let used = used_addresses(&self.db, "SELECT lb_network_ip FROM amphora WHERE status <> 'DELETED'").await?;
-            let ip = self.reserved.pick([192, 0, 2], &used)?;
+            let net = [192, 0, 2];
+            let used = used_addresses(&self.db, "amphora", "lb_network_ip", "status <> 'DELETED'", net).await?;
+            let ip = self.reserved.pick(net, &used)?;
             Ok(ComputeInfo {
                 lb_network_ip: ip.to_string(),
                 cached_zone: Some("nova".into()),
@@ -371,12 +384,10 @@ impl NetworkDriver for NoopNetwork {
             let address = match &vip.address {
                 Some(a) => a.clone(),
                 None => {
-                    let used = used_addresses(
-                        &self.db,
-                        "SELECT vip_address FROM load_balancer WHERE provisioning_status <> 'DELETED'",
-                    )
-                    .await?;
-                    self.vips.pick([203, 0, 113], &used).context("allocating a VIP")?.to_string()
+                    let net = [203, 0, 113];
+                    let live = "provisioning_status <> 'DELETED'";
+                    let used = used_addresses(&self.db, "load_balancer", "vip_address", live, net).await?;
+                    self.vips.pick(net, &used).context("allocating a VIP")?.to_string()
                 }
             };
             Ok(Port {
@@ -399,8 +410,9 @@ impl NetworkDriver for NoopNetwork {
     fn allocate_vrrp_port<'a>(&'a self, _amphora_id: &'a str, vip: &'a Port) -> DriverFuture<'a, Port> {
         Box::pin(async move {
             pause(self.delay).await;
-            let used = used_addresses(&self.db, "SELECT vrrp_ip FROM amphora WHERE status <> 'DELETED'").await?;
-            let address = self.vrrp.pick([198, 51, 100], &used).context("allocating a VRRP port")?;
+            let net = [198, 51, 100];
+            let used = used_addresses(&self.db, "amphora", "vrrp_ip", "status <> 'DELETED'", net).await?;
+            let address = self.vrrp.pick(net, &used).context("allocating a VRRP port")?;
             Ok(Port {
                 id: new_id(),
                 address: address.to_string(),
@@ -436,8 +448,9 @@ impl NetworkDriver for NoopNetwork {
     fn allocate_port<'a>(&'a self, network_or_subnet_id: &'a str, _owner: &'a str) -> DriverFuture<'a, Port> {
         Box::pin(async move {
             pause(self.delay).await;
-            let used = used_addresses(&self.db, "SELECT vrrp_ip FROM amphora WHERE status <> 'DELETED'").await?;
-            let address = self.vrrp.pick([198, 51, 100], &used).context("allocating a port")?;
+            let net = [198, 51, 100];
+            let used = used_addresses(&self.db, "amphora", "vrrp_ip", "status <> 'DELETED'", net).await?;
+            let address = self.vrrp.pick(net, &used).context("allocating a port")?;
             Ok(Port {
                 id: new_id(),
                 address: address.to_string(),

@@ -88,6 +88,7 @@ impl Worker {
                 let Ok(permit) = slots.clone().try_acquire_owned() else { break };
                 match self.claim().await {
                     Ok(Some(job)) => {
+                        self.db.activity.touch();
                         tracing::info!(worker = %self.id, job = %job.id, kind = job.kind.as_str(),
                             target = %job.target_id, step = job.step, reverting = job.reverting,
                             attempts = job.attempts, "claimed job");
@@ -113,6 +114,7 @@ impl Worker {
                                 }
                             }
                             mine.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                            db.activity.touch();
                             drop(permit);
                             // A slot is free: look at the queue again.
                             wake.notify_one();
