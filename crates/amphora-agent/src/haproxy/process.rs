@@ -35,6 +35,11 @@ const PID_FILE_TIMEOUT: Duration = Duration::from_secs(10);
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Grace given to a master to stop on SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a reload waits for the master CLI to answer before it signals:
+/// haproxy 2.6's master re-executes itself once its first worker is up,
+/// and its CLI does not answer meanwhile (a reload right after a start
+/// meets that window on a busy machine).
+const MASTER_CLI_PATIENCE: Duration = Duration::from_secs(5);
 /// The master's output file is emptied on reload beyond this size.
 const LOG_ROTATE_BYTES: u64 = 1024 * 1024;
 
@@ -200,9 +205,14 @@ impl Haproxy {
             HaproxyError::Invalid(output) => HaproxyError::ReloadFailed(output),
             other => other,
         })?;
-        let before = master_status(instance)
-            .await
-            .map_err(|source| HaproxyError::MasterCli { socket: instance.master_socket.clone(), source })?;
+        let asking = tokio::time::Instant::now();
+        let before = loop {
+            match master_status(instance).await {
+                Ok(status) => break status,
+                Err(_) if asking.elapsed() < MASTER_CLI_PATIENCE => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(source) => return Err(HaproxyError::MasterCli { socket: instance.master_socket.clone(), source }),
+            }
+        };
         let log_offset = rotate_log(&instance.log_file);
 
         signal::kill(pid, Signal::SIGUSR2).map_err(|source| HaproxyError::Signal { pid, source })?;
