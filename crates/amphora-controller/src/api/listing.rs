@@ -668,7 +668,7 @@ impl JsonPage {
         out.push_str("],\"");
         out.push_str(plural);
         out.push_str("_links\":");
-        out.push_str(&Value::Array(self.links.clone()).to_string());
+        out.push_str(&serde_json::to_string(&self.links).unwrap_or_else(|_| "[]".to_owned()));
         out.push('}');
         out
     }

@@ -47,10 +47,11 @@ pub static LOAD_BALANCER: Resource = Resource {
     ],
 };
 
-const CHILDREN: &[Children] = &[
-    Children { key: "listeners", table: "listener", column: "load_balancer_id", parent: "id" },
-    Children { key: "pools", table: "pool", column: "load_balancer_id", parent: "id" },
-];
+const LISTENERS: Children = Children { key: "listeners", table: "listener", column: "load_balancer_id", parent: "id" };
+const POOLS: Children = Children { key: "pools", table: "pool", column: "load_balancer_id", parent: "id" };
+/// What a shown load balancer lists by id; the list page renders the
+/// same two in SQL.
+const CHILDREN: &[Children] = &[LISTENERS, POOLS];
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -111,8 +112,8 @@ async fn list(
         ("description", "COALESCE(description, '')".to_owned()),
         ("provider", "COALESCE(provider, 'octavia')".to_owned()),
         ("additional_vips", listing::json_value(backend, "'[]'")),
-        ("listeners", CHILDREN[0].json(backend, LOAD_BALANCER.table)),
-        ("pools", CHILDREN[1].json(backend, LOAD_BALANCER.table)),
+        (LISTENERS.key, LISTENERS.json(backend, LOAD_BALANCER.table)),
+        (POOLS.key, POOLS.json(backend, LOAD_BALANCER.table)),
     ];
     let page = listing::list_json(&state.db, &LOAD_BALANCER, scope, &q, &base, &extra).await?;
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], page.body("loadbalancers")).into_response())
