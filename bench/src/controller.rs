@@ -749,13 +749,19 @@ fn render(
         out,
         "Run {} UTC, `bench/run-controller.sh` (= `amphora-bench controller --lbs {} --amphorae-per-lb {} --duration {} \
          --creates {} --create-concurrency {}`). Load average (1, 5, 15 min) {load_before} before and {load_after} \
-         after: the 2 cores were shared with other builds and test runs, so figures are pessimistic for both sides.\n",
+         after{}.\n",
         format_time(started).replace('T', " "),
         args.lbs,
         args.amphorae_per_lb,
         args.duration,
         args.creates,
         args.create_concurrency,
+        // A 1-minute load under 1 before the run: nothing else was running.
+        if load_before.split_whitespace().next().and_then(|l| l.parse::<f64>().ok()).is_some_and(|l| l < 1.0) {
+            ": nothing else ran on the 2 cores"
+        } else {
+            ": the 2 cores were shared with other builds and test runs, so figures are pessimistic for both sides"
+        },
     );
     let _ = writeln!(
         out,
