@@ -123,9 +123,9 @@ impl InfoService {
     }
 
     pub async fn details(&self) -> Details {
-        let info = self.info().await;
-        let (topology, role) = self.topology().await;
         let versions = self.packages.versions().await;
+        let info = self.info_from(&versions, hostname());
+        let (topology, role) = self.topology().await;
         let snapshot = self.sampler.snapshot();
         let (rates, machine) = (&snapshot.rates, &snapshot.machine);
         let (listeners, running) = self.lbs.listener_ids_and_running_count();
