@@ -120,9 +120,8 @@ pub async fn release_when_idle(
     // idle_after and 1.25 x idle_after after the last work.
     let tick = (idle_after / 4).max(Duration::from_millis(10));
     let mut seen = db.activity.count();
-    let mut quiet_ticks = 0u32;
+    let mut quiet_since = tokio::time::Instant::now();
     let mut released_since_work = false;
-    let ticks_needed = (idle_after.as_secs_f64() / tick.as_secs_f64()).ceil() as u32;
     loop {
         tokio::select! {
             _ = &mut stop => return,
@@ -131,12 +130,9 @@ pub async fn release_when_idle(
         let now = db.activity.count();
         if now != seen {
             seen = now;
-            quiet_ticks = 0;
+            quiet_since = tokio::time::Instant::now();
             released_since_work = false;
-            continue;
-        }
-        quiet_ticks = quiet_ticks.saturating_add(1);
-        if !released_since_work && quiet_ticks >= ticks_needed {
+        } else if !released_since_work && quiet_since.elapsed() >= idle_after {
             let released = release(&db).await;
             tracing::debug!(?released, "idle: released memory");
             released_since_work = true;
