@@ -375,6 +375,14 @@ impl NoopNetwork {
     pub fn new(db: Db, delay: Duration) -> NoopNetwork {
         NoopNetwork { db, delay, vips: Reserved::default(), vrrp: Reserved::default() }
     }
+
+    /// A free address of 198.51.100.0/24, the network of VRRP and member
+    /// ports; `what` names the allocation in the error.
+    async fn pick_port_address(&self, what: &'static str) -> anyhow::Result<Ipv4Addr> {
+        let net = [198, 51, 100];
+        let used = used_addresses(&self.db, "amphora", "vrrp_ip", "status <> 'DELETED'", net).await?;
+        self.vrrp.pick(net, &used).context(what)
+    }
 }
 
 impl NetworkDriver for NoopNetwork {
@@ -410,9 +418,7 @@ impl NetworkDriver for NoopNetwork {
     fn allocate_vrrp_port<'a>(&'a self, _amphora_id: &'a str, vip: &'a Port) -> DriverFuture<'a, Port> {
         Box::pin(async move {
             pause(self.delay).await;
-            let net = [198, 51, 100];
-            let used = used_addresses(&self.db, "amphora", "vrrp_ip", "status <> 'DELETED'", net).await?;
-            let address = self.vrrp.pick(net, &used).context("allocating a VRRP port")?;
+            let address = self.pick_port_address("allocating a VRRP port").await?;
             Ok(Port {
                 id: new_id(),
                 address: address.to_string(),
@@ -448,9 +454,7 @@ impl NetworkDriver for NoopNetwork {
     fn allocate_port<'a>(&'a self, network_or_subnet_id: &'a str, _owner: &'a str) -> DriverFuture<'a, Port> {
         Box::pin(async move {
             pause(self.delay).await;
-            let net = [198, 51, 100];
-            let used = used_addresses(&self.db, "amphora", "vrrp_ip", "status <> 'DELETED'", net).await?;
-            let address = self.vrrp.pick(net, &used).context("allocating a port")?;
+            let address = self.pick_port_address("allocating a port").await?;
             Ok(Port {
                 id: new_id(),
                 address: address.to_string(),
