@@ -6,6 +6,7 @@
 //!
 //! Needs root, haproxy and the workspace's `amphora-agent` binary.
 
+mod common;
 mod e2e_support;
 
 use std::net::SocketAddr;

@@ -52,12 +52,7 @@ pub enum Engine {
 async fn postgres_database() -> String {
     let server = std::env::var("AMPHORA_TEST_POSTGRES")
         .expect("AMPHORA_TEST_POSTGRES must name a PostgreSQL server (scripts/test.sh starts one)");
-    sqlx::any::install_default_drivers();
-    let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&server).await.expect("connect to PostgreSQL");
-    sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str()).await.expect("create a database");
-    let base = server.rsplit_once('/').map(|(b, _)| b).unwrap_or(&server);
-    format!("{base}/{name}")
+    crate::common::postgres_database(&server).await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
