@@ -62,6 +62,12 @@ pub struct Cx {
     next_step: i64,
     reverting: bool,
     saved: bool,
+    /// Set by the runner before the flow's last forward step: its save
+    /// also marks the job DONE, so the step's effect (a load balancer
+    /// turning ACTIVE) and the job's end commit together.
+    completes: bool,
+    /// The job was marked DONE by a step's save.
+    done: bool,
     attempts: i64,
 }
 
@@ -73,10 +79,17 @@ impl Cx {
     /// step's own transaction; fails with `LostJob` when another worker owns
     /// the job now.
     pub async fn save(&mut self, tx: &mut WriteTx<'_>) -> anyhow::Result<()> {
-        let lease = now_millis() + self.config.worker.job_lease.as_millis() as i64;
+        let completes = self.completes && !self.reverting;
+        let (lease, new_state) = if completes {
+            (0, state::DONE)
+        } else {
+            (now_millis() + self.config.worker.job_lease.as_millis() as i64, state::RUNNING)
+        };
+        // A completing step may save twice in its transaction: the second
+        // finds the job DONE already.
         let n = sqlx::query(
-            "UPDATE job SET step = $1, reverting = $2, payload = $3, lease_until = $4, updated_at = $5 \
-             WHERE id = $6 AND owner = $7 AND state = $8",
+            "UPDATE job SET step = $1, reverting = $2, payload = $3, lease_until = $4, updated_at = $5, state = $9 \
+             WHERE id = $6 AND owner = $7 AND (state = $8 OR state = $9)",
         )
         .bind(self.next_step)
         .bind(self.reverting)
@@ -86,6 +99,7 @@ impl Cx {
         .bind(self.job_id.as_str())
         .bind(self.owner.as_str())
         .bind(state::RUNNING)
+        .bind(new_state)
         .execute(&mut ***tx)
         .await?
         .rows_affected();
@@ -93,6 +107,7 @@ impl Cx {
             return Err(LostJob(self.job_id.clone()).into());
         }
         self.saved = true;
+        self.done = completes;
         Ok(())
     }
 
@@ -160,6 +175,8 @@ pub async fn run_job(
         next_step: job.step,
         reverting: job.reverting,
         saved: false,
+        completes: false,
+        done: false,
         attempts: job.attempts,
     };
     match run_inner(&mut cx, job.step, job.reverting, job.error, &shutdown).await {
@@ -215,6 +232,7 @@ async fn run_inner(
             cx.next_step = step + 1;
             cx.reverting = false;
             cx.saved = false;
+            cx.completes = step as usize + 1 == steps.len();
             tracing::debug!(job = %cx.job_id, step, name = ?s, "execute");
             match s.execute(cx).await {
                 Ok(()) => {
@@ -225,6 +243,7 @@ async fn run_inner(
                 }
                 Err(e) if is_lost(&e) => return Err(e),
                 Err(e) => {
+                    cx.completes = false;
                     let text = format!("{} failed at step {} ({s:?}): {e:#}", cx.kind.as_str(), step);
                     tracing::warn!(job = %cx.job_id, "{text}; reverting");
                     cx.reload_payload().await?;
@@ -242,7 +261,12 @@ async fn run_inner(
             }
         }
         if !reverting {
-            finish(cx, state::DONE, None).await?;
+            cx.completes = false;
+            if cx.done {
+                tracing::info!(job = %cx.job_id, kind = cx.kind.as_str(), target = %cx.target_id, "job done");
+            } else {
+                finish(cx, state::DONE, None).await?;
+            }
             return Ok(Outcome::Done);
         }
     }
