@@ -194,7 +194,15 @@ impl Db {
             Some(lock) => Some(lock.lock().await),
             None => None,
         };
-        let tx = self.pool.begin().await?;
+        // SQLite: take the write lock when the transaction begins. A
+        // deferred transaction that reads first and then writes cannot
+        // wait for another process's writer (SQLite answers "database is
+        // locked" at once instead of using busy_timeout), and the mutex
+        // above only orders this process's writers.
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
         Ok(WriteTx { tx, _writer: guard })
     }
 
@@ -259,5 +267,41 @@ mod tests {
         assert_eq!(url, "postgres://u:p@h:5/db");
         assert!(normalise_url("mysql+pymysql://x").is_err());
         assert!(normalise_url("sqlite://").is_err());
+    }
+
+    /// Two processes (here: two pools) on one SQLite file: a write
+    /// transaction that reads before it writes must not fail with
+    /// "database is locked" because the other committed in between.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sqlite_writers_of_two_pools_wait_for_each_other_instead_of_failing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite:///{}/o.db", dir.path().display());
+        let first = Db::open(&url).await.expect("open");
+        let second = Db::open(&url).await.expect("open again");
+        sqlx::query("CREATE TABLE counter (n INTEGER NOT NULL)").execute(&first.pool).await.expect("table");
+        sqlx::query("INSERT INTO counter (n) VALUES (0)").execute(&first.pool).await.expect("row");
+
+        let increment = |db: Db| async move {
+            let mut tx = db.write().await?;
+            let n: i64 = sqlx::query_scalar("SELECT n FROM counter").fetch_one(&mut **tx).await?;
+            sqlx::query("UPDATE counter SET n = $1").bind(n + 1).execute(&mut **tx).await?;
+            tx.commit().await
+        };
+        // The second pool's transaction reads first; the first pool's
+        // writer then tries to commit an increment of its own.
+        let mut tx = second.write().await.expect("begin");
+        let n: i64 = sqlx::query_scalar("SELECT n FROM counter").fetch_one(&mut **tx).await.expect("read");
+        let mut other = tokio::spawn(increment(first.clone()));
+        // A deferred transaction lets the other writer commit now, which
+        // makes this one's write fail; an immediate one holds it back.
+        let early = tokio::time::timeout(Duration::from_secs(1), &mut other).await;
+        sqlx::query("UPDATE counter SET n = $1").bind(n + 1).execute(&mut **tx).await.expect("write after a read");
+        tx.commit().await.expect("commit");
+        match early {
+            Ok(done) => done.expect("task").expect("the other writer"),
+            Err(_) => other.await.expect("task").expect("the other writer"),
+        }
+        let n: i64 = sqlx::query_scalar("SELECT n FROM counter").fetch_one(&first.pool).await.expect("read");
+        assert_eq!(n, 2, "both increments are kept");
     }
 }
