@@ -108,6 +108,14 @@ async fn a_start_abandoned_by_its_client_runs_haproxy_under_supervision() {
     gate.open(Stage::Start, WAIT).await;
 
     wait_until_served(&ns, "the abandoned start to serve traffic").await;
+    // Serving is not finished: the start still waits to see the master
+    // alive (its command line reads empty while it re-executes itself), and
+    // a master killed before that is a start that failed, not one to
+    // supervise.
+    wait::until("the abandoned start to finish", WAIT, || async {
+        agent.logs().contains("haproxy started").then_some(())
+    })
+    .await;
     let pid =
         wait::until("the master to record its pid", WAIT, || async { agent.haproxy_pid(LB).filter(|p| alive(*p)) })
             .await;
