@@ -60,7 +60,8 @@ fn free_port() -> u16 {
 pub struct LaunchOptions {
     /// The agent's binary instead of `Launchers::ours` (ours only).
     pub binary: Option<PathBuf>,
-    /// `TOKIO_WORKER_THREADS` for ours: 1 is what a 1-vCPU amphora gets.
+    /// Runtime threads for ours (`worker_threads`, and `TOKIO_WORKER_THREADS`
+    /// for builds before the option): 1 is what a 1-vCPU amphora gets.
     pub worker_threads: Option<usize>,
     /// Seconds between heartbeats.
     pub heartbeat_interval: u64,
@@ -104,6 +105,11 @@ impl Target {
             hm = free_port(),
             interval = options.heartbeat_interval,
         );
+        let mut config = config;
+        if let (Kind::Ours, Some(threads)) = (kind, options.worker_threads) {
+            // The option of today's agent; older builds read the variable below.
+            config.push_str(&format!("\n[amphora_agent]\nworker_threads = {threads}\n"));
+        }
         let config_path = dir.path().join("amphora-agent.conf");
         std::fs::write(&config_path, config)?;
         let log = std::fs::File::create(dir.path().join("agent.log"))?;

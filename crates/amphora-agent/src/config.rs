@@ -67,6 +67,11 @@ pub struct AmphoraAgent {
     pub max_request_body_size: usize,
     /// Our extension: which APIs are served ("0.1", "1.0", "appliance").
     pub api_versions: Vec<String>,
+    /// Our extension: threads of the async runtime. Blocking work has a
+    /// pool of its own, so one serves the agent's light load, with less CPU
+    /// per request (no wake-ups across threads) and the other vCPUs left to
+    /// haproxy.
+    pub worker_threads: usize,
 }
 
 /// Every API the agent can serve.
@@ -335,6 +340,8 @@ pub const OPTIONS: &[OptionSpec] = &[
         amphora_agent.max_request_body_size = parse |v| parse_int(v, 1024, 1 << 32).map(|n| n as usize)),
     option!("amphora_agent", "api_versions", Ours, mutable: false, default: Some("0.1, 1.0, appliance"),
         amphora_agent.api_versions = parse parse_api_versions),
+    option!("amphora_agent", "worker_threads", Ours, mutable: false, default: Some("1"),
+        amphora_agent.worker_threads = parse |v| parse_int(v, 1, 256).map(|n| n as usize)),
     option!("controller_worker", "loadbalancer_topology", Upstream, mutable: true, default: Some("SINGLE"),
         controller_worker.loadbalancer_topology = parse Topology::parse_config),
     ignored("DEFAULT", "use_syslog"),
@@ -409,6 +416,7 @@ fn unfilled() -> Config {
             network_namespace: None,
             max_request_body_size: 0,
             api_versions: Vec::new(),
+            worker_threads: 0,
         },
         controller_worker: ControllerWorker { loadbalancer_topology: Topology::Single },
     }
@@ -535,7 +543,7 @@ mod tests {
                     [amphora_agent]\namphora_id = amp-9\nagent_server_ca = /srv/ca.pem\nagent_server_cert = /srv/s.pem\n\
                     agent_server_network_dir = /srv/net\nagent_request_read_timeout = 5\nagent_tls_protocol = TLSv1.3\n\
                     amphora_udp_driver = other\nnetwork_namespace = ns-9\nmax_request_body_size = 2048\n\
-                    api_versions = 1.0\n\
+                    api_versions = 1.0\nworker_threads = 3\n\
                     [controller_worker]\nloadbalancer_topology = ACTIVE_STANDBY\n";
         let config = parse_one(text).expect("valid").config;
         let defaults = parse_one(MINIMAL).expect("valid").config;

@@ -59,7 +59,11 @@ fn main() -> ExitCode {
         tracing::warn!("{warning}");
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(loaded.config.amphora_agent.worker_threads)
+        .enable_all()
+        .build();
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("amphora-agent: cannot start the runtime: {e}");
