@@ -1,8 +1,9 @@
 //! What haproxy and keepalived supervision share: the lifecycle of a
 //! supervised daemon with its allowed transitions in one place, the restart
-//! backoff (on `tokio::time`, so tests pause time), and the process
-//! effects both need (is the daemon in a pid file alive, wait for a process
-//! to exit, stop one).
+//! backoff (on `tokio::time`, so tests pause time), the process effects
+//! both need (is the daemon in a pid file alive, wait for a process to
+//! exit, stop one), and [`Supervised`], the one supervised-daemon type
+//! built from them.
 
 use std::fs;
 use std::io;
@@ -15,6 +16,11 @@ use nix::unistd::Pid;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
+
+#[allow(dead_code, reason = "haproxy and keepalived move onto it in the next commits")]
+mod supervised;
+#[allow(unused_imports, reason = "haproxy and keepalived move onto it in the next commits")]
+pub use supervised::{Daemon, Desired, Held, NoExtra, Record, Started, Supervised};
 
 /// First delay before restarting a daemon that died.
 pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
