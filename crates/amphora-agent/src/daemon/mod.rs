@@ -17,10 +17,8 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 
-#[allow(dead_code, reason = "haproxy and keepalived move onto it in the next commits")]
 mod supervised;
-#[allow(unused_imports, reason = "haproxy and keepalived move onto it in the next commits")]
-pub use supervised::{Daemon, Desired, Held, NoExtra, Record, Started, Supervised};
+pub use supervised::{Daemon, Desired, Held, NoExtra, Record, Supervised};
 
 /// First delay before restarting a daemon that died.
 pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
@@ -60,7 +58,6 @@ pub enum Event {
     /// It exited while wanted; the supervisor retries at `until`.
     Died { until: Instant },
     /// It was stopped on request.
-    #[allow(dead_code, reason = "start/stop requests do not go through the lifecycle yet, only restarts do")]
     Stopped,
 }
 
@@ -80,20 +77,17 @@ impl Lifecycle {
     }
 
     /// Whether a reload may be sent: only to a running daemon.
-    #[allow(dead_code, reason = "start/stop requests do not go through the lifecycle yet, only restarts do")]
     pub fn can_reload(&self) -> bool {
         matches!(self, Lifecycle::Running { .. })
     }
 
     /// Whether a stop has anything to do (a pending restart is cancelled
     /// too).
-    #[allow(dead_code, reason = "start/stop requests do not go through the lifecycle yet, only restarts do")]
     pub fn can_stop(&self) -> bool {
         matches!(self, Lifecycle::Starting | Lifecycle::Running { .. } | Lifecycle::Backoff { .. })
     }
 
     /// The pid of a running daemon.
-    #[allow(dead_code, reason = "start/stop requests do not go through the lifecycle yet, only restarts do")]
     pub fn pid(&self) -> Option<Pid> {
         match self {
             Lifecycle::Running { pid } => Some(*pid),

@@ -149,6 +149,7 @@ impl<K: Daemon> Supervised<K> {
     }
 
     /// Whether a supervisor watches the daemon.
+    #[cfg(test)]
     pub fn is_supervised(&self) -> bool {
         self.supervised.load(Ordering::SeqCst) != 0
     }
@@ -233,6 +234,7 @@ impl<K: Daemon> Held<'_, K> {
     }
 
     /// The lifecycle as last seen.
+    #[cfg(test)]
     pub fn lifecycle(&self) -> Lifecycle {
         self.control.lifecycle
     }
