@@ -173,11 +173,15 @@ impl<K: Daemon> Supervised<K> {
         let mark = SupervisorMark { supervised: me.clone(), generation };
         tokio::spawn(async move {
             let _mark = mark;
-            let mut pid = pid;
+            // The process watched; none after a failed restart, which
+            // waits again and retries.
+            let mut watching = Some(pid);
             let mut backoff = Backoff::new();
             loop {
-                backoff.started();
-                super::wait_exit(pid).await;
+                if let Some(pid) = watching {
+                    backoff.started();
+                    super::wait_exit(pid).await;
+                }
                 let delay = {
                     let Some(this) = me.upgrade() else { return };
                     let mut control = this.control.lock().await;
@@ -189,7 +193,18 @@ impl<K: Daemon> Supervised<K> {
                     control
                         .lifecycle
                         .step(Event::Died { until: tokio::time::Instant::now() + delay }, daemon.instance());
-                    tracing::warn!(instance = daemon.instance(), %pid, retry_in = ?delay, "{} exited unexpectedly", daemon.name());
+                    match watching {
+                        Some(pid) => tracing::warn!(
+                            instance = daemon.instance(),
+                            %pid,
+                            retry_in = ?delay,
+                            "{} exited unexpectedly",
+                            daemon.name()
+                        ),
+                        None => {
+                            tracing::info!(instance = daemon.instance(), retry_in = ?delay, "{} restart will be retried", daemon.name())
+                        }
+                    }
                     delay
                 };
                 // Not holding the daemon meanwhile: it may be dropped.
@@ -202,7 +217,7 @@ impl<K: Daemon> Supervised<K> {
                 let daemon = &this.daemon;
                 if let Some(running) = daemon.running_pid() {
                     control.lifecycle.step(Event::Up(running), daemon.instance());
-                    pid = running;
+                    watching = Some(running);
                     continue;
                 }
                 control.lifecycle.step(Event::Launch, daemon.instance());
@@ -210,11 +225,12 @@ impl<K: Daemon> Supervised<K> {
                     Ok(new_pid) => {
                         control.lifecycle.step(Event::Up(new_pid), daemon.instance());
                         tracing::info!(instance = daemon.instance(), pid = %new_pid, "{} restarted", daemon.name());
-                        pid = new_pid;
+                        watching = Some(new_pid);
                     }
                     Err(e) => {
                         control.lifecycle.step(Event::LaunchFailed, daemon.instance());
                         tracing::error!(instance = daemon.instance(), error = %e, "cannot restart {}", daemon.name());
+                        watching = None;
                     }
                 }
             }
@@ -557,6 +573,24 @@ mod tests {
         until("a second restart", || daemon.running_pid().filter(|pid| *pid != second)).await;
         let launches = daemon.daemon().launches();
         assert!(launches[2] - killed_again >= 2 * MIN_BACKOFF, "{:?}", launches[2] - killed_again);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_restart_is_retried_with_growing_delays() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let daemon = Supervised::new(Tail::new(dir.path()));
+        let Started::Launched(pid) = daemon.lock().await.start().await.expect("start") else { panic!("not launched") };
+        daemon.daemon().fail.store(true, Ordering::SeqCst);
+        kill(pid);
+        until("two failed restarts", || (daemon.daemon().launches().len() == 3).then_some(())).await;
+        daemon.daemon().fail.store(false, Ordering::SeqCst);
+        let restarted = until("a restart that works", || daemon.running_pid().filter(|p| *p != pid)).await;
+        let launches = daemon.daemon().launches();
+        assert_eq!(launches.len(), 4, "launch, two failed restarts, one that worked");
+        assert!(launches[2] - launches[1] >= 2 * MIN_BACKOFF, "{:?}", launches[2] - launches[1]);
+        assert!(launches[3] - launches[2] >= 4 * MIN_BACKOFF, "{:?}", launches[3] - launches[2]);
+        assert_eq!(daemon.lock().await.lifecycle(), Lifecycle::Running { pid: restarted });
+        assert!(daemon.is_supervised());
     }
 
     #[tokio::test(start_paused = true)]
