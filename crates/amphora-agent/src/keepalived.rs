@@ -7,16 +7,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
-use crate::daemon::{self, Backoff, Event, Lifecycle, StopError};
+use crate::daemon::{self, Daemon, Desired, Held, NoExtra, Record, StopError, Supervised};
 use crate::fsutil;
 use crate::netns::Netns;
 
@@ -115,214 +113,23 @@ pub struct Files {
     pub record: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Desired {
-    Running,
-    Stopped,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Record {
-    desired: Desired,
-}
-
+/// keepalived as a supervised daemon: how it is launched and stopped.
 #[derive(Debug)]
-pub struct Keepalived {
+pub struct Process {
     label: String,
     binary: PathBuf,
     netns: Option<Arc<Netns>>,
     files: Files,
     subsystem: Subsystem,
-    /// Serialises actions; counts deliberate starts and stops so a
-    /// supervisor of an older process stands down.
-    lock: tokio::sync::Mutex<u64>,
-    /// The generation of the live supervisor; 0 when none watches.
-    supervised: Arc<AtomicU64>,
-    me: Weak<Keepalived>,
 }
 
-/// Clears the supervisor mark when the supervisor ends, however it ends.
-struct SupervisorMark {
-    supervised: Arc<AtomicU64>,
-    generation: u64,
-}
-
-impl Drop for SupervisorMark {
-    fn drop(&mut self) {
-        let _ = self.supervised.compare_exchange(self.generation, 0, Ordering::SeqCst, Ordering::SeqCst);
-    }
-}
-
-impl Keepalived {
-    /// `label` names the instance in logs and errors.
-    pub fn new(
-        label: impl Into<String>,
-        binary: PathBuf,
-        netns: Option<Arc<Netns>>,
-        files: Files,
-        subsystem: Subsystem,
-    ) -> Arc<Self> {
-        Arc::new_cyclic(|me| Self {
-            label: label.into(),
-            binary,
-            netns,
-            files,
-            subsystem,
-            lock: tokio::sync::Mutex::new(0),
-            supervised: Arc::new(AtomicU64::new(0)),
-            me: me.clone(),
-        })
-    }
-
-    pub fn files(&self) -> &Files {
-        &self.files
-    }
-
-    pub fn configured(&self) -> bool {
-        self.files.config.is_file()
-    }
-
-    pub fn running_pid(&self) -> Option<Pid> {
-        daemon::running_daemon(&self.files.pid, &self.files.config)
-    }
-
-    /// Whether the agent should keep it running. A configuration without
-    /// the agent's record was left by upstream's agent, whose unit starts
-    /// keepalived at boot.
-    pub fn wants_running(&self) -> bool {
-        std::fs::read(&self.files.record)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
-            .is_none_or(|r| r.desired == Desired::Running)
-    }
-
-    async fn set_desired(&self, desired: Desired) -> Result<(), KeepalivedError> {
-        let bytes = serde_json::to_vec(&Record { desired }).map_err(|e| io_error("cannot encode")(e.into()))?;
-        fsutil::write_atomic_async(&self.files.record, &bytes, 0o600)
-            .await
-            .map_err(io_error("cannot record keepalived's state"))
-    }
-
-    /// Records "stopped" for a configuration that has no record yet, so a
-    /// fresh upload does not start at boot before it was ever started.
-    pub async fn mark_new(&self) -> Result<(), KeepalivedError> {
-        if self.files.record.exists() { Ok(()) } else { self.set_desired(Desired::Stopped).await }
-    }
-
-    /// Holds the instance's lock (while its files change).
-    pub async fn exclusive(&self) -> tokio::sync::MutexGuard<'_, u64> {
-        self.lock.lock().await
-    }
-
+impl Process {
     fn command(&self) -> Command {
         let mut command = Command::new(&self.binary);
         if let Some(netns) = &self.netns {
             netns.enter_on_spawn(&mut command);
         }
         command
-    }
-
-    /// `keepalived --config-test` on a configuration, in the namespace (it
-    /// checks the interfaces the configuration names).
-    pub async fn config_test(&self, path: &Path) -> Result<(), KeepalivedError> {
-        let output = self
-            .command()
-            .arg("-f")
-            .arg(path)
-            .arg("--config-test")
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(|source| KeepalivedError::Spawn { binary: self.binary.clone(), source })?;
-        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-        if output.status.success() {
-            return Ok(());
-        }
-        // keepalived fails its test on warnings too; the controller's
-        // template always draws this one (it runs scripts as root, as
-        // upstream's amphorae do), so it alone does not reject a file.
-        let problems: Vec<&str> =
-            text.lines().map(str::trim).filter(|l| !l.is_empty() && !BENIGN_TEST_WARNINGS.contains(l)).collect();
-        if problems.is_empty() {
-            tracing::debug!(output = text.trim(), "keepalived configuration test passed with warnings");
-            Ok(())
-        } else {
-            Err(KeepalivedError::Invalid(problems.join("\n")))
-        }
-    }
-
-    /// Starts, stops or reloads. Starting a running instance reloads it,
-    /// as upstream.
-    pub async fn act(&self, action: Action) -> Result<Action, KeepalivedError> {
-        let mut generation = self.lock.lock().await;
-        if !self.configured() && action != Action::Stop {
-            return Err(KeepalivedError::Failed(format!("no configuration for {}", self.label)));
-        }
-        match (action, self.running_pid()) {
-            (Action::Start | Action::Reload, Some(pid)) => {
-                self.set_desired(Desired::Running).await?;
-                match self.subsystem {
-                    Subsystem::Vrrp => {
-                        signal::kill(pid, Signal::SIGHUP).map_err(|source| KeepalivedError::Signal {
-                            label: self.label.clone(),
-                            pid,
-                            source,
-                        })?;
-                        // A start cut short, or a keepalived someone else
-                        // started: it runs, but nothing would restart it.
-                        if *generation == 0 || self.supervised.load(Ordering::SeqCst) != *generation {
-                            *generation += 1;
-                            self.supervise(pid, *generation);
-                            tracing::warn!(%pid, instance = self.label, "keepalived was running without a supervisor; supervising it");
-                        }
-                    }
-                    Subsystem::Checkers => {
-                        *generation += 1;
-                        stop(pid, &self.label).await?;
-                        let pid = self.start().await?;
-                        self.supervise(pid, *generation);
-                    }
-                }
-                tracing::info!(%pid, instance = self.label, "keepalived reloaded");
-                Ok(Action::Reload)
-            }
-            (Action::Start | Action::Reload, None) => {
-                self.set_desired(Desired::Running).await?;
-                let pid = self.start().await?;
-                *generation += 1;
-                self.supervise(pid, *generation);
-                tracing::info!(%pid, instance = self.label, "keepalived started");
-                Ok(Action::Start)
-            }
-            (Action::Stop, running) => {
-                if self.configured() {
-                    self.set_desired(Desired::Stopped).await?;
-                }
-                *generation += 1;
-                if let Some(pid) = running {
-                    stop(pid, &self.label).await?;
-                    tracing::info!(%pid, instance = self.label, "keepalived stopped");
-                }
-                Ok(Action::Stop)
-            }
-        }
-    }
-
-    /// Stops it for good and forgets its record and pid files (the
-    /// configuration is the caller's).
-    #[allow(dead_code, reason = "unused since the agent's modules became crate-private; kept for the keepalived work")]
-    pub async fn remove(&self) -> Result<(), KeepalivedError> {
-        let mut generation = self.lock.lock().await;
-        *generation += 1;
-        if let Some(pid) = self.running_pid() {
-            stop(pid, &self.label).await?;
-            tracing::info!(%pid, instance = self.label, "keepalived stopped");
-        }
-        for path in [&self.files.record, &self.files.pid, &self.files.subsystem_pid] {
-            fsutil::remove_file_if_exists(path).map_err(io_error(format!("cannot remove {}", path.display())))?;
-        }
-        Ok(())
     }
 
     async fn start(&self) -> Result<Pid, KeepalivedError> {
@@ -368,79 +175,184 @@ impl Keepalived {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
 
-    /// Restarts keepalived with backoff if it dies while it should run.
-    fn supervise(&self, pid: Pid, generation: u64) {
-        let me = self.me.clone();
-        self.supervised.store(generation, Ordering::SeqCst);
-        let mark = SupervisorMark { supervised: self.supervised.clone(), generation };
-        tokio::spawn(async move {
-            let _mark = mark;
-            let mut pid = pid;
-            let mut backoff = Backoff::new();
-            let mut state = Lifecycle::Running { pid };
-            loop {
-                backoff.started();
-                daemon::wait_exit(pid).await;
-                let Some(daemon) = me.upgrade() else { return };
-                {
-                    let current = daemon.lock.lock().await;
-                    if *current != generation || !daemon.wants_running() {
-                        return;
-                    }
-                }
-                let delay = backoff.died();
-                state.step(Event::Died { until: tokio::time::Instant::now() + delay }, &daemon.label);
-                tracing::warn!(%pid, instance = daemon.label, retry_in = ?delay, "keepalived exited unexpectedly");
-                tokio::time::sleep(delay).await;
-                let current = daemon.lock.lock().await;
-                if *current != generation || !daemon.wants_running() || !daemon.configured() {
-                    return;
-                }
-                if let Some(running) = daemon.running_pid() {
-                    state.step(Event::Up(running), &daemon.label);
-                    pid = running;
-                    continue;
-                }
-                state.step(Event::Launch, &daemon.label);
-                match daemon.start().await {
-                    Ok(new_pid) => {
-                        state.step(Event::Up(new_pid), &daemon.label);
-                        tracing::info!(pid = %new_pid, instance = daemon.label, "keepalived restarted");
-                        pid = new_pid;
-                    }
-                    Err(e) => {
-                        state.step(Event::LaunchFailed, &daemon.label);
-                        tracing::error!(instance = daemon.label, error = %e, "cannot restart keepalived")
-                    }
-                }
+impl Daemon for Process {
+    type Extra = NoExtra;
+    type Error = KeepalivedError;
+
+    fn name(&self) -> &'static str {
+        "keepalived"
+    }
+
+    fn instance(&self) -> &str {
+        &self.label
+    }
+
+    fn record_path(&self) -> &Path {
+        &self.files.record
+    }
+
+    fn default_extra(&self) -> NoExtra {
+        NoExtra {}
+    }
+
+    fn configured(&self) -> bool {
+        self.files.config.is_file()
+    }
+
+    fn running_pid(&self) -> Option<Pid> {
+        daemon::running_daemon(&self.files.pid, &self.files.config)
+    }
+
+    async fn launch(&self, _record: &Record<NoExtra>) -> Result<Pid, KeepalivedError> {
+        self.start().await
+    }
+
+    async fn stop(&self, pid: Pid) -> Result<(), KeepalivedError> {
+        stop(pid, &self.label).await
+    }
+
+    fn record_error(&self, source: std::io::Error) -> KeepalivedError {
+        io_error("cannot record keepalived's state")(source)
+    }
+}
+
+/// One keepalived instance under supervision.
+#[derive(Debug)]
+pub struct Keepalived {
+    daemon: Arc<Supervised<Process>>,
+}
+
+/// keepalived's lock, held.
+pub type Exclusive<'a> = Held<'a, Process>;
+
+impl Keepalived {
+    /// `label` names the instance in logs and errors.
+    pub fn new(
+        label: impl Into<String>,
+        binary: PathBuf,
+        netns: Option<Arc<Netns>>,
+        files: Files,
+        subsystem: Subsystem,
+    ) -> Arc<Self> {
+        let process = Process { label: label.into(), binary, netns, files, subsystem };
+        Arc::new(Self { daemon: Supervised::new(process) })
+    }
+
+    fn process(&self) -> &Process {
+        self.daemon.daemon()
+    }
+
+    pub fn files(&self) -> &Files {
+        &self.process().files
+    }
+
+    pub fn configured(&self) -> bool {
+        self.process().configured()
+    }
+
+    pub fn running_pid(&self) -> Option<Pid> {
+        self.daemon.running_pid()
+    }
+
+    /// Records "stopped" for a configuration that has no record yet, so a
+    /// fresh upload does not start at boot before it was ever started.
+    /// Called with the lock held.
+    pub async fn mark_new(&self, held: &mut Exclusive<'_>) -> Result<(), KeepalivedError> {
+        if self.daemon.has_record() { Ok(()) } else { held.set_desired(Desired::Stopped).await }
+    }
+
+    /// Holds the instance's lock (while its files change).
+    pub async fn exclusive(&self) -> Exclusive<'_> {
+        self.daemon.lock().await
+    }
+
+    /// `keepalived --config-test` on a configuration, in the namespace (it
+    /// checks the interfaces the configuration names).
+    pub async fn config_test(&self, path: &Path) -> Result<(), KeepalivedError> {
+        let binary = &self.process().binary;
+        let output = self
+            .process()
+            .command()
+            .arg("-f")
+            .arg(path)
+            .arg("--config-test")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|source| KeepalivedError::Spawn { binary: binary.clone(), source })?;
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        if output.status.success() {
+            return Ok(());
+        }
+        // keepalived fails its test on warnings too; the controller's
+        // template always draws this one (it runs scripts as root, as
+        // upstream's amphorae do), so it alone does not reject a file.
+        let problems: Vec<&str> =
+            text.lines().map(str::trim).filter(|l| !l.is_empty() && !BENIGN_TEST_WARNINGS.contains(l)).collect();
+        if problems.is_empty() {
+            tracing::debug!(output = text.trim(), "keepalived configuration test passed with warnings");
+            Ok(())
+        } else {
+            Err(KeepalivedError::Invalid(problems.join("\n")))
+        }
+    }
+
+    /// Starts, stops or reloads. Starting a running instance reloads it,
+    /// as upstream.
+    pub async fn act(&self, action: Action) -> Result<Action, KeepalivedError> {
+        let mut held = self.daemon.lock().await;
+        let process = self.process();
+        if !self.configured() && action != Action::Stop {
+            return Err(KeepalivedError::Failed(format!("no configuration for {}", process.label)));
+        }
+        if action == Action::Stop {
+            held.stop().await?;
+            return Ok(Action::Stop);
+        }
+        held.set_desired(Desired::Running).await?;
+        let Some(pid) = held.reload_target() else {
+            held.start().await?;
+            return Ok(Action::Start);
+        };
+        match process.subsystem {
+            Subsystem::Vrrp => {
+                signal::kill(pid, Signal::SIGHUP).map_err(|source| KeepalivedError::Signal {
+                    label: process.label.clone(),
+                    pid,
+                    source,
+                })?;
+                // A start cut short, or a keepalived someone else started:
+                // it runs, but nothing would restart it.
+                held.ensure_supervised(pid);
             }
-        });
+            Subsystem::Checkers => {
+                held.relaunch().await?;
+            }
+        }
+        tracing::info!(%pid, instance = process.label, "keepalived reloaded");
+        Ok(Action::Reload)
+    }
+
+    /// Stops it for good and forgets its record and pid files (the
+    /// configuration is the caller's).
+    #[allow(dead_code, reason = "unused since the agent's modules became crate-private; kept for the keepalived work")]
+    pub async fn remove(&self) -> Result<(), KeepalivedError> {
+        let mut held = self.daemon.lock().await;
+        held.stand_down();
+        held.stop_process().await?;
+        let files = self.files();
+        for path in [&files.record, &files.pid, &files.subsystem_pid] {
+            fsutil::remove_file_if_exists(path).map_err(io_error(format!("cannot remove {}", path.display())))?;
+        }
+        Ok(())
     }
 
     /// At agent start: adopts a running keepalived or starts it if it
     /// should run.
     pub async fn restore(&self) {
-        if !self.configured() {
-            return;
-        }
-        let mut generation = self.lock.lock().await;
-        if let Some(pid) = self.running_pid() {
-            *generation += 1;
-            self.supervise(pid, *generation);
-            tracing::info!(%pid, instance = self.label, "adopted running keepalived");
-        } else if self.wants_running() {
-            match self.start().await {
-                Ok(pid) => {
-                    *generation += 1;
-                    self.supervise(pid, *generation);
-                    tracing::info!(%pid, instance = self.label, "started keepalived that should be running");
-                }
-                Err(e) => {
-                    tracing::error!(instance = self.label, error = %e, "cannot start keepalived that should be running")
-                }
-            }
-        }
+        self.daemon.lock().await.restore().await;
     }
 }
 

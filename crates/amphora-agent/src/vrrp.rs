@@ -56,7 +56,7 @@ impl Vrrp {
     /// installs the track scripts for the stats sockets `wanted` returns.
     /// Returns the ETag. On failure the previous configuration is untouched.
     pub async fn upload(&self, body: &[u8], wanted: impl FnOnce() -> Vec<PathBuf>) -> Result<String, VrrpError> {
-        let _guard = self.daemon.exclusive().await;
+        let mut guard = self.daemon.exclusive().await;
         std::str::from_utf8(body).map_err(|_| VrrpError::NotUtf8)?;
         // The track script the configuration names must exist for the test.
         self.check_scripts.rewrite(wanted).await?;
@@ -69,7 +69,7 @@ impl Vrrp {
         fsutil::rename_durable_async(&staged, &self.config_path())
             .await
             .map_err(io_error("cannot install the configuration"))?;
-        self.daemon.mark_new().await?;
+        self.daemon.mark_new(&mut guard).await?;
         Ok(crate::etag::md5_hex(body))
     }
 

@@ -13,8 +13,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use amphora_proto::heartbeat::BackendStatus;
@@ -25,7 +24,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::certs::{self, CertFileName, KeyRule, PemError};
-use crate::daemon::{self, Backoff, Event, Lifecycle};
+use crate::daemon::{self, Daemon, Desired, Held, Record, Supervised};
 use crate::fsutil;
 use crate::haproxy::stats::{self, Service};
 use crate::haproxy::{self, Haproxy, HaproxyError, Instance, cfg, cli, process};
@@ -100,53 +99,97 @@ pub enum Outcome {
     Reloaded,
 }
 
-/// Whether the operator wants a load balancer's haproxy running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Desired {
-    Running,
-    Stopped,
+/// What the agent keeps beside `desired` for one load balancer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Peer {
+    /// haproxy's `-L` peer name, from the amphora id of the upload URL.
+    peer_name: String,
 }
 
 /// The agent's persisted record for one load balancer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct LbRecord {
-    /// haproxy's `-L` peer name, from the amphora id of the upload URL.
-    peer_name: String,
-    desired: Desired,
+type LbRecord = Record<Peer>;
+
+/// The haproxy of one load balancer, as a supervised daemon.
+#[derive(Debug)]
+struct HaproxyDaemon {
+    id: LbId,
+    label: String,
+    layout: Layout,
+    haproxy: Arc<Haproxy>,
+    /// Peer name for configurations the agent did not receive itself.
+    default_peer: String,
+    user_group: Option<String>,
+    record: PathBuf,
+    config: PathBuf,
+    pid_file: PathBuf,
 }
 
-/// Per-load-balancer serialisation. `generation` changes whenever the
-/// process is deliberately started, stopped or deleted, so a supervisor
-/// watching an older process knows to stand down.
-#[derive(Debug, Default)]
-struct Slot {
-    op: tokio::sync::Mutex<u64>,
-    /// The generation of the supervisor watching this load balancer's
-    /// haproxy; 0 when none does. A start or reload that finds haproxy
-    /// running unwatched (someone else started it, or the agent lost a
-    /// supervisor) attaches one.
-    supervised: AtomicU64,
-}
+impl Daemon for HaproxyDaemon {
+    type Extra = Peer;
+    type Error = LbError;
 
-/// Clears a slot's supervisor mark when its supervisor ends, however it
-/// ends.
-struct SupervisorMark {
-    slot: Arc<Slot>,
-    generation: u64,
-}
-
-impl Drop for SupervisorMark {
-    fn drop(&mut self) {
-        let _ = self.slot.supervised.compare_exchange(self.generation, 0, Ordering::SeqCst, Ordering::SeqCst);
+    fn name(&self) -> &'static str {
+        "haproxy"
     }
+
+    fn instance(&self) -> &str {
+        &self.label
+    }
+
+    fn record_path(&self) -> &Path {
+        &self.record
+    }
+
+    fn default_extra(&self) -> Peer {
+        Peer { peer_name: self.default_peer.clone() }
+    }
+
+    fn configured(&self) -> bool {
+        self.config.is_file()
+    }
+
+    fn running_pid(&self) -> Option<Pid> {
+        daemon::running_daemon(&self.pid_file, &self.config)
+    }
+
+    async fn launch(&self, record: &LbRecord) -> Result<Pid, LbError> {
+        ensure_haproxy_files(&self.layout, self.user_group.as_deref()).await?;
+        let instance = self.layout.instance(&self.id, record.extra.peer_name.clone());
+        self.haproxy.start(&instance).await.map_err(|source| LbError::Action { action: Action::Start, source })
+    }
+
+    async fn stop(&self, pid: Pid) -> Result<(), LbError> {
+        self.haproxy.stop(pid).await.map_err(|source| LbError::Action { action: Action::Stop, source })
+    }
+
+    fn record_error(&self, source: std::io::Error) -> LbError {
+        LbError::Io { what: format!("cannot record the state of {}", self.id), source }
+    }
+}
+
+/// One load balancer's supervised haproxy; its lock serialises every
+/// operation on the load balancer.
+type Slot = Supervised<HaproxyDaemon>;
+
+/// Writes the user group configuration every haproxy command reads, when
+/// it is missing: someone may have emptied the state directory since the
+/// agent started.
+async fn ensure_haproxy_files(layout: &Layout, user_group: Option<&str>) -> Result<(), LbError> {
+    let path = layout.user_group_config();
+    if path.exists() {
+        return Ok(());
+    }
+    let (target, group) = (path.clone(), user_group.map(str::to_owned));
+    fsutil::blocking(move || ensure_user_group_config(&target, group.as_deref()))
+        .await
+        .map_err(io_error(format!("cannot write {}", path.display())))
 }
 
 /// The load balancers of this amphora.
 #[derive(Debug)]
 pub struct LbService {
     layout: Layout,
-    haproxy: Haproxy,
+    haproxy: Arc<Haproxy>,
     /// Peer name for configurations the agent did not receive itself.
     default_peer: String,
     /// The group haproxy drops to (`user_group`); detected when unset.
@@ -156,7 +199,6 @@ pub struct LbService {
     net: Option<Arc<NetService>>,
     /// Keeps keepalived's track script in step with the load balancers.
     vrrp: Option<Arc<Vrrp>>,
-    me: Weak<LbService>,
 }
 
 impl LbService {
@@ -168,15 +210,14 @@ impl LbService {
         net: Option<Arc<NetService>>,
         vrrp: Option<Arc<Vrrp>>,
     ) -> Arc<Self> {
-        Arc::new_cyclic(|me| Self {
+        Arc::new(Self {
             layout,
-            haproxy,
+            haproxy: Arc::new(haproxy),
             default_peer: haproxy::peer_name(amphora_id),
             user_group,
             slots: Mutex::new(HashMap::new()),
             net,
             vrrp,
-            me: me.clone(),
         })
     }
 
@@ -212,61 +253,35 @@ impl LbService {
 
     fn slot(&self, id: &LbId) -> Arc<Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.entry(id.clone()).or_default().clone()
+        slots
+            .entry(id.clone())
+            .or_insert_with(|| {
+                let instance = self.layout.instance(id, String::new());
+                Supervised::new(HaproxyDaemon {
+                    id: id.clone(),
+                    label: id.to_string(),
+                    layout: self.layout.clone(),
+                    haproxy: self.haproxy.clone(),
+                    default_peer: self.default_peer.clone(),
+                    user_group: self.user_group.clone(),
+                    record: self.layout.agent_state(id),
+                    config: instance.config,
+                    pid_file: instance.pid_file,
+                })
+            })
+            .clone()
     }
 
     fn record(&self, id: &LbId) -> LbRecord {
-        fs::read(self.layout.agent_state(id))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            // A configuration without our record was left by upstream's
-            // agent, whose systemd unit starts every stored load balancer.
-            .unwrap_or_else(|| LbRecord { peer_name: self.default_peer.clone(), desired: Desired::Running })
-    }
-
-    async fn save_record(&self, id: &LbId, record: &LbRecord) -> Result<(), LbError> {
-        let bytes = serde_json::to_vec(record)
-            .map_err(|e| LbError::Io { what: "cannot encode the load balancer record".into(), source: e.into() })?;
-        let path = self.layout.agent_state(id);
-        let lb = id.clone();
-        fsutil::blocking(move || match fsutil::write_atomic(&path, &bytes, 0o600) {
-            // A full disk must not stop a stop: the record keeps its length
-            // when only `desired` changes, so it can be rewritten in place.
-            Err(e) if fsutil::is_full(&e) && fsutil::overwrite_in_place(&path, &bytes).is_ok() => {
-                tracing::warn!(%lb, error = %e, "state file system full; load balancer record rewritten in place");
-                Ok(())
-            }
-            written => written,
-        })
-        .await
-        .map_err(io_error(format!("cannot record the state of {id}")))
-    }
-
-    async fn set_desired(&self, id: &LbId, desired: Desired) -> Result<(), LbError> {
-        let mut record = self.record(id);
-        if record.desired != desired || !self.layout.agent_state(id).exists() {
-            record.desired = desired;
-            self.save_record(id, &record).await?;
-        }
-        Ok(())
+        self.slot(id).record()
     }
 
     fn instance(&self, id: &LbId) -> Instance {
-        self.layout.instance(id, self.record(id).peer_name)
+        self.layout.instance(id, self.record(id).extra.peer_name)
     }
 
-    /// Writes the user group configuration every haproxy command reads,
-    /// when it is missing: someone may have emptied the state directory
-    /// since the agent started.
     async fn ensure_haproxy_files(&self) -> Result<(), LbError> {
-        let path = self.layout.user_group_config();
-        if path.exists() {
-            return Ok(());
-        }
-        let (target, group) = (path.clone(), self.user_group.clone());
-        fsutil::blocking(move || ensure_user_group_config(&target, group.as_deref()))
-            .await
-            .map_err(io_error(format!("cannot write {}", path.display())))
+        ensure_haproxy_files(&self.layout, self.user_group.as_deref()).await
     }
 
     fn require_config(&self, id: &LbId) -> Result<(), LbError> {
@@ -279,7 +294,7 @@ impl LbService {
     /// them as `haproxy.cfg.new-failed`.
     pub async fn upload_config(&self, amphora_id: &AmphoraId, id: &LbId, body: &[u8]) -> Result<String, LbError> {
         let slot = self.slot(id);
-        let _guard = slot.op.lock().await;
+        let mut held = slot.lock().await;
 
         let text = std::str::from_utf8(body).map_err(|_| LbError::NotUtf8)?;
         let config = cfg::strip_group_lines(text);
@@ -329,14 +344,14 @@ impl LbService {
             .await
             .map_err(io_error("cannot install the configuration"))?;
 
-        let mut record = self.record(id);
-        let is_new = !self.layout.agent_state(id).exists();
+        let mut record = slot.record();
+        let is_new = !slot.has_record();
         if is_new {
             record.desired = Desired::Stopped;
         }
-        if is_new || record.peer_name != peer_name {
-            record.peer_name = peer_name;
-            self.save_record(id, &record).await?;
+        if is_new || record.extra.peer_name != peer_name {
+            record.extra.peer_name = peer_name;
+            held.save_record(&record).await?;
         }
         Ok(crate::etag::md5_hex(body))
     }
@@ -355,30 +370,27 @@ impl LbService {
 
     pub async fn act(&self, id: &LbId, action: Action) -> Result<Outcome, LbError> {
         let slot = self.slot(id);
-        let mut generation = slot.op.lock().await;
+        let mut held = slot.lock().await;
         self.require_config(id)?;
         let outcome = match action {
-            Action::Start => self.start_locked(id, &mut generation).await.map(|()| Outcome::Started),
-            Action::Stop => self.stop_locked(id, &mut generation).await.map(|()| Outcome::Stopped),
-            Action::Reload => {
-                let instance = self.instance(id);
-                match process::running_pid(&instance) {
-                    // haproxy cannot reload what does not run; upstream starts it.
-                    None => self.start_locked(id, &mut generation).await.map(|()| Outcome::Started),
-                    Some(pid) => {
-                        self.ensure_supervised(id, pid, &mut generation);
-                        self.ensure_haproxy_files().await?;
-                        self.set_desired(id, Desired::Running).await?;
-                        self.save_servers_state(id).await;
-                        self.haproxy
-                            .reload(&instance, pid)
-                            .await
-                            .map_err(|source| LbError::Action { action, source })?;
-                        tracing::info!(lb = %id, %pid, "haproxy reloaded");
-                        Ok(Outcome::Reloaded)
-                    }
+            Action::Start => held.start().await.map(|_| Outcome::Started),
+            Action::Stop => self.stop_locked(id, &mut held).await.map(|()| Outcome::Stopped),
+            // haproxy cannot reload what does not run; upstream starts it.
+            Action::Reload => match held.reload_target() {
+                None => held.start().await.map(|_| Outcome::Started),
+                Some(pid) => {
+                    held.ensure_supervised(pid);
+                    self.ensure_haproxy_files().await?;
+                    held.set_desired(Desired::Running).await?;
+                    self.save_servers_state(id).await;
+                    self.haproxy
+                        .reload(&self.instance(id), pid)
+                        .await
+                        .map_err(|source| LbError::Action { action, source })?;
+                    tracing::info!(lb = %id, %pid, "haproxy reloaded");
+                    Ok(Outcome::Reloaded)
                 }
-            }
+            },
         };
         // Whatever happened, what should run may have changed.
         self.load_balancers_changed().await;
@@ -389,42 +401,9 @@ impl LbService {
         Ok(outcome)
     }
 
-    async fn start_locked(&self, id: &LbId, generation: &mut u64) -> Result<(), LbError> {
-        self.set_desired(id, Desired::Running).await?;
-        let instance = self.instance(id);
-        if let Some(pid) = process::running_pid(&instance) {
-            self.ensure_supervised(id, pid, generation);
-            return Ok(());
-        }
-        self.ensure_haproxy_files().await?;
-        let pid =
-            self.haproxy.start(&instance).await.map_err(|source| LbError::Action { action: Action::Start, source })?;
-        *generation += 1;
-        self.supervise(id.clone(), pid, *generation);
-        tracing::info!(lb = %id, %pid, "haproxy started");
-        Ok(())
-    }
-
-    /// Attaches a supervisor to a running haproxy nothing watches. Called
-    /// with the slot's lock held (`generation` is its value).
-    fn ensure_supervised(&self, id: &LbId, pid: Pid, generation: &mut u64) {
-        if *generation != 0 && self.slot(id).supervised.load(Ordering::SeqCst) == *generation {
-            return;
-        }
-        *generation += 1;
-        self.supervise(id.clone(), pid, *generation);
-        tracing::warn!(lb = %id, %pid, "haproxy was running without a supervisor; supervising it");
-    }
-
-    async fn stop_locked(&self, id: &LbId, generation: &mut u64) -> Result<(), LbError> {
-        self.set_desired(id, Desired::Stopped).await?;
-        *generation += 1;
-        let instance = self.instance(id);
-        if let Some(pid) = process::running_pid(&instance) {
-            self.haproxy.stop(pid).await.map_err(|source| LbError::Action { action: Action::Stop, source })?;
-            tracing::info!(lb = %id, %pid, "haproxy stopped");
-        }
-        fsutil::remove_file_if_exists(&instance.pid_file).map_err(io_error("cannot remove the pid file"))
+    async fn stop_locked(&self, id: &LbId, held: &mut Held<'_, HaproxyDaemon>) -> Result<(), LbError> {
+        held.stop().await?;
+        fsutil::remove_file_if_exists(&self.instance(id).pid_file).map_err(io_error("cannot remove the pid file"))
     }
 
     /// Saves server health and weights so they survive a reload
@@ -457,7 +436,7 @@ impl LbService {
     /// and certificates. Deleting what does not exist succeeds.
     pub async fn delete(&self, id: &LbId) -> Result<(), LbError> {
         let slot = self.slot(id);
-        let mut generation = slot.op.lock().await;
+        let mut held = slot.lock().await;
         let dir = self.layout.lb_dir(id);
         if !dir.exists() {
             return Ok(());
@@ -468,18 +447,14 @@ impl LbService {
             tracing::warn!(lb = %id, path = %dir.display(), "not removing a directory that holds no load balancer");
             return Ok(());
         }
-        let instance = self.instance(id);
         // Supervisors stand down, and the configuration goes before the
         // process: without it nothing starts this load balancer again (not
         // a supervisor, not a reboot), and removing it, unlike rewriting
         // the record, needs no free space.
-        *generation += 1;
+        held.stand_down();
         fsutil::remove_file_if_exists(&self.layout.config(id)).map_err(io_error("cannot remove the configuration"))?;
         fsutil::sync_dir_async(&dir).await.map_err(io_error(format!("cannot sync {}", dir.display())))?;
-        if let Some(pid) = process::running_pid(&instance) {
-            self.haproxy.stop(pid).await.map_err(|source| LbError::Action { action: Action::Stop, source })?;
-            tracing::info!(lb = %id, %pid, "haproxy stopped");
-        }
+        held.stop_process().await?;
         self.remove_stats_socket(id);
         fsutil::remove_dir_all_if_exists(&self.layout.cert_dir(id))
             .map_err(io_error("cannot remove the certificates"))?;
@@ -524,7 +499,7 @@ impl LbService {
     ) -> Result<String, LbError> {
         certs::validate(pem, rule)?;
         let slot = self.slot(id);
-        let _guard = slot.op.lock().await;
+        let _held = slot.lock().await;
         let dir = self.layout.cert_dir(id);
         fsutil::create_dir_all(&dir, 0o700).map_err(io_error(format!("cannot create {}", dir.display())))?;
         fsutil::write_atomic_async(&dir.join(name.as_str()), pem, 0o600)
@@ -546,7 +521,7 @@ impl LbService {
     /// directory once empty. Removing what is not there succeeds.
     pub async fn delete_certificate(&self, id: &LbId, name: &CertFileName) -> Result<(), LbError> {
         let slot = self.slot(id);
-        let _guard = slot.op.lock().await;
+        let _held = slot.lock().await;
         let dir = self.layout.cert_dir(id);
         fsutil::remove_file_if_exists(&dir.join(name.as_str()))
             .map_err(io_error(format!("cannot remove certificate {name}")))?;
@@ -746,82 +721,8 @@ impl LbService {
     /// was down).
     pub async fn restore(&self) {
         for id in self.layout.load_balancers() {
-            let slot = self.slot(&id);
-            let mut generation = slot.op.lock().await;
-            let instance = self.instance(&id);
-            if let Some(pid) = process::running_pid(&instance) {
-                *generation += 1;
-                self.supervise(id.clone(), pid, *generation);
-                tracing::info!(lb = %id, %pid, "adopted running haproxy");
-            } else if self.record(&id).desired == Desired::Running {
-                match self.start_locked(&id, &mut generation).await {
-                    Ok(()) => tracing::info!(lb = %id, "started haproxy that should be running"),
-                    Err(e) => tracing::error!(lb = %id, error = %e, "cannot start haproxy that should be running"),
-                }
-            }
+            self.slot(&id).lock().await.restore().await;
         }
-    }
-
-    /// Watches a master; if it dies while it should run, restarts it with
-    /// exponential backoff until it runs again or someone else takes over.
-    fn supervise(&self, id: LbId, pid: Pid, generation: u64) {
-        let me = self.me.clone();
-        let slot = self.slot(&id);
-        slot.supervised.store(generation, Ordering::SeqCst);
-        let mark = SupervisorMark { slot, generation };
-        tokio::spawn(async move {
-            let _mark = mark;
-            let mut pid = pid;
-            let mut backoff = Backoff::new();
-            let mut state = Lifecycle::Running { pid };
-            let name = format!("haproxy {id}");
-            loop {
-                backoff.started();
-                daemon::wait_exit(pid).await;
-                let Some(service) = me.upgrade() else { return };
-                if !service.still_wanted(&id, generation).await {
-                    return;
-                }
-                let delay = backoff.died();
-                state.step(Event::Died { until: tokio::time::Instant::now() + delay }, &name);
-                tracing::warn!(lb = %id, %pid, retry_in = ?delay, "haproxy exited unexpectedly");
-                tokio::time::sleep(delay).await;
-
-                let slot = service.slot(&id);
-                let current = slot.op.lock().await;
-                if *current != generation || service.record(&id).desired != Desired::Running {
-                    return;
-                }
-                let instance = service.instance(&id);
-                if let Some(running) = process::running_pid(&instance) {
-                    state.step(Event::Up(running), &name);
-                    pid = running;
-                    continue;
-                }
-                if let Err(e) = service.ensure_haproxy_files().await {
-                    tracing::error!(lb = %id, error = %e, "cannot restart haproxy");
-                    continue;
-                }
-                state.step(Event::Launch, &name);
-                match service.haproxy.start(&instance).await {
-                    Ok(new_pid) => {
-                        state.step(Event::Up(new_pid), &name);
-                        tracing::info!(lb = %id, pid = %new_pid, "haproxy restarted");
-                        pid = new_pid;
-                    }
-                    Err(e) => {
-                        state.step(Event::LaunchFailed, &name);
-                        tracing::error!(lb = %id, error = %e, "cannot restart haproxy")
-                    }
-                }
-            }
-        });
-    }
-
-    async fn still_wanted(&self, id: &LbId, generation: u64) -> bool {
-        let slot = self.slot(id);
-        let current = slot.op.lock().await;
-        *current == generation && self.layout.config(id).is_file() && self.record(id).desired == Desired::Running
     }
 }
 
@@ -870,6 +771,14 @@ mod tests {
         assert_eq!(Action::parse("STOP").ok(), Some(Action::Stop));
         assert_eq!(Action::parse("Reload").ok(), Some(Action::Reload));
         assert!(matches!(Action::parse("BAD_TEST_DATA"), Err(LbError::UnknownAction(a)) if a == "BAD_TEST_DATA"));
+    }
+
+    #[test]
+    fn the_load_balancer_record_keeps_its_format() {
+        let record = LbRecord { extra: Peer { peer_name: "p".into() }, desired: Desired::Stopped };
+        let text = r#"{"peer_name":"p","desired":"stopped"}"#;
+        assert_eq!(serde_json::to_string(&record).expect("encode"), text);
+        assert_eq!(serde_json::from_str::<LbRecord>(text).expect("decode"), record);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! What haproxy and keepalived supervision share: the lifecycle of a
 //! supervised daemon with its allowed transitions in one place, the restart
-//! backoff (on `tokio::time`, so tests pause time), and the process
-//! effects both need (is the daemon in a pid file alive, wait for a process
-//! to exit, stop one).
+//! backoff (on `tokio::time`, so tests pause time), the process effects
+//! both need (is the daemon in a pid file alive, wait for a process to
+//! exit, stop one), and [`Supervised`], the one supervised-daemon type
+//! built from them.
 
 use std::fs;
 use std::io;
@@ -15,6 +16,9 @@ use nix::unistd::Pid;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
+
+mod supervised;
+pub use supervised::{Daemon, Desired, Held, NoExtra, Record, Supervised};
 
 /// First delay before restarting a daemon that died.
 pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
@@ -54,7 +58,6 @@ pub enum Event {
     /// It exited while wanted; the supervisor retries at `until`.
     Died { until: Instant },
     /// It was stopped on request.
-    #[allow(dead_code, reason = "start/stop requests do not go through the lifecycle yet, only restarts do")]
     Stopped,
 }
 
@@ -74,20 +77,17 @@ impl Lifecycle {
     }
 
     /// Whether a reload may be sent: only to a running daemon.
-    #[allow(dead_code, reason = "start/stop requests do not go through the lifecycle yet, only restarts do")]
     pub fn can_reload(&self) -> bool {
         matches!(self, Lifecycle::Running { .. })
     }
 
     /// Whether a stop has anything to do (a pending restart is cancelled
     /// too).
-    #[allow(dead_code, reason = "start/stop requests do not go through the lifecycle yet, only restarts do")]
     pub fn can_stop(&self) -> bool {
         matches!(self, Lifecycle::Starting | Lifecycle::Running { .. } | Lifecycle::Backoff { .. })
     }
 
     /// The pid of a running daemon.
-    #[allow(dead_code, reason = "start/stop requests do not go through the lifecycle yet, only restarts do")]
     pub fn pid(&self) -> Option<Pid> {
         match self {
             Lifecycle::Running { pid } => Some(*pid),
