@@ -208,6 +208,18 @@ fn is_alive(pid: Pid, config: &Path) -> bool {
         return false;
     }
     let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    runs_config(&cmdline, || fs::read_link(format!("/proc/{pid}/exe")).is_ok(), config)
+}
+
+/// Whether a live process with `cmdline` runs `config`. A process between
+/// two images in execve reads an empty command line, and haproxy's master
+/// re-executes itself after every start and reload (slowly, on a busy
+/// machine): taking it for dead would start a second master beside it.
+/// Kernel threads read empty too, forever; they have no executable.
+fn runs_config(cmdline: &[u8], has_executable: impl FnOnce() -> bool, config: &Path) -> bool {
+    if cmdline.is_empty() {
+        return has_executable();
+    }
     let config = config.as_os_str().as_encoded_bytes();
     cmdline.split(|b| *b == 0).any(|arg| arg == config)
 }
@@ -396,6 +408,37 @@ mod tests {
         let exe = std::env::args_os().next().expect("argv0");
         assert!(is_alive(me, Path::new(&exe)));
         assert!(!is_alive(me, Path::new("/nonexistent/haproxy.cfg")));
+    }
+
+    #[test]
+    fn a_process_in_execve_still_runs_its_config_and_a_kernel_thread_does_not() {
+        let config = Path::new("/s/lb/haproxy.cfg");
+        let args = b"/usr/sbin/haproxy\0-W\0-f\0/s/lb/haproxy.cfg\0";
+        assert!(runs_config(args, || false, config));
+        assert!(!runs_config(b"/usr/sbin/haproxy\0-f\0/s/other/haproxy.cfg\0", || true, config));
+        // Empty: mid-execve (an executable) or a kernel thread (none).
+        assert!(runs_config(b"", || true, config));
+        assert!(!runs_config(b"", || false, config));
+    }
+
+    /// A pid file naming a recycled pid that is now a kernel thread (empty
+    /// command line, like a daemon in the middle of execve) is not a
+    /// running daemon.
+    #[test]
+    fn a_kernel_thread_is_not_a_running_daemon() {
+        const PF_KTHREAD: u64 = 0x0020_0000;
+        let kernel_thread = fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .find(|pid| {
+                let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let flags =
+                    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok());
+                flags.is_some_and(|f| f & PF_KTHREAD != 0)
+            })
+            .expect("a kernel thread in /proc");
+        assert!(fs::read(format!("/proc/{kernel_thread}/cmdline")).expect("cmdline").is_empty());
+        assert!(!is_alive(Pid::from_raw(kernel_thread), Path::new("/etc/haproxy/haproxy.cfg")));
     }
 
     #[tokio::test]
