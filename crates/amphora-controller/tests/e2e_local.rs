@@ -172,7 +172,7 @@ fn holds_vip(sys: &System, amphora_id: &str, vip: std::net::IpAddr) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn active_standby_moves_the_vip_to_the_backup_when_the_master_dies_and_rebuilds_the_pair() {
+async fn active_standby_moves_the_vip_to_the_standby_when_the_holder_dies_and_rebuilds_the_pair() {
     let mut sys = System::start(Topology::ActiveStandby);
     let d = deploy(&mut sys).await;
     sys.until("traffic through the VIP", Duration::from_secs(60), || async {
@@ -182,36 +182,37 @@ async fn active_standby_moves_the_vip_to_the_backup_when_the_master_dies_and_reb
     .await;
     let amps = sys.amphorae(&d.lb).await;
     assert_eq!(amps.len(), 2, "{amps:?}");
-    let id = |role: &str| {
-        amps.iter()
-            .find(|a| a["role"] == role)
-            .and_then(|a| a["id"].as_str())
-            .expect("a MASTER and a BACKUP")
-            .to_owned()
-    };
-    let (master, backup) = (id("MASTER"), id("BACKUP"));
-    sys.until("keepalived to give the VIP to the MASTER", Duration::from_secs(30), || async {
-        (holds_vip(&sys, &master, d.vip.ip()) && !holds_vip(&sys, &backup, d.vip.ip())).then_some(())
-    })
-    .await;
+    let ids: Vec<String> = amps.iter().map(|a| a["id"].as_str().expect("an amphora id").to_owned()).collect();
+    // keepalived runs with `nopreempt` (as upstream renders it): the
+    // amphora whose track script passes first takes the VIP and keeps it,
+    // whichever role the database gave it. Exactly one holds it.
+    let (holder, standby) = sys
+        .until("keepalived to give the VIP to one amphora", Duration::from_secs(30), || async {
+            match (holds_vip(&sys, &ids[0], d.vip.ip()), holds_vip(&sys, &ids[1], d.vip.ip())) {
+                (true, false) => Some((ids[0].clone(), ids[1].clone())),
+                (false, true) => Some((ids[1].clone(), ids[0].clone())),
+                _ => None,
+            }
+        })
+        .await;
 
-    sys.kill_amphora(&master).await;
-    // VRRP moves the VIP to the BACKUP on its own: no controller involved.
-    sys.until("the BACKUP to take the VIP", Duration::from_secs(15), || async {
-        holds_vip(&sys, &backup, d.vip.ip()).then_some(())
+    sys.kill_amphora(&holder).await;
+    // VRRP moves the VIP to the standby on its own: no controller involved.
+    sys.until("the standby to take the VIP", Duration::from_secs(15), || async {
+        holds_vip(&sys, &standby, d.vip.ip()).then_some(())
     })
     .await;
-    sys.until("traffic through the BACKUP", Duration::from_secs(15), || async {
+    sys.until("traffic through the standby", Duration::from_secs(15), || async {
         let seen = sys.send(d.client, d.vip, 4).await;
         (!seen.contains_key("(failed)")).then_some(())
     })
     .await;
 
     // The controller rebuilds the lost amphora: two ALLOCATED again.
-    sys.until("a replacement beside the BACKUP", BUILD, || async {
+    sys.until("a replacement beside the standby", BUILD, || async {
         let amps = sys.amphorae(&d.lb).await;
         let live: Vec<&Value> = amps.iter().filter(|a| a["status"] == "ALLOCATED").collect();
-        (live.len() == 2 && live.iter().all(|a| a["id"] != master.as_str())).then_some(())
+        (live.len() == 2 && live.iter().all(|a| a["id"] != holder.as_str())).then_some(())
     })
     .await;
     sys.wait_lb(&d.lb, "ACTIVE", BUILD).await;
