@@ -133,12 +133,20 @@ impl Process {
     }
 
     async fn start(&self) -> Result<Pid, KeepalivedError> {
+        // A keepalived whose main process was killed leaves its subsystem
+        // child running until the child notices; one started meanwhile
+        // refuses ("daemon is already running") and exits.
+        if let Some(orphan) = daemon::running_daemon(&self.files.subsystem_pid, &self.files.config) {
+            tracing::warn!(instance = %self.label, pid = %orphan, "stopping a keepalived child its dead parent left");
+            stop(orphan, &self.label).await?;
+        }
         let _ = fsutil::remove_file_if_exists(&self.files.pid);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.files.log)
             .map_err(io_error("cannot open the keepalived log"))?;
+        let logged_before = log.metadata().map(|m| m.len()).unwrap_or(0);
         let err = log.try_clone().map_err(io_error("cannot open the keepalived log"))?;
         let mut command = self.command();
         command.args(["--dont-fork", "--log-console", "--log-detail", "--no-syslog"]);
@@ -156,21 +164,27 @@ impl Process {
             .stdout(log)
             .stderr(err)
             .process_group(0);
-        let child = command.spawn().map_err(|source| KeepalivedError::Spawn { binary: self.binary.clone(), source })?;
-        // Dropping the handle leaves reaping to tokio; exit is watched
-        // through the pid like an adopted process.
-        drop(child);
+        let mut child =
+            command.spawn().map_err(|source| KeepalivedError::Spawn { binary: self.binary.clone(), source })?;
+        // Once it runs, dropping the handle leaves reaping to tokio; exit
+        // is watched through the pid like an adopted process.
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(pid) = self.running_pid() {
                 return Ok(pid);
             }
-            if Instant::now() >= deadline {
+            // It does not fork: its exit is the start's failure.
+            if let Ok(Some(status)) = child.try_wait() {
+                let output = log_since(&self.files.log, logged_before);
                 return Err(KeepalivedError::Failed(format!(
-                    "{} did not start: {}",
+                    "{} exited as it started ({status}): {}",
                     self.label,
-                    tail(&self.files.log).trim()
+                    output.trim()
                 )));
+            }
+            if Instant::now() >= deadline {
+                let output = log_since(&self.files.log, logged_before);
+                return Err(KeepalivedError::Failed(format!("{} did not start: {}", self.label, output.trim())));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -363,10 +377,13 @@ async fn stop(pid: Pid, label: &str) -> Result<(), KeepalivedError> {
     })
 }
 
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let start = text.len().saturating_sub(4096);
-    text.get(start..).unwrap_or("").to_owned()
+/// What keepalived wrote to `path` after its first `offset` bytes (its
+/// last 4 KiB of it).
+fn log_since(path: &Path, offset: u64) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let from = usize::try_from(offset).unwrap_or(usize::MAX).min(text.len());
+    let from = from.max(text.len().saturating_sub(4096));
+    String::from_utf8_lossy(&text[from..]).into_owned()
 }
 
 pub fn shell_quote(text: &str) -> String {

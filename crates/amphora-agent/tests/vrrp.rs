@@ -441,3 +441,38 @@ async fn a_start_finding_keepalived_running_unsupervised_supervises_it() {
     assert_eq!(client.put("/1.0/vrrp/stop", "").await.status, 202);
     wait::until("keepalived to exit", WAIT, || async { (!alive(restarted)).then_some(()) }).await;
 }
+
+/// keepalived's VRRP child outlives a killed parent for a moment (here: as
+/// long as it is stopped), and a keepalived started meanwhile refuses to
+/// run ("daemon is already running"). The supervisor's restart ends the
+/// leftover child first.
+#[tokio::test]
+async fn a_child_left_by_a_killed_keepalived_does_not_block_its_restart() {
+    let agent = builder().start();
+    let ns = agent.netns.clone().expect("namespace");
+    netns::ip_in(&ns, &["link", "add", "eth1", "type", "veth", "peer", "name", "eth9"]);
+    netns::ip_in(&ns, &["addr", "add", "10.0.0.11/24", "dev", "eth1"]);
+    netns::ip_in(&ns, &["link", "set", "eth1", "up"]);
+    let client = agent.client();
+    let config = keepalived_config(&agent, "10.0.0.11", "10.0.0.12", 100);
+    assert_eq!(client.put("/1.0/vrrp/upload", config).await.status, 200);
+    assert_eq!(client.put("/1.0/vrrp/start", "").await.status, 202);
+    let parent = keepalived_pid(&agent).expect("pid");
+    let child_file = agent.base_path().join("vrrp/octavia-keepalived.vrrp.pid");
+    let child: i32 = wait::until("keepalived's VRRP child", WAIT, || async {
+        std::fs::read_to_string(&child_file).ok()?.trim().parse().ok().filter(|p| alive(*p))
+    })
+    .await;
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    kill(Pid::from_raw(child), Signal::SIGSTOP).expect("stop the child");
+    kill(Pid::from_raw(parent), Signal::SIGKILL).expect("kill keepalived");
+
+    let restarted = wait::until("keepalived to be restarted", WAIT, || async {
+        keepalived_pid(&agent).filter(|p| *p != parent && alive(*p))
+    })
+    .await;
+    assert!(!alive(child), "the old child {child} is still there");
+    assert_eq!(client.put("/1.0/vrrp/stop", "").await.status, 202);
+    wait::until("keepalived to exit", WAIT, || async { (!alive(restarted)).then_some(()) }).await;
+}

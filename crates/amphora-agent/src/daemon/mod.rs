@@ -178,6 +178,9 @@ pub async fn stop(pid: Pid, grace: Duration) -> Result<(), StopError> {
         Err(source) => return Err(StopError::Signal { pid, source }),
         Ok(()) => {}
     }
+    // A stopped process acts on SIGTERM only once continued (systemd
+    // sends SIGCONT after the kill signal for the same reason).
+    let _ = signal::kill(pid, Signal::SIGCONT);
     if tokio::time::timeout(grace, wait_exit(pid)).await.is_ok() {
         return Ok(());
     }
