@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use amphora_client::{Client, Credentials, Timeouts};
 use amphora_proto::{ApiVersion, ListenerState, Message};
-use amphora_testkit::Agent;
+use amphora_testkit::{Agent, netns};
 use common::*;
 
 const PACKAGE: &str = "amphora-agent";
@@ -149,6 +149,31 @@ fn build_command() -> Command {
     command
 }
 
+/// The namespace the netns unit created for the test; deleted on drop.
+struct Namespace(String);
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        netns::delete(&self.0);
+    }
+}
+
+/// Runs every ExecStart= of the namespace unit as systemd would (a "-"
+/// prefix tolerates failure), with upstream's namespace name replaced by
+/// `name` so the test does not take the host's "amphora-haproxy".
+fn run_netns_unit(unit_text: &str, name: &str) {
+    for line in unit_text.lines().filter_map(|l| l.trim().strip_prefix("ExecStart=")) {
+        let (may_fail, line) = match line.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, line),
+        };
+        assert!(!line.contains(['"', '\'', '\\', '$']), "ExecStart needs no quoting or expansion: {line}");
+        let words: Vec<String> = line.split_whitespace().map(|w| w.replace("amphora-haproxy", name)).collect();
+        let status = Command::new(&words[0]).args(&words[1..]).output().expect("run ExecStart").status;
+        assert!(may_fail || status.success(), "{line} failed with {status}");
+    }
+}
+
 fn client_of(agent: &Agent) -> Client {
     let credentials =
         Credentials::from_pem(agent.pki.server_ca.cert_pem().as_bytes(), agent.pki.client.combined_pem().as_bytes())
@@ -213,10 +238,22 @@ async fn the_package_installs_runs_the_agent_from_its_unit_and_purges_clean() {
     let binary = &command[0];
     assert!(listed.contains(binary), "ExecStart runs {binary}, which the package does not install");
 
+    // The namespace unit, run twice as a restart would: the second run must
+    // succeed on the namespace the first left.
+    let namespace = Namespace(netns::unique_name("ampdeb"));
+    let netns_unit = std::fs::read_to_string(NETNS_UNIT).expect("installed unit");
+    assert!(unit.contains("After=network-online.target amphora-netns.service"), "agent not ordered after netns");
+    for _ in 0..2 {
+        run_netns_unit(&netns_unit, &namespace.0);
+    }
+    let lo = run(Command::new("ip").args(["-n", &namespace.0, "-o", "link", "show", "lo"]));
+    assert!(lo.contains(",UP"), "loopback of the unit's namespace is not up: {lo}");
+
     {
         // The unit's command with the configuration path replaced by the
-        // test's own (the harness adds --ready-file to learn the port).
-        let agent = Agent::builder(binary).start();
+        // test's own (the harness adds --ready-file to learn the port),
+        // serving in the namespace the netns unit made.
+        let agent = Agent::builder(binary).option("amphora_agent", "network_namespace", &namespace.0).start();
         let client = client_of(&agent);
         assert_eq!(client.versions().await.expect("versions").api_version, ApiVersion::V1_0);
         let info = client.info().await.expect("info");
@@ -233,6 +270,12 @@ async fn the_package_installs_runs_the_agent_from_its_unit_and_purges_clean() {
         let pid = agent.haproxy_pid(LB).expect("haproxy pid file");
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("haproxy runs");
         assert_eq!(exe.file_name().and_then(|n| n.to_str()), Some("haproxy"));
+        let inode = |path: String| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).expect("namespace"));
+        assert_eq!(
+            inode(format!("/proc/{pid}/ns/net")),
+            inode(format!("/run/netns/{}", namespace.0)),
+            "haproxy does not run in the namespace the unit made"
+        );
     }
 
     installation.purge();
