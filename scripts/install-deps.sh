@@ -21,6 +21,11 @@ if [ "$purpose" = test ]; then
     need busybox busybox-static
     need cpio cpio
     need depmod kmod
+    # The agent's Debian package (packaging/deb, tests/package.rs).
+    need jq jq
+    need dpkg-deb dpkg
+    need systemd-analyze systemd
+    need deb-systemd-helper init-system-helpers
     if command -v python3 >/dev/null 2>&1 && ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
         missing+=(python3-venv)
     fi

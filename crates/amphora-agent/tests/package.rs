@@ -1,0 +1,302 @@
+//! The agent's Debian package (packaging/deb): built with its build.sh,
+//! checked with dpkg-deb, installed on this machine with dpkg, its units
+//! verified with systemd-analyze, the installed agent started as its unit's
+//! ExecStart says and driven with the typed client, then purged, leaving
+//! nothing behind. Needs root (dpkg, network namespaces), jq, dpkg-deb and
+//! systemd-analyze; systemd need not run.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use amphora_client::{Client, Credentials, Timeouts};
+use amphora_proto::{ApiVersion, ListenerState, Message};
+use amphora_testkit::{Agent, netns};
+use common::*;
+
+const PACKAGE: &str = "amphora-agent";
+const AGENT_UNIT: &str = "/lib/systemd/system/amphora-agent.service";
+const NETNS_UNIT: &str = "/lib/systemd/system/amphora-netns.service";
+const CONFIG: &str = "/etc/octavia/amphora-agent.conf";
+const STATE_DIR: &str = "/var/lib/octavia";
+/// Where deb-systemd-helper enables a unit wanted by multi-user.target.
+const ENABLED_AGENT: &str = "/etc/systemd/system/multi-user.target.wants/amphora-agent.service";
+
+/// Every path the package must hold, written down here rather than read
+/// from build.sh.
+const EXPECTED_PATHS: &[&str] = &[
+    "/usr/bin/amphora-agent",
+    "/usr/bin/amphora-vrrp-check",
+    AGENT_UNIT,
+    NETNS_UNIT,
+    CONFIG,
+    "/etc/octavia/certs",
+    STATE_DIR,
+];
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+}
+
+/// Runs a command to success and returns its standard output.
+fn run(command: &mut Command) -> String {
+    let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed with {}:\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Status}", package])
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout == b"installed")
+}
+
+/// The package installed on this machine; purged on drop, also when the
+/// test failed.
+struct Installation;
+
+impl Installation {
+    fn install(deb: &Path) -> Self {
+        assert!(
+            !installed(PACKAGE),
+            "{PACKAGE} is already installed on this machine: remove it (dpkg --purge {PACKAGE}) to run this test"
+        );
+        for path in [STATE_DIR, CONFIG] {
+            assert!(!Path::new(path).exists(), "{path} exists already: this test would remove it");
+        }
+        let guard = Installation;
+        run(Command::new("dpkg").arg("-i").arg(deb));
+        guard
+    }
+
+    fn purge(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Installation {
+    fn drop(&mut self) {
+        let output = Command::new("dpkg").args(["--purge", PACKAGE]).output();
+        if !std::thread::panicking() {
+            let output = output.expect("dpkg --purge");
+            assert!(output.status.success(), "dpkg --purge failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+    }
+}
+
+/// Whether an ELF file has no symbol table (`.symtab`, section type
+/// SHT_SYMTAB), read from its section headers.
+fn is_stripped(elf: &[u8]) -> bool {
+    const SHT_SYMTAB: u32 = 2;
+    assert!(elf.len() > 64 && &elf[..4] == b"\x7fELF", "not an ELF file");
+    assert_eq!((elf[4], elf[5]), (2, 1), "expected a 64-bit little-endian ELF file");
+    let u16_at = |at: usize| u16::from_le_bytes(elf[at..at + 2].try_into().expect("2 bytes")) as usize;
+    let u32_at = |at: usize| u32::from_le_bytes(elf[at..at + 4].try_into().expect("4 bytes"));
+    let offset = u64::from_le_bytes(elf[0x28..0x30].try_into().expect("8 bytes")) as usize;
+    let (size, count) = (u16_at(0x3a), u16_at(0x3c));
+    assert!(offset + size * count <= elf.len(), "section headers beyond the file");
+    (0..count).all(|i| u32_at(offset + i * size + 4) != SHT_SYMTAB)
+}
+
+/// The paths of `dpkg-deb --contents` (its last column), without the
+/// leading "." and trailing "/".
+fn deb_contents(deb: &Path) -> BTreeSet<String> {
+    run(Command::new("dpkg-deb").arg("--contents").arg(deb))
+        .lines()
+        .filter_map(|line| line.split_whitespace().last())
+        .map(|path| path.trim_start_matches('.').trim_end_matches('/').to_owned())
+        .filter(|path| !path.is_empty())
+        .collect()
+}
+
+/// The command line of a unit's only ExecStart=.
+fn exec_start(unit_text: &str) -> Vec<String> {
+    let lines: Vec<&str> = unit_text.lines().filter_map(|l| l.trim().strip_prefix("ExecStart=")).collect();
+    assert_eq!(lines.len(), 1, "expected one ExecStart in:\n{unit_text}");
+    let line = lines[0];
+    assert!(!line.contains(['"', '\'', '\\', '$']), "ExecStart needs no quoting or expansion: {line}");
+    line.split_whitespace().map(str::to_owned).collect()
+}
+
+/// build.sh as a shell would run it: without the variables cargo sets for
+/// a test (package name, manifest dir, rustc...), which would make the
+/// nested release build differ from a standalone one and rebuild the
+/// release target every time.
+fn build_command() -> Command {
+    let mut command = Command::new(workspace_root().join("packaging/deb/build.sh"));
+    command.current_dir(workspace_root());
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let set_by_cargo = (name.starts_with("CARGO") && !matches!(name, "CARGO_HOME" | "CARGO_TARGET_DIR"))
+            || name.starts_with("RUSTC")
+            || name.starts_with("RUSTDOC")
+            || name.starts_with("__CARGO")
+            || name == "OUT_DIR";
+        if set_by_cargo {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// The namespace the netns unit created for the test; deleted on drop.
+struct Namespace(String);
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        netns::delete(&self.0);
+    }
+}
+
+/// Runs every ExecStart= of the namespace unit as systemd would (a "-"
+/// prefix tolerates failure), with upstream's namespace name replaced by
+/// `name` so the test does not take the host's "amphora-haproxy".
+fn run_netns_unit(unit_text: &str, name: &str) {
+    for line in unit_text.lines().filter_map(|l| l.trim().strip_prefix("ExecStart=")) {
+        let (may_fail, line) = match line.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, line),
+        };
+        assert!(!line.contains(['"', '\'', '\\', '$']), "ExecStart needs no quoting or expansion: {line}");
+        let words: Vec<String> = line.split_whitespace().map(|w| w.replace("amphora-haproxy", name)).collect();
+        let status = Command::new(&words[0]).args(&words[1..]).output().expect("run ExecStart").status;
+        assert!(may_fail || status.success(), "{line} failed with {status}");
+    }
+}
+
+fn client_of(agent: &Agent) -> Client {
+    let credentials =
+        Credentials::from_pem(agent.pki.server_ca.cert_pem().as_bytes(), agent.pki.client.combined_pem().as_bytes())
+            .expect("credentials");
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(5),
+        read: Duration::from_secs(30),
+        connection_max_retries: 3,
+        connection_retry_interval: Duration::from_millis(100),
+    };
+    Client::new(&agent.amphora_id, agent.addr, &credentials, timeouts).expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_package_installs_runs_the_agent_from_its_unit_and_purges_clean() {
+    // Systemd is not needed (and usually not PID 1 here): the agent is run
+    // the way its unit would run it.
+    let deb = PathBuf::from(run(&mut build_command()).trim());
+
+    let info = run(Command::new("dpkg-deb").arg("--info").arg(&deb));
+    for field in
+        ["Package: amphora-agent", "Depends: haproxy, keepalived, iproute2, nftables", "Version: ", "Description: "]
+    {
+        assert!(info.lines().any(|l| l.trim_start().starts_with(field)), "no {field:?} in:\n{info}");
+    }
+    assert!(
+        info.lines().any(|l| l.split_whitespace().last() == Some("conffiles")),
+        "no conffiles in the package:\n{info}"
+    );
+    let contents = deb_contents(&deb);
+    for path in EXPECTED_PATHS {
+        assert!(contents.contains(*path), "{path} missing from the package: {contents:?}");
+    }
+    let extracted = tempfile::tempdir().expect("temp dir");
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(extracted.path()));
+    for binary in ["usr/bin/amphora-agent", "usr/bin/amphora-vrrp-check"] {
+        let elf = std::fs::read(extracted.path().join(binary)).expect("binary");
+        assert!(is_stripped(&elf), "{binary} is not stripped");
+    }
+    let mode = |path: &Path| std::os::unix::fs::PermissionsExt::mode(&path.metadata().expect("metadata").permissions());
+    assert_eq!(mode(&extracted.path().join("var/lib/octavia")) & 0o7777, 0o755);
+
+    // What existed before, so that purging can be checked against it.
+    let existed_before: BTreeSet<&String> = contents.iter().filter(|p| Path::new(p).exists()).collect();
+    let installation = Installation::install(&deb);
+
+    let listed: BTreeSet<String> =
+        run(Command::new("dpkg").args(["-L", PACKAGE])).lines().map(str::to_owned).filter(|l| l != "/.").collect();
+    for path in EXPECTED_PATHS {
+        assert!(listed.contains(*path), "dpkg -L does not list {path}");
+        assert!(Path::new(path).exists(), "{path} not installed");
+    }
+    let conffiles = run(Command::new("dpkg-query").args(["-W", "-f=${Conffiles}", PACKAGE]));
+    assert!(conffiles.lines().any(|l| l.split_whitespace().next() == Some(CONFIG)), "{CONFIG} is no conffile");
+    assert_eq!(mode(Path::new(STATE_DIR)) & 0o7777, 0o755);
+    assert!(Path::new(ENABLED_AGENT).symlink_metadata().is_ok(), "the agent's unit was not enabled");
+    run(Command::new("systemd-analyze").args(["verify", NETNS_UNIT, AGENT_UNIT]));
+
+    let unit = std::fs::read_to_string(AGENT_UNIT).expect("installed unit");
+    let command = exec_start(&unit);
+    assert_eq!(command[1..], ["--config-file", CONFIG], "the unit's arguments");
+    let binary = &command[0];
+    assert!(listed.contains(binary), "ExecStart runs {binary}, which the package does not install");
+
+    // The namespace unit, run twice as a restart would: the second run must
+    // succeed on the namespace the first left.
+    let namespace = Namespace(netns::unique_name("ampdeb"));
+    let netns_unit = std::fs::read_to_string(NETNS_UNIT).expect("installed unit");
+    assert!(unit.contains("After=network-online.target amphora-netns.service"), "agent not ordered after netns");
+    for _ in 0..2 {
+        run_netns_unit(&netns_unit, &namespace.0);
+    }
+    let lo = run(Command::new("ip").args(["-n", &namespace.0, "-o", "link", "show", "lo"]));
+    assert!(lo.contains(",UP"), "loopback of the unit's namespace is not up: {lo}");
+
+    {
+        // The unit's command with the configuration path replaced by the
+        // test's own (the harness adds --ready-file to learn the port),
+        // serving in the namespace the netns unit made.
+        let agent = Agent::builder(binary).option("amphora_agent", "network_namespace", &namespace.0).start();
+        let client = client_of(&agent);
+        assert_eq!(client.versions().await.expect("versions").api_version, ApiVersion::V1_0);
+        let info = client.info().await.expect("info");
+        assert_eq!(info.uuid, agent.amphora_id);
+
+        let stored = client.upload_config(LB, lb_config(&agent, LB, LISTENER, 1)).await.expect("upload");
+        assert_eq!(stored.message, Message::ok());
+        client.start(LB).await.expect("start");
+        let listeners = client.listeners().await.expect("listeners");
+        assert_eq!(
+            listeners.iter().map(|l| (l.uuid.as_str(), &l.status)).collect::<Vec<_>>(),
+            [(LISTENER, &ListenerState::Active)]
+        );
+        let pid = agent.haproxy_pid(LB).expect("haproxy pid file");
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("haproxy runs");
+        assert_eq!(exe.file_name().and_then(|n| n.to_str()), Some("haproxy"));
+        let inode = |path: String| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).expect("namespace"));
+        assert_eq!(
+            inode(format!("/proc/{pid}/ns/net")),
+            inode(format!("/run/netns/{}", namespace.0)),
+            "haproxy does not run in the namespace the unit made"
+        );
+    }
+
+    installation.purge();
+    assert!(!installed(PACKAGE), "{PACKAGE} is still installed");
+    let left: Vec<&String> =
+        listed.iter().filter(|p| !existed_before.contains(p) && Path::new(p).symlink_metadata().is_ok()).collect();
+    assert!(left.is_empty(), "left after purge: {left:?}");
+    for path in [STATE_DIR, "/etc/octavia", ENABLED_AGENT] {
+        assert!(Path::new(path).symlink_metadata().is_err(), "{path} left after purge");
+    }
+}
+
+#[test]
+fn exec_start_reads_the_only_command_line() {
+    let unit = "[Service]\nType=simple\nExecStart=/usr/bin/x --config-file /etc/x.conf\nRestart=always\n";
+    assert_eq!(exec_start(unit), ["/usr/bin/x", "--config-file", "/etc/x.conf"]);
+}
+
+#[test]
+fn stripping_is_read_from_the_section_headers() {
+    let this_test = std::fs::read(std::env::current_exe().expect("test binary")).expect("read");
+    // Test binaries keep their symbol table (the dev profile does not strip).
+    assert!(!is_stripped(&this_test));
+}
