@@ -97,7 +97,16 @@ pub fn run(command: &[OsString], env: &[(&str, &str)], timeout: Duration) -> Res
         format!("local,path={},mount_tag={tag},security_model=none,multidevs=remap{extra}", path.display())
     };
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", &accel, "-cpu", "max", "-m", "2048", "-smp", "2"])
+        .args([
+            "-accel",
+            &accel,
+            "-cpu",
+            &std::env::var("AMPHORA_VM_CPU").unwrap_or_else(|_| "max".into()),
+            "-m",
+            "2048",
+            "-smp",
+            "2",
+        ])
         .args(["-nographic", "-no-reboot", "-nic", "none", "-monitor", "none", "-serial", "stdio"])
         .arg("-kernel")
         .arg(image.join("kernel"))

@@ -1,0 +1,203 @@
+//! What the agent reads from a controller-rendered keepalived LVS
+//! configuration: the listener's addresses and protocol, its pool, and the
+//! member each `real_server` is (the controller names them in comments).
+//! keepalived itself validates the file; this reading is lenient and only
+//! feeds status reports.
+
+use std::net::{IpAddr, SocketAddr};
+
+/// The protocol of a listener served through IPVS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Udp,
+    Sctp,
+}
+
+/// A member of the pool: its id and, unless it is disabled, the real
+/// server it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: String,
+    pub address: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LvsConfig {
+    /// `# Listener {id} is disabled`: nothing is served.
+    pub disabled: bool,
+    pub protocol: Option<Protocol>,
+    /// The virtual servers (VIP and port), from `virtual_server_group`
+    /// blocks or `virtual_server {ip} {port}` lines.
+    pub virtual_servers: Vec<SocketAddr>,
+    /// Whether any `virtual_server` block exists.
+    pub serves: bool,
+    pub pool: Option<String>,
+    pub members: Vec<Member>,
+    /// Whether real servers are health-checked.
+    pub health_checked: bool,
+}
+
+fn comment_id<'a>(line: &'a str, prefix: &str) -> Option<&'a str> {
+    line.strip_prefix(prefix).map(str::trim).filter(|id| !id.is_empty() && !id.contains(char::is_whitespace))
+}
+
+fn socket(ip: &str, port: &str) -> Option<SocketAddr> {
+    Some(SocketAddr::new(ip.parse::<IpAddr>().ok()?, port.parse().ok()?))
+}
+
+/// Reads a configuration; never fails, missing parts stay empty.
+pub fn parse(text: &str) -> LvsConfig {
+    let mut config = LvsConfig::default();
+    let mut pending_member: Option<String> = None;
+    let mut in_group = false;
+    for raw in text.lines() {
+        let line = raw.trim();
+        if let Some(comment) = line.strip_prefix('#') {
+            let comment = comment.trim();
+            if let Some(rest) = comment.strip_prefix("Listener ")
+                && rest.ends_with(" is disabled")
+            {
+                config.disabled = true;
+            } else if let Some(id) = comment_id(comment, "Configuration for Pool ") {
+                config.pool = Some(id.to_owned());
+            } else if let Some(id) = comment_id(comment, "Configuration for Member ") {
+                pending_member = Some(id.to_owned());
+            } else if let Some(rest) = comment.strip_prefix("Member ")
+                && let Some(id) = rest.strip_suffix(" is disabled")
+            {
+                config.members.push(Member { id: id.trim().to_owned(), address: None });
+            }
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["virtual_server_group", _, "{"] => in_group = true,
+            ["}"] if in_group => in_group = false,
+            [ip, port] if in_group => config.virtual_servers.extend(socket(ip, port)),
+            ["virtual_server", "group", _, "{"] => config.serves = true,
+            ["virtual_server", ip, port, "{"] => {
+                config.serves = true;
+                config.virtual_servers.extend(socket(ip, port));
+            }
+            ["protocol", protocol] => {
+                config.protocol = match protocol.to_ascii_uppercase().as_str() {
+                    "UDP" => Some(Protocol::Udp),
+                    "SCTP" => Some(Protocol::Sctp),
+                    _ => config.protocol,
+                }
+            }
+            ["real_server", ip, port, "{"] => {
+                if let Some(id) = pending_member.take() {
+                    config.members.push(Member { id, address: socket(ip, port) });
+                }
+            }
+            [checker, "{"] if matches!(*checker, "MISC_CHECK" | "HTTP_GET" | "TCP_CHECK" | "SSL_GET") => {
+                config.health_checked = true;
+            }
+            _ => {}
+        }
+    }
+    config
+}
+
+/// The configuration keepalived runs: the controller's, without its
+/// `net_namespace` line (the agent starts keepalived inside the amphora
+/// namespace itself, whatever that namespace is called).
+pub fn runnable(text: &str) -> String {
+    text.lines().filter(|line| !line.trim_start().starts_with("net_namespace")).flat_map(|line| [line, "\n"]).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape of the controller's template (upstream's own rendering
+    /// test), with UUIDs.
+    pub const UDP: &str = "# Configuration for Loadbalancer 3c1b9f1e-0000-4000-8000-000000000001
+# Configuration for Listener 3c1b9f1e-0000-4000-8000-000000000002
+
+net_namespace amphora-haproxy
+
+virtual_server_group ipv4-group {
+    10.0.0.2 80
+}
+
+virtual_server group ipv4-group {
+    lb_algo wrr
+    lb_kind NAT
+    protocol UDP
+    persistence_timeout 33
+    persistence_granularity 255.255.0.0
+    delay_loop 30
+    delay_before_retry 30
+    retry 3
+
+
+    # Configuration for Pool 3c1b9f1e-0000-4000-8000-000000000003
+    # Configuration for HealthMonitor 3c1b9f1e-0000-4000-8000-000000000004
+    # Configuration for Member 3c1b9f1e-0000-4000-8000-000000000005
+    real_server 10.0.0.99 82 {
+        weight 13
+        uthreshold 98
+        MISC_CHECK {
+            misc_path \"/var/lib/octavia/lvs/check/udp_check.sh 10.0.0.99 82\"
+            misc_timeout 31
+        }
+    }
+
+    # Member 3c1b9f1e-0000-4000-8000-000000000006 is disabled
+    # Configuration for Member 3c1b9f1e-0000-4000-8000-000000000007
+    real_server fd00::98 82 {
+        weight 13
+    }
+
+}
+
+";
+
+    #[test]
+    fn the_controllers_template() {
+        let config = parse(UDP);
+        assert!(!config.disabled && config.serves && config.health_checked);
+        assert_eq!(config.protocol, Some(Protocol::Udp));
+        assert_eq!(config.virtual_servers, vec!["10.0.0.2:80".parse().expect("addr")]);
+        assert_eq!(config.pool.as_deref(), Some("3c1b9f1e-0000-4000-8000-000000000003"));
+        assert_eq!(
+            config.members,
+            vec![
+                Member { id: "3c1b9f1e-0000-4000-8000-000000000005".into(), address: "10.0.0.99:82".parse().ok() },
+                Member { id: "3c1b9f1e-0000-4000-8000-000000000006".into(), address: None },
+                Member { id: "3c1b9f1e-0000-4000-8000-000000000007".into(), address: "[fd00::98]:82".parse().ok() },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_disabled_listener_serves_nothing() {
+        let config = parse(
+            "# Configuration for Loadbalancer lb\n# Listener 3c1b9f1e-0000-4000-8000-000000000002 is disabled\n\n\
+             net_namespace amphora-haproxy\n\n",
+        );
+        assert!(config.disabled);
+        assert!(!config.serves);
+        assert_eq!(config.protocol, None);
+    }
+
+    #[test]
+    fn sctp_and_a_plain_virtual_server() {
+        let config =
+            parse("virtual_server 203.0.113.5 9000 {\n    protocol SCTP\n    real_server 10.0.0.1 9000 {\n    }\n}\n");
+        assert_eq!(config.protocol, Some(Protocol::Sctp));
+        assert_eq!(config.virtual_servers, vec!["203.0.113.5:9000".parse().expect("addr")]);
+        assert!(config.members.is_empty(), "a real server without the controller's comment is nobody's");
+        assert!(!config.health_checked);
+    }
+
+    #[test]
+    fn the_namespace_line_goes() {
+        let runnable = runnable(UDP);
+        assert!(!runnable.contains("net_namespace"));
+        assert_eq!(runnable.lines().count(), UDP.lines().count() - 1);
+        assert_eq!(parse(&runnable), parse(UDP));
+    }
+}

@@ -1,0 +1,366 @@
+//! UDP listeners through keepalived and IPVS, with real datagrams.
+//!
+//! The test machine's kernel has no IPVS, so this binary boots a throwaway
+//! VM with Debian's stock kernel (`amphora_testkit::vm`, on this machine's
+//! own root filesystem) and runs itself there, where the scenarios below
+//! run one after the other: the agent in a "VM" namespace, a "hypervisor"
+//! namespace holding the client side of the VIP port and two UDP backends
+//! on the member network, and a health manager stand-in receiving
+//! heartbeats.
+
+mod common;
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use amphora_proto::heartbeat::{self, Heartbeat};
+use amphora_proto::{ListenerState, ListenerStatus, Message, paths};
+use amphora_testkit::netns::{self, NsRuntime};
+use amphora_testkit::{Agent, AgentClient, vm, wait};
+use common::*;
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+const UDP_LISTENER: &str = "7d1a9b80-5c1e-4a43-9c0e-3f0f5a7c2b10";
+const POOL: &str = "7d1a9b80-5c1e-4a43-9c0e-3f0f5a7c2b20";
+const MEMBER_1: &str = "7d1a9b80-5c1e-4a43-9c0e-3f0f5a7c2b31";
+const MEMBER_2: &str = "7d1a9b80-5c1e-4a43-9c0e-3f0f5a7c2b32";
+const VIP_MAC: &str = "02:00:00:00:05:01";
+const MEMBER_MAC: &str = "02:00:00:00:06:01";
+const VIP: &str = "10.0.0.10:5353";
+const KEY: &str = "insecure";
+
+type Scenario = fn() -> Pin<Box<dyn Future<Output = ()>>>;
+
+const SCENARIOS: &[(&str, Scenario)] = &[
+    ("udp_datagrams_reach_both_members_and_follow_their_health", || Box::pin(udp_through_ipvs())),
+    ("a_refused_configuration_leaves_the_previous_one", || Box::pin(refused_configuration())),
+];
+
+fn main() -> ExitCode {
+    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let chosen: Vec<&(&str, Scenario)> =
+        SCENARIOS.iter().filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f))).collect();
+    if std::env::var_os("AMPHORA_IN_VM").is_some() {
+        return guest(&chosen);
+    }
+    if chosen.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    let exe = std::env::current_exe().expect("this test's path");
+    let mut command: Vec<OsString> = vec![exe.into()];
+    command.extend(chosen.iter().map(|(name, _)| OsString::from(*name)));
+    println!("running {} scenario(s) in a VM", chosen.len());
+    let outcome = vm::run(&command, &[("AMPHORA_IN_VM", "1"), ("RUST_BACKTRACE", "1")], Duration::from_secs(900))
+        .unwrap_or_else(|e| panic!("cannot run the VM: {e}"));
+    print!("{}", outcome.output);
+    if outcome.success() {
+        ExitCode::SUCCESS
+    } else {
+        if outcome.status.is_none() {
+            println!("---- the VM reported no status; its console ----\n{}", outcome.console);
+        }
+        ExitCode::FAILURE
+    }
+}
+
+/// Inside the VM: each scenario on a runtime of its own; a panic fails it
+/// and the rest still run.
+fn guest(chosen: &[&(&str, Scenario)]) -> ExitCode {
+    let mut failed = Vec::new();
+    for (name, scenario) in chosen {
+        let result = std::panic::catch_unwind(|| {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(scenario())
+        });
+        println!("test {name} ... {}", if result.is_ok() { "ok" } else { "FAILED" });
+        if result.is_err() {
+            failed.push(*name);
+        }
+    }
+    println!("\n{} passed; {} failed {:?}", chosen.len() - failed.len(), failed.len(), failed);
+    if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// The hypervisor: the other ends of the VIP and member ports.
+struct Hypervisor {
+    name: String,
+    runtime: NsRuntime,
+}
+
+impl Drop for Hypervisor {
+    fn drop(&mut self) {
+        netns::delete(&self.name);
+    }
+}
+
+/// An agent in a VM namespace with the VIP and member ports plugged, and a
+/// heartbeat receiver there.
+async fn plugged() -> (Agent, Hypervisor, Receiver) {
+    let vm = netns::unique_name("ampvm");
+    netns::create(&vm);
+    let receiver = Receiver::bind(&vm).await;
+    let agent = builder()
+        .in_vm_namespace(&vm)
+        .option("health_manager", "controller_ip_port_list", &receiver.addr.to_string())
+        .option("health_manager", "heartbeat_interval", "1")
+        .option("health_manager", "heartbeat_key", KEY)
+        .start();
+    let hyp = netns::unique_name("amphyp");
+    netns::create(&hyp);
+    netns::veth(&hyp, "hv-vip", &vm, "ens3", VIP_MAC);
+    netns::veth(&hyp, "hv-mem", &vm, "ens4", MEMBER_MAC);
+    netns::ip_in(&hyp, &["addr", "add", "10.0.0.1/24", "dev", "hv-vip"]);
+    for backend in ["10.1.0.1/24", "10.1.0.2/24"] {
+        netns::ip_in(&hyp, &["addr", "add", backend, "dev", "hv-mem"]);
+    }
+    let hyp = Hypervisor { runtime: NsRuntime::new(&hyp), name: hyp };
+    let client = agent.client();
+    let vip = format!(
+        r#"{{"subnet_cidr": "10.0.0.0/24", "gateway": "10.0.0.1", "mac_address": "{VIP_MAC}",
+            "vrrp_ip": "10.0.0.11", "host_routes": [], "additional_vips": []}}"#
+    );
+    let reply = client.post("/1.0/plug/vip/10.0.0.10", vip).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let member = format!(
+        r#"{{"mac_address": "{MEMBER_MAC}", "fixed_ips": [{{"ip_address": "10.1.0.5", "subnet_cidr": "10.1.0.0/24"}}]}}"#
+    );
+    let reply = client.post("/1.0/plug/network", member).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    (agent, hyp, receiver)
+}
+
+/// The controller's rendering of a UDP listener with a UDP-CONNECT health
+/// monitor checking every second.
+fn lvs_config(agent: &Agent) -> String {
+    let check = agent.base_path().join("lvs/check/udp_check.sh");
+    let member = |id: &str, address: &str| {
+        format!(
+            "    # Configuration for Member {id}\n    real_server {address} 5353 {{\n        weight 1\n\
+             \x20       MISC_CHECK {{\n            misc_path \"{check} {address} 5353\"\n            misc_timeout 3\n\
+             \x20       }}\n    }}\n\n",
+            check = check.display()
+        )
+    };
+    format!(
+        "# Configuration for Loadbalancer {LB}\n# Configuration for Listener {UDP_LISTENER}\n\n\
+         net_namespace amphora-haproxy\n\n\
+         virtual_server_group ipv4-group {{\n    10.0.0.10 5353\n}}\n\n\
+         virtual_server group ipv4-group {{\n    lb_algo rr\n    lb_kind NAT\n    protocol UDP\n\
+         \x20   delay_loop 1\n    delay_before_retry 1\n    retry 1\n\n\n\
+         \x20   # Configuration for Pool {POOL}\n    # Configuration for HealthMonitor {POOL}\n{}{}}}\n\n",
+        member(MEMBER_1, "10.1.0.1"),
+        member(MEMBER_2, "10.1.0.2"),
+    )
+}
+
+fn upload_path(agent: &Agent) -> String {
+    paths::v1::lvs_upload_config(&agent.amphora_id, UDP_LISTENER)
+}
+
+/// A UDP server answering every datagram with its name.
+fn backend(hyp: &Hypervisor, address: &str, name: &'static str) -> JoinHandle<()> {
+    let address: SocketAddr = address.parse().expect("address");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = hyp.runtime.spawn(async move {
+        let socket = UdpSocket::bind(address).await.expect("bind backend");
+        let _ = tx.send(());
+        let mut buffer = [0u8; 1500];
+        loop {
+            let Ok((_, peer)) = socket.recv_from(&mut buffer).await else { continue };
+            let _ = socket.send_to(name.as_bytes(), peer).await;
+        }
+    });
+    rx.recv_timeout(WAIT).expect("backend bound");
+    handle
+}
+
+/// One datagram to the VIP from a fresh socket (a new IPVS connection):
+/// the answer, if one came back from the VIP within a second.
+async fn ask(hyp: &Hypervisor) -> Option<String> {
+    hyp.runtime
+        .spawn(async {
+            let socket = UdpSocket::bind("10.0.0.1:0").await.ok()?;
+            // Connected: only an answer from the VIP itself is accepted.
+            socket.connect(VIP).await.ok()?;
+            socket.send(b"hello").await.ok()?;
+            let mut buffer = [0u8; 64];
+            let len = tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buffer)).await.ok()?.ok()?;
+            Some(String::from_utf8_lossy(&buffer[..len]).into_owned())
+        })
+        .await
+        .expect("join")
+}
+
+/// Who answers `count` fresh flows.
+async fn answers(hyp: &Hypervisor, count: usize) -> Vec<Option<String>> {
+    let mut all = Vec::new();
+    for _ in 0..count {
+        all.push(ask(hyp).await);
+    }
+    all
+}
+
+/// A health manager stand-in inside the VM namespace.
+struct Receiver {
+    addr: SocketAddr,
+    socket: std::sync::Arc<UdpSocket>,
+    _runtime: NsRuntime,
+}
+
+impl Receiver {
+    async fn bind(namespace: &str) -> Self {
+        let runtime = NsRuntime::new(namespace);
+        let socket = runtime.spawn(async { UdpSocket::bind("127.0.0.1:0").await.expect("bind") }).await.expect("join");
+        let addr = socket.local_addr().expect("addr");
+        Self { addr, socket: std::sync::Arc::new(socket), _runtime: runtime }
+    }
+
+    /// Waits for a heartbeat satisfying `check`.
+    async fn until<T>(&self, what: &str, check: impl Fn(&Heartbeat) -> Option<T>) -> T {
+        let socket = self.socket.clone();
+        wait::until(what, WAIT, || {
+            let socket = socket.clone();
+            let found = async move {
+                let mut buffer = vec![0u8; heartbeat::RECEIVER_BUFFER];
+                let (len, _) =
+                    tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buffer)).await.ok()?.ok()?;
+                heartbeat::decode(&buffer[..len], KEY, heartbeat::DEFAULT_MAX_DECOMPRESSED).ok()
+            };
+            async { found.await.and_then(|beat| check(&beat)) }
+        })
+        .await
+    }
+}
+
+fn members(beat: &Heartbeat) -> Option<Vec<(String, String)>> {
+    let pool = beat.pools.get(POOL)?;
+    Some(pool.members.iter().map(|(k, v)| (k.clone(), v.to_string())).collect())
+}
+
+fn keepalived_pid(agent: &Agent) -> Option<i32> {
+    let path: PathBuf = agent.base_path().join(format!("lvs/octavia-keepalivedlvs-{UDP_LISTENER}.pid"));
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+async fn listener_status(client: &AgentClient) -> Option<ListenerStatus> {
+    let all: Vec<ListenerStatus> = client.get("/1.0/listeners").await.json();
+    all.into_iter().find(|l| l.uuid == UDP_LISTENER)
+}
+
+async fn udp_through_ipvs() {
+    let (mut agent, hyp, receiver) = plugged().await;
+    let client = agent.client();
+    let _one = backend(&hyp, "10.1.0.1:5353", "backend-1");
+    let two = backend(&hyp, "10.1.0.2:5353", "backend-2");
+
+    let config = lvs_config(&agent);
+    let reply = client.put(&upload_path(&agent), config.clone()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("etag"), Some(amphora_testkit::md5_hex(config.as_bytes()).as_str()));
+    let stored = client.get(&paths::v1::lvs_config(UDP_LISTENER)).await;
+    assert_eq!(stored.text(), config, "stored as uploaded");
+    assert_eq!(listener_status(&client).await.map(|l| l.status), Some(ListenerState::Stopped));
+
+    let reply = client.put(&format!("/1.0/loadbalancer/{UDP_LISTENER}/start"), "").await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert_eq!(
+        reply.json::<Message>(),
+        Message::with_details("OK", format!("keepalivedlvs listener {UDP_LISTENER} started"))
+    );
+    let status = listener_status(&client).await.expect("listed");
+    assert_eq!((status.status, status.kind.as_str()), (ListenerState::Active, "UDP"));
+    let details: serde_json::Value = client.get("/1.0/details").await.json();
+    assert_eq!(details["lvs_listener_process_count"], 1);
+    assert!(details["listeners"].as_array().expect("listeners").iter().any(|l| l == UDP_LISTENER));
+
+    // Fresh flows are spread over both members, and answered from the VIP
+    // (the members answer the amphora, which masquerades).
+    wait::until("both members to answer through the VIP", WAIT, || async {
+        let seen = answers(&hyp, 4).await;
+        (seen.contains(&Some("backend-1".into())) && seen.contains(&Some("backend-2".into()))).then_some(())
+    })
+    .await;
+    let beat = receiver
+        .until("a heartbeat with both members up and traffic", |beat| {
+            let listener = beat.listeners.get(UDP_LISTENER)?;
+            (listener.status == "OPEN"
+                && members(beat)? == vec![(MEMBER_1.into(), "UP".into()), (MEMBER_2.into(), "UP".into())])
+            .then(|| beat.clone())
+        })
+        .await;
+    assert_eq!(beat.pools[POOL].status, "UP");
+
+    // A member that stops listening fails its check and leaves IPVS.
+    two.abort();
+    receiver
+        .until("member 2 reported down", |beat| {
+            (members(beat)? == vec![(MEMBER_1.into(), "UP".into()), (MEMBER_2.into(), "DOWN".into())]).then_some(())
+        })
+        .await;
+    assert_eq!(answers(&hyp, 4).await, vec![Some("backend-1".to_owned()); 4], "only the healthy member serves");
+    let _two = backend(&hyp, "10.1.0.2:5353", "backend-2");
+    receiver
+        .until("member 2 back up", |beat| {
+            (members(beat)? == vec![(MEMBER_1.into(), "UP".into()), (MEMBER_2.into(), "UP".into())]).then_some(())
+        })
+        .await;
+
+    // A reload restarts keepalived (its reload would not restore members).
+    let before = keepalived_pid(&agent).expect("pid");
+    let reply = client.put(&format!("/1.0/loadbalancer/{UDP_LISTENER}/reload"), "").await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let after = keepalived_pid(&agent).expect("pid");
+    assert_ne!(before, after, "a new keepalived");
+    assert!(!alive(before));
+    wait::until("traffic after the reload", WAIT, || async { ask(&hyp).await }).await;
+
+    // The agent restarts; keepalived keeps serving and is adopted.
+    agent.terminate();
+    assert!(alive(after));
+    assert!(ask(&hyp).await.is_some(), "served while the agent is down");
+    agent.restart();
+    let client = agent.client();
+    assert_eq!(listener_status(&client).await.map(|l| l.status), Some(ListenerState::Active));
+    assert_eq!(keepalived_pid(&agent), Some(after));
+
+    // Deleted: keepalived stops, IPVS forgets the service, files go.
+    let reply = client.delete(&format!("/1.0/listeners/{UDP_LISTENER}")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(!alive(after));
+    wait::until("the VIP to stop answering", WAIT, || async { ask(&hyp).await.is_none().then_some(()) }).await;
+    let reply = client.get(&paths::v1::lvs_config(UDP_LISTENER)).await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(
+        reply.json::<Message>(),
+        Message::with_details("UDP Listener Not Found", format!("No UDP listener with UUID: {UDP_LISTENER}"))
+    );
+    assert!(listener_status(&client).await.is_none());
+    assert_eq!(client.put(&format!("/1.0/loadbalancer/{UDP_LISTENER}/start"), "").await.status, 404);
+}
+
+async fn refused_configuration() {
+    let (agent, _hyp, _receiver) = plugged().await;
+    let client = agent.client();
+    let config = lvs_config(&agent);
+    assert_eq!(client.put(&upload_path(&agent), config.clone()).await.status, 200);
+    let broken = config.replace("lb_algo rr", "lb_algo bogus");
+    let reply = client.put(&upload_path(&agent), broken).await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    let message: Message = reply.json();
+    assert_eq!(message.message, "Invalid request");
+    assert!(message.details.expect("details").contains("bogus"), "keepalived's words");
+    let stored = client.get(&paths::v1::lvs_config(UDP_LISTENER)).await;
+    assert_eq!(stored.text(), config, "the previous configuration stays");
+    let reply = client.put(&format!("/1.0/loadbalancer/{UDP_LISTENER}/BAD_TEST_DATA"), "").await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json::<Message>(), Message::with_details("Invalid Request", "Unknown action: BAD_TEST_DATA"));
+}
