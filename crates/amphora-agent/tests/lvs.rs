@@ -1,12 +1,12 @@
 //! UDP listeners through keepalived and IPVS, with real datagrams.
 //!
-//! The test machine's kernel has no IPVS, so this binary boots a throwaway
-//! VM with Debian's stock kernel (`amphora_testkit::vm`, on this machine's
-//! own root filesystem) and runs itself there, where the scenarios below
-//! run one after the other: the agent in a "VM" namespace, a "hypervisor"
-//! namespace holding the client side of the VIP port and two UDP backends
-//! on the member network, and a health manager stand-in receiving
-//! heartbeats.
+//! The test machine's kernel has no IPVS, so `lvs_scenarios_pass_in_a_vm`
+//! boots a throwaway VM with Debian's stock kernel (`amphora_testkit::vm`,
+//! on this machine's own root filesystem) and runs itself there, where the
+//! scenarios run one after the other. Each scenario has the agent in a "VM"
+//! namespace, a "hypervisor" namespace holding the client side of the VIP
+//! port and two UDP backends on the member network, and a health manager
+//! stand-in receiving heartbeats.
 
 mod common;
 
@@ -15,7 +15,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use amphora_proto::heartbeat::{self, Heartbeat};
@@ -37,53 +36,69 @@ const KEY: &str = "insecure";
 
 type Scenario = fn() -> Pin<Box<dyn Future<Output = ()>>>;
 
+/// The scenarios, run one after the other in one VM.
 const SCENARIOS: &[(&str, Scenario)] = &[
     ("udp_datagrams_reach_both_members_and_follow_their_health", || Box::pin(udp_through_ipvs())),
     ("a_refused_configuration_leaves_the_previous_one", || Box::pin(refused_configuration())),
 ];
 
-fn main() -> ExitCode {
-    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let chosen: Vec<&(&str, Scenario)> =
-        SCENARIOS.iter().filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f))).collect();
+/// On the host: boots a VM and runs this same test there, where it runs
+/// the scenarios (`AMPHORA_LVS_SCENARIOS`, a comma-separated list of
+/// names, picks some), each on a runtime of its own; a panic fails it and
+/// the rest still run.
+#[test]
+fn lvs_scenarios_pass_in_a_vm() {
+    let chosen: Vec<&(&str, Scenario)> = match std::env::var("AMPHORA_LVS_SCENARIOS") {
+        Ok(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| SCENARIOS.iter().find(|(name, _)| *name == n).unwrap_or_else(|| panic!("no scenario {n:?}")))
+            .collect(),
+        Err(_) => SCENARIOS.iter().collect(),
+    };
     if std::env::var_os("AMPHORA_IN_VM").is_some() {
         return guest(&chosen);
     }
-    if chosen.is_empty() {
-        return ExitCode::SUCCESS;
-    }
     let exe = std::env::current_exe().expect("this test's path");
-    let mut command: Vec<OsString> = vec![exe.into()];
-    command.extend(chosen.iter().map(|(name, _)| OsString::from(*name)));
-    println!("running {} scenario(s) in a VM", chosen.len());
-    let outcome = vm::run(&command, &[("AMPHORA_IN_VM", "1"), ("RUST_BACKTRACE", "1")], Duration::from_secs(900))
-        .unwrap_or_else(|e| panic!("cannot run the VM: {e}"));
-    print!("{}", outcome.output);
-    if outcome.success() {
-        ExitCode::SUCCESS
-    } else {
-        if outcome.status.is_none() {
-            println!("---- the VM reported no status; its console ----\n{}", outcome.console);
-        }
-        ExitCode::FAILURE
+    let command: Vec<OsString> =
+        [exe.into_os_string(), "lvs_scenarios_pass_in_a_vm".into(), "--exact".into(), "--nocapture".into()].into();
+    let names: Vec<&str> = chosen.iter().map(|(name, _)| *name).collect();
+    let list = names.join(",");
+    let started = std::time::Instant::now();
+    let env = [("AMPHORA_IN_VM", "1"), ("RUST_BACKTRACE", "1"), ("AMPHORA_LVS_SCENARIOS", list.as_str())];
+    let outcome =
+        vm::run(&command, &env, Duration::from_secs(900)).unwrap_or_else(|e| panic!("cannot run the VM: {e}"));
+    println!("{}\n(the VM ran for {:?})", outcome.output, started.elapsed());
+    assert!(
+        outcome.success(),
+        "scenarios failed in the VM (status {:?}):\n{}\n---- console ----\n{}",
+        outcome.status,
+        outcome.output,
+        if outcome.status.is_none() { outcome.console.as_str() } else { "" }
+    );
+    for name in names {
+        assert!(
+            outcome.output.contains(&format!("scenario {name} ... ok")),
+            "{name} did not pass:\n{}",
+            outcome.output
+        );
     }
 }
 
-/// Inside the VM: each scenario on a runtime of its own; a panic fails it
-/// and the rest still run.
-fn guest(chosen: &[&(&str, Scenario)]) -> ExitCode {
+/// In the VM: each scenario on a runtime of its own.
+fn guest(chosen: &[&(&str, Scenario)]) {
     let mut failed = Vec::new();
     for (name, scenario) in chosen {
         let result = std::panic::catch_unwind(|| {
             tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(scenario())
         });
-        println!("test {name} ... {}", if result.is_ok() { "ok" } else { "FAILED" });
+        println!("scenario {name} ... {}", if result.is_ok() { "ok" } else { "FAILED" });
         if result.is_err() {
             failed.push(*name);
         }
     }
-    println!("\n{} passed; {} failed {:?}", chosen.len() - failed.len(), failed.len(), failed);
-    if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    assert!(failed.is_empty(), "{} of {} scenario(s) failed: {failed:?}", failed.len(), chosen.len());
 }
 
 /// The hypervisor: the other ends of the VIP and member ports.
