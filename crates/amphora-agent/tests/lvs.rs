@@ -375,6 +375,22 @@ async fn refused_configuration() {
     assert!(message.details.expect("details").contains("bogus"), "keepalived's words");
     let stored = client.get(&paths::v1::lvs_config(UDP_LISTENER)).await;
     assert_eq!(stored.text(), config, "the previous configuration stays");
+
+    // A check that would run a program of the uploader's choice, as root.
+    let check = agent.base_path().join("lvs/check/udp_check.sh");
+    let hostile = config.replace(&format!("\"{}", check.display()), "\"/bin/sh -c touch${IFS}/tmp/owned");
+    assert_ne!(hostile, config);
+    let reply = client.put(&upload_path(&agent), hostile).await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    let details = reply.json::<Message>().details.expect("details");
+    assert!(details.contains("misc_path runs \"/bin/sh\""), "{details}");
+    // Garbage: keepalived's own words.
+    let reply = client.put(&upload_path(&agent), "this is { not keepalived\n").await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert_eq!(reply.json::<Message>().message, "Invalid request");
+    let stored = client.get(&paths::v1::lvs_config(UDP_LISTENER)).await;
+    assert_eq!(stored.text(), config, "the previous configuration stays");
+
     let reply = client.put(&format!("/1.0/loadbalancer/{UDP_LISTENER}/BAD_TEST_DATA"), "").await;
     assert_eq!(reply.status, 400);
     assert_eq!(reply.json::<Message>(), Message::with_details("Invalid Request", "Unknown action: BAD_TEST_DATA"));

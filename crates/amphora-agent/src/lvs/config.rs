@@ -107,6 +107,64 @@ pub fn runnable(text: &str) -> String {
     text.lines().filter(|line| !line.trim_start().starts_with("net_namespace")).flat_map(|line| [line, "\n"]).collect()
 }
 
+/// keepalived keywords whose value runs a program (as root, in the
+/// amphora namespace).
+const RUNS_A_PROGRAM: &[&str] = &[
+    "misc_path",
+    "notify",
+    "notify_up",
+    "notify_down",
+    "notify_master",
+    "notify_backup",
+    "notify_fault",
+    "notify_stop",
+    "notify_deleted",
+    "notify_master_rx_lower_pri",
+    "script",
+    "startup_script",
+    "shutdown_script",
+    "notify_fifo_script",
+    "vrrp_notify_fifo_script",
+    "lvs_notify_fifo_script",
+];
+
+/// The program a health-check script names without a path: upstream's
+/// SCTP check, `amphora-health-checker sctp ...`, found on keepalived's
+/// PATH (the agent's own directory first).
+pub const HEALTH_CHECKER: &str = "amphora-health-checker";
+
+/// Refuses what keepalived would run outside the agent's own checks: every
+/// program a configuration names must be [`HEALTH_CHECKER`] or a file
+/// directly in `check_dir` (where the agent writes `udp_check.sh`), and no
+/// other file may be included. The controller's templates name nothing
+/// else.
+pub fn check_programs(text: &str, check_dir: &std::path::Path) -> Result<(), String> {
+    for (number, raw) in text.lines().enumerate() {
+        let line = raw.split(['#', '!']).next().unwrap_or("").trim();
+        let (keyword, value) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        if keyword == "include" {
+            return Err(format!("line {}: include is not accepted", number + 1));
+        }
+        if !RUNS_A_PROGRAM.contains(&keyword) {
+            continue;
+        }
+        let value = value.trim();
+        let command = value.strip_prefix('"').and_then(|v| v.split('"').next()).unwrap_or(value);
+        let program = command.split_whitespace().next().unwrap_or("");
+        let path = std::path::Path::new(program);
+        let allowed = program == HEALTH_CHECKER
+            || (path.parent() == Some(check_dir) && path.file_name().is_some_and(|name| name != ".." && name != "."));
+        if !allowed {
+            return Err(format!(
+                "line {}: {keyword} runs {program:?}; only {HEALTH_CHECKER} or a script in {} may run",
+                number + 1,
+                check_dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +257,28 @@ virtual_server group ipv4-group {
         assert!(!runnable.contains("net_namespace"));
         assert_eq!(runnable.lines().count(), UDP.lines().count() - 1);
         assert_eq!(parse(&runnable), parse(UDP));
+    }
+
+    #[test]
+    fn the_controllers_checks_may_run_and_nothing_else() {
+        let check_dir = std::path::Path::new("/var/lib/octavia/lvs/check");
+        assert_eq!(check_programs(UDP, check_dir), Ok(()));
+        let sctp = "real_server 10.0.0.1 9000 {\n    MISC_CHECK {\n        \
+                    misc_path \"amphora-health-checker sctp -t 3 10.0.0.1 9000\"\n    }\n}\n";
+        assert_eq!(check_programs(sctp, check_dir), Ok(()));
+        for (hostile, why) in [
+            ("misc_path \"/bin/sh -c 'rm -rf /'\"", "misc_path runs \"/bin/sh\""),
+            ("misc_path \"/var/lib/octavia/lvs/check/../../../../bin/sh\"", "misc_path runs"),
+            ("misc_path /tmp/x.sh", "misc_path runs \"/tmp/x.sh\""),
+            ("    notify_down \"/usr/bin/touch /tmp/p\"", "notify_down runs \"/usr/bin/touch\""),
+            ("include /etc/keepalived/other.conf", "include is not accepted"),
+            ("misc_path \"./udp_check.sh 1 2\"", "misc_path runs \"./udp_check.sh\""),
+        ] {
+            let text = format!("virtual_server 10.0.0.2 80 {{\n{hostile}\n}}\n");
+            let error = check_programs(&text, check_dir).expect_err(hostile);
+            assert!(error.starts_with("line 2: ") && error.contains(why), "{hostile}: {error}");
+        }
+        // A comment may say anything.
+        assert_eq!(check_programs("# misc_path /bin/sh\n! notify /bin/sh\n", check_dir), Ok(()));
     }
 }

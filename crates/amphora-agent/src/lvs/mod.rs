@@ -152,6 +152,8 @@ impl LvsService {
     /// running listener keeps its configuration until it is reloaded.
     pub async fn upload(&self, id: &LbId, body: &[u8]) -> Result<String, LvsError> {
         let text = std::str::from_utf8(body).map_err(|_| LvsError::NotUtf8)?;
+        // keepalived runs these as root: only the agent's own checks.
+        config::check_programs(text, &self.dir.join("check")).map_err(LvsError::Invalid)?;
         let instance = self.instance(id);
         let mut guard = instance.exclusive().await;
         for dir in [self.agent_dir(), self.dir.join("check")] {
