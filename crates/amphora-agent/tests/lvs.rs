@@ -40,6 +40,7 @@ type Scenario = fn() -> Pin<Box<dyn Future<Output = ()>>>;
 const SCENARIOS: &[(&str, Scenario)] = &[
     ("udp_datagrams_reach_both_members_and_follow_their_health", || Box::pin(udp_through_ipvs())),
     ("a_refused_configuration_leaves_the_previous_one", || Box::pin(refused_configuration())),
+    ("sctp_associations_reach_both_members_and_follow_their_health", || Box::pin(sctp_through_ipvs())),
 ];
 
 /// On the host: boots a VM and runs this same test there, where it runs
@@ -394,4 +395,142 @@ async fn refused_configuration() {
     let reply = client.put(&format!("/1.0/loadbalancer/{UDP_LISTENER}/BAD_TEST_DATA"), "").await;
     assert_eq!(reply.status, 400);
     assert_eq!(reply.json::<Message>(), Message::with_details("Invalid Request", "Unknown action: BAD_TEST_DATA"));
+}
+
+const SCTP_LISTENER: &str = "7d1a9b80-5c1e-4a43-9c0e-3f0f5a7c2b40";
+const SCTP_PORT: u16 = 9000;
+
+/// The controller's rendering of an SCTP listener whose health monitor is
+/// upstream's SCTP check (`amphora-health-checker sctp`).
+fn sctp_config() -> String {
+    let member = |id: &str, address: &str| {
+        format!(
+            "    # Configuration for Member {id}\n    real_server {address} {SCTP_PORT} {{\n        weight 1\n\
+             \x20       MISC_CHECK {{\n            misc_path \"amphora-health-checker sctp -t 1 {address} {SCTP_PORT}\"\n\
+             \x20           misc_timeout 2\n        }}\n    }}\n\n"
+        )
+    };
+    format!(
+        "# Configuration for Loadbalancer {LB}\n# Configuration for Listener {SCTP_LISTENER}\n\n\
+         net_namespace amphora-haproxy\n\n\
+         virtual_server_group ipv4-group {{\n    10.0.0.10 {SCTP_PORT}\n}}\n\n\
+         virtual_server group ipv4-group {{\n    lb_algo rr\n    lb_kind NAT\n    protocol SCTP\n\
+         \x20   delay_loop 1\n    delay_before_retry 1\n    retry 1\n\n\n\
+         \x20   # Configuration for Pool {POOL}\n    # Configuration for HealthMonitor {POOL}\n{}{}}}\n\n",
+        member(MEMBER_1, "10.1.0.1"),
+        member(MEMBER_2, "10.1.0.2"),
+    )
+}
+
+/// A one-to-one SCTP socket (the TCP-like style); std and tokio read,
+/// write and accept on it as on a TCP socket.
+fn sctp_socket() -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
+    socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, SockProtocol::Sctp).expect("an SCTP socket")
+}
+
+/// An SCTP server answering each association's first message with its
+/// name, then closing it.
+fn sctp_backend(hyp: &Hypervisor, address: &str, name: &'static str) -> JoinHandle<()> {
+    use nix::sys::socket::{Backlog, SockaddrIn, bind, listen};
+    let address: std::net::SocketAddrV4 = address.parse().expect("address");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = hyp.runtime.spawn(async move {
+        let fd = sctp_socket();
+        nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReuseAddr, &true).expect("reuse");
+        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(address)).expect("bind an SCTP backend");
+        listen(&fd, Backlog::new(16).expect("backlog")).expect("listen");
+        let listener = std::net::TcpListener::from(fd);
+        listener.set_nonblocking(true).expect("nonblocking");
+        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+        let _ = tx.send(());
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buffer = [0u8; 64];
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buffer)).await
+                && n > 0
+            {
+                let _ = stream.write_all(name.as_bytes()).await;
+            }
+        }
+    });
+    rx.recv_timeout(WAIT).expect("SCTP backend bound");
+    handle
+}
+
+/// One association to the VIP: who answered, if anyone within a second.
+async fn sctp_ask(hyp: &Hypervisor) -> Option<String> {
+    hyp.runtime
+        .spawn(async {
+            tokio::task::spawn_blocking(|| {
+                use std::io::{Read, Write};
+                let fd = sctp_socket();
+                let vip = std::net::SocketAddrV4::new([10, 0, 0, 10].into(), SCTP_PORT);
+                nix::sys::socket::connect(
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    &nix::sys::socket::SockaddrIn::from(vip),
+                )
+                .ok()?;
+                let mut stream = std::net::TcpStream::from(fd);
+                stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+                stream.set_write_timeout(Some(Duration::from_secs(1))).ok()?;
+                stream.write_all(b"hello").ok()?;
+                let mut buffer = [0u8; 64];
+                let n = stream.read(&mut buffer).ok()?;
+                (n > 0).then(|| String::from_utf8_lossy(&buffer[..n]).into_owned())
+            })
+            .await
+            .ok()
+            .flatten()
+        })
+        .await
+        .expect("join")
+}
+
+async fn sctp_through_ipvs() {
+    let (agent, hyp, receiver) = plugged().await;
+    let client = agent.client();
+    let _one = sctp_backend(&hyp, "10.1.0.1:9000", "backend-1");
+    let two = sctp_backend(&hyp, "10.1.0.2:9000", "backend-2");
+
+    let config = sctp_config();
+    let upload = paths::v1::lvs_upload_config(&agent.amphora_id, SCTP_LISTENER);
+    let reply = client.put(&upload, config.clone()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let reply = client.put(&format!("/1.0/loadbalancer/{SCTP_LISTENER}/start"), "").await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let all: Vec<ListenerStatus> = client.get("/1.0/listeners").await.json();
+    let status = all.into_iter().find(|l| l.uuid == SCTP_LISTENER).expect("listed");
+    assert_eq!((status.status, status.kind.as_str()), (ListenerState::Active, "SCTP"));
+
+    wait::until("both members to answer SCTP associations through the VIP", WAIT, || async {
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(sctp_ask(&hyp).await);
+        }
+        (seen.contains(&Some("backend-1".into())) && seen.contains(&Some("backend-2".into()))).then_some(())
+    })
+    .await;
+    receiver
+        .until("a heartbeat with both SCTP members up", |beat| {
+            (members(beat)? == vec![(MEMBER_1.into(), "UP".into()), (MEMBER_2.into(), "UP".into())]).then_some(())
+        })
+        .await;
+
+    // A member that stops listening fails upstream's SCTP check.
+    two.abort();
+    receiver
+        .until("SCTP member 2 reported down", |beat| {
+            (members(beat)? == vec![(MEMBER_1.into(), "UP".into()), (MEMBER_2.into(), "DOWN".into())]).then_some(())
+        })
+        .await;
+    for _ in 0..4 {
+        assert_eq!(sctp_ask(&hyp).await.as_deref(), Some("backend-1"), "only the healthy member serves");
+    }
+
+    let reply = client.delete(&format!("/1.0/listeners/{SCTP_LISTENER}")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    wait::until("the SCTP VIP to stop answering", WAIT, || async { sctp_ask(&hyp).await.is_none().then_some(()) })
+        .await;
 }
