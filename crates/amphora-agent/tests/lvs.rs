@@ -385,6 +385,13 @@ async fn refused_configuration() {
     assert_eq!(reply.status, 400, "{}", reply.text());
     let details = reply.json::<Message>().details.expect("details");
     assert!(details.contains("misc_path runs \"/bin/sh\""), "{details}");
+    // A virtual server on a port outside the listener's.
+    let other_port = config.replace("    10.0.0.10 5353\n", "    10.0.0.10 5353\n    10.0.0.10 22\n");
+    assert_ne!(other_port, config);
+    let reply = client.put(&upload_path(&agent), other_port).await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    let details = reply.json::<Message>().details.expect("details");
+    assert!(details.contains("a listener serves one port"), "{details}");
     // Garbage: keepalived's own words.
     let reply = client.put(&upload_path(&agent), "this is { not keepalived\n").await;
     assert_eq!(reply.status, 400, "{}", reply.text());

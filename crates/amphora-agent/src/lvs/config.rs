@@ -107,6 +107,28 @@ pub fn runnable(text: &str) -> String {
     text.lines().filter(|line| !line.trim_start().starts_with("net_namespace")).flat_map(|line| [line, "\n"]).collect()
 }
 
+/// A listener serves one port: every virtual server of its configuration
+/// must be on the same port, and none may be one that another listener
+/// (`others`, by id) already serves with the same protocol.
+pub fn check_virtual_servers(config: &LvsConfig, others: &[(String, LvsConfig)]) -> Result<(), String> {
+    let mut ports: Vec<u16> = config.virtual_servers.iter().map(SocketAddr::port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    if ports.len() > 1 {
+        return Err(format!("virtual servers on ports {ports:?}: a listener serves one port"));
+    }
+    let protocol = config.protocol.unwrap_or(Protocol::Udp);
+    for (id, other) in others {
+        if other.protocol.unwrap_or(Protocol::Udp) != protocol {
+            continue;
+        }
+        if let Some(address) = config.virtual_servers.iter().find(|a| other.virtual_servers.contains(a)) {
+            return Err(format!("{address} is already served by listener {id}"));
+        }
+    }
+    Ok(())
+}
+
 /// keepalived keywords whose value runs a program (as root, in the
 /// amphora namespace).
 const RUNS_A_PROGRAM: &[&str] = &[
@@ -280,5 +302,24 @@ virtual_server group ipv4-group {
         }
         // A comment may say anything.
         assert_eq!(check_programs("# misc_path /bin/sh\n! notify /bin/sh\n", check_dir), Ok(()));
+    }
+
+    #[test]
+    fn a_listener_serves_one_port_no_other_listener_serves() {
+        let mine = parse(UDP);
+        assert_eq!(check_virtual_servers(&mine, &[]), Ok(()));
+        let two_ports = parse(&UDP.replace("    10.0.0.2 80\n", "    10.0.0.2 80\n    10.0.0.3 22\n"));
+        assert_eq!(
+            check_virtual_servers(&two_ports, &[]),
+            Err("virtual servers on ports [22, 80]: a listener serves one port".to_owned())
+        );
+        let other = ("other".to_owned(), parse("virtual_server 10.0.0.2 80 {\n    protocol UDP\n}\n"));
+        assert_eq!(
+            check_virtual_servers(&mine, std::slice::from_ref(&other)),
+            Err("10.0.0.2:80 is already served by listener other".to_owned())
+        );
+        // The same address and port over SCTP is another service.
+        let sctp = ("sctp".to_owned(), parse("virtual_server 10.0.0.2 80 {\n    protocol SCTP\n}\n"));
+        assert_eq!(check_virtual_servers(&mine, &[sctp]), Ok(()));
     }
 }

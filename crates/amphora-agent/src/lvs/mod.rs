@@ -154,6 +154,13 @@ impl LvsService {
         let text = std::str::from_utf8(body).map_err(|_| LvsError::NotUtf8)?;
         // keepalived runs these as root: only the agent's own checks.
         config::check_programs(text, &self.dir.join("check")).map_err(LvsError::Invalid)?;
+        let others: Vec<(String, LvsConfig)> = self
+            .listeners()
+            .into_iter()
+            .filter(|other| other != id)
+            .map(|o| (o.to_string(), self.parsed(&o)))
+            .collect();
+        config::check_virtual_servers(&config::parse(text), &others).map_err(LvsError::Invalid)?;
         let instance = self.instance(id);
         let mut guard = instance.exclusive().await;
         for dir in [self.agent_dir(), self.dir.join("check")] {
