@@ -43,6 +43,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("sctp_associations_reach_both_members_and_follow_their_health", || Box::pin(sctp_through_ipvs())),
 ];
 
+/// Measurements, run only when named in `AMPHORA_LVS_SCENARIOS` (for
+/// bench/RESULTS.md); they assert only that traffic flowed.
+const MEASUREMENTS: &[(&str, Scenario)] = &[("udp_throughput_through_the_vip", || Box::pin(udp_throughput()))];
+
 /// On the host: boots a VM and runs this same test there, where it runs
 /// the scenarios (`AMPHORA_LVS_SCENARIOS`, a comma-separated list of
 /// names, picks some), each on a runtime of its own; a panic fails it and
@@ -54,7 +58,13 @@ fn lvs_scenarios_pass_in_a_vm() {
             .split(',')
             .map(str::trim)
             .filter(|n| !n.is_empty())
-            .map(|n| SCENARIOS.iter().find(|(name, _)| *name == n).unwrap_or_else(|| panic!("no scenario {n:?}")))
+            .map(|n| {
+                SCENARIOS
+                    .iter()
+                    .chain(MEASUREMENTS)
+                    .find(|(name, _)| *name == n)
+                    .unwrap_or_else(|| panic!("no scenario {n:?}"))
+            })
             .collect(),
         Err(_) => SCENARIOS.iter().collect(),
     };
@@ -540,4 +550,49 @@ async fn sctp_through_ipvs() {
     assert_eq!(reply.status, 200, "{}", reply.text());
     wait::until("the SCTP VIP to stop answering", WAIT, || async { sctp_ask(&hyp).await.is_none().then_some(()) })
         .await;
+}
+
+/// 1000-byte datagrams through the VIP to one member on one flow, with up
+/// to `WINDOW` unanswered, for `SECONDS`: answers per second.
+async fn udp_throughput() {
+    const SECONDS: u64 = 5;
+    const WINDOW: usize = 32;
+    let (agent, hyp, _receiver) = plugged().await;
+    let client = agent.client();
+    let _one = backend(&hyp, "10.1.0.1:5353", "backend-1");
+    let _two = backend(&hyp, "10.1.0.2:5353", "backend-2");
+    assert_eq!(client.put(&upload_path(&agent), lvs_config(&agent)).await.status, 200);
+    assert_eq!(client.put(&format!("/1.0/loadbalancer/{UDP_LISTENER}/start"), "").await.status, 202);
+    wait::until("the VIP to answer", WAIT, || async { ask(&hyp).await }).await;
+    let (answered, elapsed) = hyp
+        .runtime
+        .spawn(async {
+            let socket = UdpSocket::bind("10.0.0.1:0").await.expect("bind");
+            socket.connect(VIP).await.expect("connect");
+            let payload = [7u8; 1000];
+            for _ in 0..WINDOW {
+                socket.send(&payload).await.expect("send");
+            }
+            let started = std::time::Instant::now();
+            let deadline = started + Duration::from_secs(SECONDS);
+            let mut answered = 0u64;
+            let mut buffer = [0u8; 64];
+            while std::time::Instant::now() < deadline {
+                // An answer, or a lost datagram after 200 ms: either way
+                // one more goes out, so the window stays full.
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), socket.recv(&mut buffer)).await {
+                    answered += 1;
+                }
+                let _ = socket.send(&payload).await;
+            }
+            (answered, started.elapsed())
+        })
+        .await
+        .expect("join");
+    let rate = answered as f64 / elapsed.as_secs_f64();
+    println!(
+        "MEASURE udp_throughput: {answered} datagrams of 1000 bytes answered in {elapsed:.2?}: {rate:.0}/s, {:.1} Mbit/s in",
+        rate * 8000.0 / 1e6
+    );
+    assert!(answered > 0, "no datagram answered");
 }
