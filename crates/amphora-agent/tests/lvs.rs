@@ -340,14 +340,48 @@ async fn udp_through_ipvs() {
         })
         .await;
 
-    // A reload restarts keepalived (its reload would not restore members).
+    // A reload restarts keepalived (its reload would not restore members),
+    // as upstream. One flow (one client socket) open across it is answered
+    // again afterwards; the restart removes and re-adds the virtual server,
+    // so the flow may move to the other member (printed, not asserted).
+    let flow = hyp
+        .runtime
+        .spawn(async {
+            let socket = UdpSocket::bind("10.0.0.1:0").await.expect("bind");
+            socket.connect(VIP).await.expect("connect");
+            std::sync::Arc::new(socket)
+        })
+        .await
+        .expect("join");
+    let on_flow = |flow: std::sync::Arc<UdpSocket>| {
+        hyp.runtime.spawn(async move {
+            flow.send(b"hello").await.ok()?;
+            let mut buffer = [0u8; 64];
+            let len = tokio::time::timeout(Duration::from_secs(1), flow.recv(&mut buffer)).await.ok()?.ok()?;
+            Some(String::from_utf8_lossy(&buffer[..len]).into_owned())
+        })
+    };
+    let first = on_flow(flow.clone()).await.expect("join").expect("the flow answered before the reload");
     let before = keepalived_pid(&agent).expect("pid");
     let reply = client.put(&format!("/1.0/loadbalancer/{UDP_LISTENER}/reload"), "").await;
     assert_eq!(reply.status, 202, "{}", reply.text());
+    assert_eq!(
+        reply.json::<Message>(),
+        Message::with_details("OK", format!("keepalivedlvs listener {UDP_LISTENER} restarted"))
+    );
     let after = keepalived_pid(&agent).expect("pid");
     assert_ne!(before, after, "a new keepalived");
     assert!(!alive(before));
     wait::until("traffic after the reload", WAIT, || async { ask(&hyp).await }).await;
+    let mut lost = 0;
+    let again = loop {
+        match on_flow(flow.clone()).await.expect("join") {
+            Some(answer) => break answer,
+            None => lost += 1,
+        }
+        assert!(lost < 10, "the flow is never answered again after the reload");
+    };
+    println!("MEASURE reload: the flow answered by {first} before, {again} after, {lost} datagram(s) lost");
 
     // The agent restarts; keepalived keeps serving and is adopted.
     agent.terminate();
