@@ -497,20 +497,24 @@ fn sctp_backend(hyp: &Hypervisor, address: &str, name: &'static str) -> JoinHand
         let _ = tx.send(());
         loop {
             let Ok((mut stream, _)) = listener.accept().await else { continue };
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut buffer = [0u8; 64];
-            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buffer)).await
-                && n > 0
-            {
-                let _ = stream.write_all(name.as_bytes()).await;
-            }
+            // Each association on its own: a slow one (a health check)
+            // does not hold the next one up.
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buffer = [0u8; 64];
+                if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await
+                    && n > 0
+                {
+                    let _ = stream.write_all(name.as_bytes()).await;
+                }
+            });
         }
     });
     rx.recv_timeout(WAIT).expect("SCTP backend bound");
     handle
 }
 
-/// One association to the VIP: who answered, if anyone within a second.
+/// One association to the VIP: who answered, if anyone within 3 s.
 async fn sctp_ask(hyp: &Hypervisor) -> Option<String> {
     hyp.runtime
         .spawn(async {
@@ -524,8 +528,10 @@ async fn sctp_ask(hyp: &Hypervisor) -> Option<String> {
                 )
                 .ok()?;
                 let mut stream = std::net::TcpStream::from(fd);
-                stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-                stream.set_write_timeout(Some(Duration::from_secs(1))).ok()?;
+                // Emulated CPU: generous, but still well under a health
+                // check's period times its retries.
+                stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+                stream.set_write_timeout(Some(Duration::from_secs(3))).ok()?;
                 stream.write_all(b"hello").ok()?;
                 let mut buffer = [0u8; 64];
                 let n = stream.read(&mut buffer).ok()?;
