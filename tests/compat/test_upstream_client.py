@@ -23,6 +23,9 @@ from oslo_config import cfg
 from octavia.amphorae.drivers.haproxy import exceptions as driver_exceptions
 from octavia.amphorae.drivers.haproxy import rest_api_driver
 from octavia.common import config  # noqa: F401  (registers the options)
+from octavia.common import constants
+from octavia.common.jinja.lvs import jinja_cfg as lvs_jinja_cfg
+from octavia.tests.unit.common.sample_configs import sample_configs_combined
 
 ENV = os.environ
 
@@ -143,6 +146,36 @@ class UpstreamClient(unittest.TestCase):
         self.assertEqual([p['uuid'] for p in status['pools']], ['pool'])
         with self.assertRaises(driver_exceptions.NotFound):
             self.client.start_listener(self.amp, '00000000-0000-4000-8000-000000000000')
+
+    def test_22_udp_listener_config(self):
+        # Rendered by upstream's own template, as its controller does, with
+        # the check script in the agent's base path (the controller assumes
+        # the amphora's is its own base_path).
+        cfg.CONF.set_override('base_path', ENV['AGENT_BASE_PATH'], group='haproxy_amphora')
+        listener = sample_configs_combined.sample_listener_tuple(
+            proto=constants.PROTOCOL_UDP,
+            persistence_type=constants.SESSION_PERSISTENCE_SOURCE_IP,
+            persistence_timeout=33,
+            persistence_granularity='255.255.0.0',
+            monitor_proto=constants.HEALTH_MONITOR_UDP_CONNECT,
+            connection_limit=98)
+        config = lvs_jinja_cfg.LvsJinjaTemplater().build_config(listener=listener)
+        self.assertIn(ENV['AGENT_BASE_PATH'] + '/lvs/check/udp_check.sh', config)
+        response = self.client.upload_udp_config(self.amp, listener.id, config)
+        self.assertEqual(response.status_code, 200)
+        self.assertEqual(response.headers['ETag'], hashlib.md5(config.encode()).hexdigest())
+        stored = self.client.get(self.amp, f'listeners/{listener.id}/udp_listener')
+        self.assertEqual(stored.text, config)
+        listeners = self.client.get_all_listeners(self.amp)
+        self.assertIn({'status': 'STOPPED', 'uuid': listener.id, 'type': 'UDP'}, listeners)
+        # keepalived would run this as root: refused, the stored one stays.
+        with self.assertRaises(driver_exceptions.InvalidRequest):
+            self.client.upload_udp_config(
+                self.amp, listener.id,
+                config.replace(ENV['AGENT_BASE_PATH'] + '/lvs/check/udp_check.sh', '/bin/sh'))
+        self.assertEqual(self.client.get(self.amp, f'listeners/{listener.id}/udp_listener').text, config)
+        self.assertEqual(self.client.delete_listener(self.amp, listener.id).status_code, 200)
+        self.assertNotIn(listener.id, [entry['uuid'] for entry in self.client.get_all_listeners(self.amp)])
 
     def test_30_certificates(self):
         pem = read(ENV['LB_PEM'])

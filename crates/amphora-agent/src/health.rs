@@ -4,7 +4,8 @@
 //! stat`, build the version 3 message (listener counters as deltas since the
 //! previous message, pool and member statuses), sign it and send it as one
 //! UDP datagram to the next controller of `controller_ip_port_list` (round
-//! robin, as upstream). Counters are persisted in upstream's
+//! robin, as upstream). UDP and SCTP listeners report IPVS's counters and
+//! the members keepalived keeps in it. Counters are persisted in upstream's
 //! `stats_counters.json`, so an agent restart neither repeats nor loses
 //! traffic. Interval, key and controllers follow configuration updates.
 
@@ -14,7 +15,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amphora_proto::heartbeat::{self, Heartbeat, ListenerHealth, ListenerStats, MAX_DATAGRAM, PoolHealth};
+use amphora_proto::heartbeat::{
+    self, BackendStatus, Heartbeat, ListenerHealth, ListenerStats, MAX_DATAGRAM, PoolHealth, ServerStatus,
+};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
@@ -24,6 +27,7 @@ use crate::haproxy::cli;
 use crate::haproxy::stats::{self, Service, StatRow};
 use crate::layout::Layout;
 use crate::lb::LbService;
+use crate::lvs::{ListenerReport, LvsService};
 
 /// Counters reported as deltas, by their `show stat` names.
 const DELTA_METRICS: [&str; 4] = ["bin", "bout", "ereq", "stot"];
@@ -113,6 +117,36 @@ pub fn add_haproxy_stats(message: &mut Heartbeat, rows: &[StatRow], counters: &m
     }
 }
 
+/// Adds the UDP and SCTP listeners (IPVS) to a heartbeat, as upstream's
+/// `build_stats_message` does from `get_lvs_listeners_stats` and
+/// `get_lvs_listener_pool_status`.
+pub fn add_lvs_stats(message: &mut Heartbeat, reports: &[ListenerReport], counters: &mut Counters) {
+    for report in reports {
+        let current: BTreeMap<&str, u64> =
+            [("bin", report.bytes_in), ("bout", report.bytes_out), ("ereq", 0), ("stot", report.total_connections)]
+                .into_iter()
+                .collect();
+        let delta = counters.delta(report.id.as_str(), &current);
+        message.listeners.insert(
+            report.id.to_string(),
+            ListenerHealth {
+                status: "OPEN".into(),
+                stats: ListenerStats {
+                    tx: delta["bout"],
+                    rx: delta["bin"],
+                    conns: report.current_connections,
+                    totconns: delta["stot"],
+                    ereq: delta["ereq"],
+                },
+            },
+        );
+        if let Some(pool) = &report.pool {
+            let members = pool.members.iter().map(|(id, status)| (id.clone(), ServerStatus::from(*status))).collect();
+            message.pools.insert(pool.id.clone(), PoolHealth { status: BackendStatus::from(pool.status), members });
+        }
+    }
+}
+
 /// What had to be left out of a heartbeat to fit one datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trimmed {
@@ -186,6 +220,7 @@ pub fn keepalived_down(layout: &Layout) -> Option<String> {
 pub struct HeartbeatSender {
     amphora_id: String,
     lbs: Arc<LbService>,
+    lvs: Option<Arc<LvsService>>,
     config: watch::Receiver<Arc<Config>>,
     counters: Counters,
     seq: u64,
@@ -193,9 +228,14 @@ pub struct HeartbeatSender {
 }
 
 impl HeartbeatSender {
-    pub fn new(amphora_id: String, lbs: Arc<LbService>, config: watch::Receiver<Arc<Config>>) -> Self {
+    pub fn new(
+        amphora_id: String,
+        lbs: Arc<LbService>,
+        lvs: Option<Arc<LvsService>>,
+        config: watch::Receiver<Arc<Config>>,
+    ) -> Self {
         let counters = Counters::load(lbs.layout().stats_counters());
-        Self { amphora_id, lbs, config, counters, seq: 0, next: 0 }
+        Self { amphora_id, lbs, lvs, config, counters, seq: 0, next: 0 }
     }
 
     /// The current message; counters advance.
@@ -213,6 +253,9 @@ impl HeartbeatSender {
                 Ok(text) => add_haproxy_stats(&mut message, &stats::parse(&text), &mut self.counters),
                 Err(e) => tracing::warn!(socket = %socket.display(), error = %e, "cannot read haproxy statistics"),
             }
+        }
+        if let Some(lvs) = &self.lvs {
+            add_lvs_stats(&mut message, &lvs.reports().await, &mut self.counters);
         }
         message
     }

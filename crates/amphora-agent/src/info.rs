@@ -17,6 +17,7 @@ use amphora_proto::{ApiVersion, Details, Info, TopologyStatus, VrrpRole};
 
 use crate::config::Topology;
 use crate::lb::LbService;
+use crate::lvs::LvsService;
 use crate::net::NetService;
 use crate::settings::LiveConfig;
 use crate::system::packages::{Packages, TRACKED, Versions};
@@ -31,6 +32,7 @@ pub struct Sources {
     pub net: Arc<NetService>,
     pub vrrp: Arc<Vrrp>,
     pub topology: Arc<TopologyService>,
+    pub lvs: Arc<LvsService>,
 }
 
 #[derive(Debug)]
@@ -43,6 +45,7 @@ pub struct InfoService {
     net: Arc<NetService>,
     vrrp: Arc<Vrrp>,
     topology: Arc<TopologyService>,
+    lvs: Arc<LvsService>,
     /// `/info`'s body as last served, with what it was made from.
     info_body: ArcSwapOption<InfoBody>,
 }
@@ -65,8 +68,19 @@ impl InfoService {
         sampler: Arc<Sampler>,
         sources: Sources,
     ) -> Self {
-        let Sources { lbs, net, vrrp, topology } = sources;
-        Self { amphora_id, settings, packages, sampler, lbs, net, vrrp, topology, info_body: ArcSwapOption::empty() }
+        let Sources { lbs, net, vrrp, topology, lvs } = sources;
+        Self {
+            amphora_id,
+            settings,
+            packages,
+            sampler,
+            lbs,
+            net,
+            vrrp,
+            topology,
+            lvs,
+            info_body: ArcSwapOption::empty(),
+        }
     }
 
     /// Reads the package database now rather than on the first request.
@@ -128,7 +142,10 @@ impl InfoService {
         let (topology, role) = self.topology().await;
         let snapshot = self.sampler.snapshot();
         let (rates, machine) = (&snapshot.rates, &snapshot.machine);
-        let (listeners, running) = self.lbs.listener_ids_and_running_count();
+        let (mut listeners, running) = self.lbs.listener_ids_and_running_count();
+        listeners.extend(self.lvs.listeners().iter().map(|id| id.to_string()));
+        listeners.sort();
+        listeners.dedup();
         Details {
             info,
             network_tx: rates.network_tx,
@@ -136,7 +153,7 @@ impl InfoService {
             networks: rates.networks.clone(),
             active: role.is_none_or(|r| r == "MASTER"),
             haproxy_count: running as u32,
-            lvs_listener_process_count: 0,
+            lvs_listener_process_count: self.lvs.running_count() as u32,
             cpu_count: machine.cpu_count,
             cpu: rates.cpu,
             memory: machine.memory,

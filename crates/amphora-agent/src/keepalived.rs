@@ -14,7 +14,7 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use tokio::process::Command;
 
-use crate::daemon::{self, Daemon, Desired, Held, NoExtra, Record, StopError, Supervised};
+use crate::daemon::{self, Daemon, Desired, Held, NoExtra, Record, Started, StopError, Supervised};
 use crate::fsutil;
 use crate::netns::Netns;
 
@@ -24,8 +24,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// `keepalived --config-test` output that does not make a configuration
 /// unusable.
-const BENIGN_TEST_WARNINGS: &[&str] =
-    &["SECURITY VIOLATION - scripts are being executed but script_security not enabled."];
+const BENIGN_TEST_WARNINGS: &[&str] = &[
+    "SECURITY VIOLATION - scripts are being executed but script_security not enabled.",
+    "SECURITY VIOLATION - check scripts are being executed but script_security not enabled.",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeepalivedError {
@@ -93,7 +95,6 @@ pub enum Subsystem {
     /// Health checkers and IPVS only; a reload restarts the process,
     /// because keepalived's own reload does not restore real servers that
     /// were taken out (upstream does the same).
-    #[allow(dead_code, reason = "for UDP listeners, not built yet")]
     Checkers,
 }
 
@@ -126,6 +127,16 @@ pub struct Process {
 impl Process {
     fn command(&self) -> Command {
         let mut command = Command::new(&self.binary);
+        // Health-check scripts (`amphora-health-checker`) live beside the
+        // agent; keepalived runs them through this PATH.
+        if let Some(dir) = std::env::current_exe().ok().as_deref().and_then(Path::parent) {
+            let path = std::env::var_os("PATH")
+                .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+            let mut joined = dir.as_os_str().to_owned();
+            joined.push(":");
+            joined.push(path);
+            command.env("PATH", joined);
+        }
         if let Some(netns) = &self.netns {
             netns.enter_on_spawn(&mut command);
         }
@@ -270,6 +281,12 @@ impl Keepalived {
         self.daemon.running_pid()
     }
 
+    /// Whether the agent should keep it running (its record; a
+    /// configuration without one was left by upstream's agent: wanted).
+    pub fn wants_running(&self) -> bool {
+        self.daemon.wants_running()
+    }
+
     /// Records "stopped" for a configuration that has no record yet, so a
     /// fresh upload does not start at boot before it was ever started.
     /// Called with the lock held.
@@ -325,6 +342,17 @@ impl Keepalived {
             held.stop().await?;
             return Ok(Action::Stop);
         }
+        if action == Action::Start && process.subsystem == Subsystem::Checkers {
+            // A running one is left alone: a restart would empty its IPVS
+            // table and drop the virtual server's flows.
+            return match held.start().await? {
+                Started::Launched(_) => Ok(Action::Start),
+                Started::AlreadyRunning(pid) => {
+                    tracing::debug!(%pid, instance = process.label, "keepalived already running");
+                    Ok(Action::Start)
+                }
+            };
+        }
         held.set_desired(Desired::Running).await?;
         let Some(pid) = held.reload_target() else {
             held.start().await?;
@@ -351,7 +379,6 @@ impl Keepalived {
 
     /// Stops it for good and forgets its record and pid files (the
     /// configuration is the caller's).
-    #[allow(dead_code, reason = "unused since the agent's modules became crate-private; kept for the keepalived work")]
     pub async fn remove(&self) -> Result<(), KeepalivedError> {
         let mut held = self.daemon.lock().await;
         held.stand_down();

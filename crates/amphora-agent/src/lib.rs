@@ -23,6 +23,7 @@ pub(crate) mod info;
 pub(crate) mod keepalived;
 pub(crate) mod layout;
 pub(crate) mod lb;
+pub(crate) mod lvs;
 pub(crate) mod net;
 pub(crate) mod netns;
 pub(crate) mod settings;
@@ -53,6 +54,7 @@ use crate::config::Loaded;
 use crate::haproxy::Haproxy;
 use crate::info::InfoService;
 use crate::lb::{Layout, LbService};
+use crate::lvs::LvsService;
 use crate::net::NetService;
 use crate::netns::Netns;
 use crate::settings::LiveConfig;
@@ -111,6 +113,18 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
         Some(vrrp.clone()),
     );
     lbs.restore().await;
+    let health_checker = std::env::current_exe()
+        .map(|exe| exe.with_file_name("amphora-health-checker"))
+        .unwrap_or_else(|_| PathBuf::from("amphora-health-checker"));
+    let lvs = LvsService::new(
+        lbs.layout(),
+        PathBuf::from("keepalived"),
+        health_checker,
+        netns.clone(),
+        Some(net.clone()),
+        Some(vrrp.clone()),
+    );
+    lvs.restore().await;
     vrrp.restore(|| lbs.wanted_stats_sockets()).await;
 
     let topology = Arc::new(TopologyService::new(lbs.layout().topology_record(), lbs.clone()));
@@ -120,16 +134,27 @@ pub async fn run(loaded: Loaded, options: Options) -> anyhow::Result<()> {
         settings.clone(),
         Packages::new(Sources::system(haproxy_conf.haproxy_cmd.clone())),
         sampler,
-        info::Sources { lbs: lbs.clone(), net: net.clone(), vrrp: vrrp.clone(), topology: topology.clone() },
+        info::Sources {
+            lbs: lbs.clone(),
+            net: net.clone(),
+            vrrp: vrrp.clone(),
+            topology: topology.clone(),
+            lvs: lvs.clone(),
+        },
     ));
-    let heartbeats =
-        health::HeartbeatSender::new(config.amphora_agent.amphora_id.clone(), lbs.clone(), settings.subscribe());
+    let heartbeats = health::HeartbeatSender::new(
+        config.amphora_agent.amphora_id.clone(),
+        lbs.clone(),
+        Some(lvs.clone()),
+        settings.subscribe(),
+    );
     tokio::spawn(heartbeats.run());
     let tls = Arc::new(tls);
     let versions = Arc::new(
         config.amphora_agent.api_versions.iter().map(|v| amphora_proto::ApiVersion::from(v.as_str())).collect(),
     );
-    let state = http::AppState { lbs, info: info.clone(), tls: tls.clone(), settings, net, vrrp, topology, versions };
+    let state =
+        http::AppState { lbs, info: info.clone(), tls: tls.clone(), settings, net, vrrp, lvs, topology, versions };
     let app = http::app(state, config.amphora_agent.max_request_body_size);
 
     let bind = SocketAddr::new(haproxy_conf.bind_host, haproxy_conf.bind_port);

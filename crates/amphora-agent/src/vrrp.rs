@@ -84,6 +84,16 @@ impl Vrrp {
         }
     }
 
+    /// Records the pid files of the UDP/SCTP listeners whose keepalived
+    /// should run (`wanted`), and rewrites the track scripts when VRRP is
+    /// configured: their keepalived must be alive for this amphora to be
+    /// MASTER, and they alone let it be MASTER without a load balancer.
+    pub async fn lvs_listeners_changed(&self, wanted: impl FnOnce() -> Vec<PathBuf>) {
+        if let Err(e) = self.check_scripts.lvs_changed(wanted, self.configured()).await {
+            tracing::error!(error = %e, "cannot update the keepalived check scripts");
+        }
+    }
+
     /// `PUT /1.0/vrrp/{action}`. Starting a running keepalived reloads it,
     /// as upstream.
     pub async fn act(&self, action: Action) -> Result<Action, VrrpError> {

@@ -84,6 +84,7 @@ async fn upstreams_controller_client_works_against_our_agent() {
         .env("LB_PEM", lb_pem)
         .env("KEEPALIVED_CONFIG", keepalived)
         .env("AGENT_CONFIG", agent.config_path.display().to_string())
+        .env("AGENT_BASE_PATH", agent.base_path().display().to_string())
         .env("NEW_SERVER_PEM", new_server_pem)
         .output()
         .expect("run the compatibility suite");

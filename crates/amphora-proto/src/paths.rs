@@ -39,6 +39,11 @@ pub mod v1 {
     pub const VRRP_ACTION: &str = "/1.0/vrrp/{action}";
     /// PUT the agent's configuration.
     pub const AGENT_CONFIG: &str = "/1.0/config";
+    /// GET a UDP or SCTP listener's keepalived (LVS) configuration.
+    pub const LVS_CONFIG: &str = "/1.0/listeners/{id}/udp_listener";
+    /// PUT a UDP or SCTP listener's keepalived (LVS) configuration:
+    /// `{amphora}/{listener}`.
+    pub const LVS_UPLOAD_CONFIG: &str = "/1.0/listeners/{first}/{second}/udp_listener";
 
     pub fn listener(id: &str) -> String {
         fill(LISTENER, &[id])
@@ -58,6 +63,14 @@ pub mod v1 {
 
     pub fn lb_certificate(lb: &str, filename: &str) -> String {
         fill(LB_CERTIFICATE, &[lb, filename])
+    }
+
+    pub fn lvs_config(listener: &str) -> String {
+        fill(LVS_CONFIG, &[listener])
+    }
+
+    pub fn lvs_upload_config(amphora: &str, listener: &str) -> String {
+        fill(LVS_UPLOAD_CONFIG, &[amphora, listener])
     }
 
     pub fn plug_vip(vip: &str) -> String {
@@ -217,6 +230,8 @@ mod tests {
             v1::lb_certificate(LB, "www.example.com.pem"),
             format!("/1.0/loadbalancer/{LB}/certificates/www.example.com.pem")
         );
+        assert_eq!(v1::lvs_upload_config(AMP, LB), format!("/1.0/listeners/{AMP}/{LB}/udp_listener"));
+        assert_eq!(v1::lvs_config(LB), format!("/1.0/listeners/{LB}/udp_listener"));
         assert_eq!(v1::plug_vip("2001:db8::5"), "/1.0/plug/vip/2001:db8::5");
         assert_eq!(v1::interface_rules("10.0.0.1"), "/1.0/interface/10.0.0.1/rules");
         assert_eq!(v1::vrrp_action(Action::Start), "/1.0/vrrp/start");
@@ -241,6 +256,8 @@ mod tests {
             (v1::LB_ACTION, v1::lb_action(LB, Action::Start)),
             (v1::LB_UPLOAD_CONFIG, v1::lb_upload_config(AMP, LB)),
             (v1::LB_CERTIFICATE, v1::lb_certificate(LB, "x.pem")),
+            (v1::LVS_CONFIG, v1::lvs_config(LB)),
+            (v1::LVS_UPLOAD_CONFIG, v1::lvs_upload_config(AMP, LB)),
             (v1::PLUG_VIP, v1::plug_vip("10.0.0.1")),
             (v1::INTERFACE, v1::interface("10.0.0.1")),
             (v1::INTERFACE_RULES, v1::interface_rules("10.0.0.1")),

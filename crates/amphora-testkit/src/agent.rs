@@ -43,6 +43,7 @@ pub struct AgentBuilder {
     vm: bool,
     state_tmpfs: Option<u64>,
     open_files: Option<u64>,
+    vm_name: Option<String>,
 }
 
 impl AgentBuilder {
@@ -56,6 +57,7 @@ impl AgentBuilder {
             vm: false,
             state_tmpfs: None,
             open_files: None,
+            vm_name: None,
         }
     }
 
@@ -92,6 +94,14 @@ impl AgentBuilder {
         self
     }
 
+    /// Like `in_vm`, in a namespace the test created first (to open sockets
+    /// there before the agent starts); the agent deletes it when dropped.
+    pub fn in_vm_namespace(mut self, name: &str) -> Self {
+        self.vm = true;
+        self.vm_name = Some(name.to_owned());
+        self
+    }
+
     /// Adds a further configuration file, given after the main one.
     pub fn config_file(mut self, text: &str) -> Self {
         self.overrides.push(text.to_owned());
@@ -102,10 +112,13 @@ impl AgentBuilder {
         let dir = tempfile::Builder::new().prefix("amphora-agent-test.").tempdir().expect("temp dir");
         let pki = Pki::new(&self.amphora_id);
         let netns = self.netns.then(|| netns::unique_name("amptest"));
+        let given = self.vm_name.clone();
         let vm = self.vm.then(|| {
-            let name = netns::unique_name("ampvm");
-            netns::create(&name);
-            name
+            given.unwrap_or_else(|| {
+                let name = netns::unique_name("ampvm");
+                netns::create(&name);
+                name
+            })
         });
         let state = dir.path().join("state");
         if let Some(bytes) = self.state_tmpfs {

@@ -61,13 +61,17 @@ pub fn run(command: &[OsString], env: &[(&str, &str)], timeout: Duration) -> Res
     // /tmp stays the overlay's (writes land in the guest's memory like
     // everywhere else): a tmpfs over it would hide a checkout, its test
     // binaries and the image's modules when they live under the host's /tmp.
+    // The guest's hostname resolves locally: the host's resolver is out of
+    // reach there, and keepalived looks its hostname up at every start
+    // (10 s of DNS timeouts each time otherwise).
     let mut script = String::from(
         "#!/bin/sh\n# Stage 2, on the overlay root: a usable system, then the job.\n\
          mount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev\n\
          mkdir -p /dev/pts /dev/shm\nmount -t devpts devpts /dev/pts\nmount -t tmpfs tmpfs /dev/shm\n\
          mount -t tmpfs tmpfs /run\nmkdir -p /run/netns /run/lock\n\
          mount --make-rshared /\necho 1 > /proc/sys/kernel/sysrq\n\
-         ip link set lo up\nhostname amphora-vm\n",
+         ip link set lo up\nhostname amphora-vm\n\
+         echo \"127.0.1.1 amphora-vm\" >> /etc/hosts\n",
     );
     let _ = writeln!(
         script,
@@ -97,7 +101,16 @@ pub fn run(command: &[OsString], env: &[(&str, &str)], timeout: Duration) -> Res
         format!("local,path={},mount_tag={tag},security_model=none,multidevs=remap{extra}", path.display())
     };
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", &accel, "-cpu", "max", "-m", "2048", "-smp", "2"])
+        .args([
+            "-accel",
+            &accel,
+            "-cpu",
+            &std::env::var("AMPHORA_VM_CPU").unwrap_or_else(|_| "max".into()),
+            "-m",
+            "2048",
+            "-smp",
+            "2",
+        ])
         .args(["-nographic", "-no-reboot", "-nic", "none", "-monitor", "none", "-serial", "stdio"])
         .arg("-kernel")
         .arg(image.join("kernel"))

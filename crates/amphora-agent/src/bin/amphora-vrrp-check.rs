@@ -1,8 +1,9 @@
-//! `amphora-vrrp-check SOCKET...`: keepalived's track check for haproxy
-//! (upstream: `haproxy-vrrp-check`). Asks each stats socket for its
-//! statistics; the exit status is the number that did not answer, so
-//! keepalived gives up the VIP when any load balancer is down. Kept tiny:
-//! keepalived runs it every few seconds.
+//! `amphora-vrrp-check [SOCKET | --pid-file FILE]...`: keepalived's track
+//! check (upstream: `haproxy-vrrp-check` and `lvs_udp_check.sh`). Asks each
+//! haproxy stats socket for its statistics and checks that each UDP/SCTP
+//! listener's keepalived (by pid file) is alive; the exit status is the
+//! number that failed, so keepalived gives up the VIP when any listener is
+//! down. Kept tiny: keepalived runs it every few seconds.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -31,7 +32,30 @@ fn ask(path: &str) -> std::io::Result<bool> {
     Ok(!answer.is_empty())
 }
 
+/// Whether the process in a pid file is alive (a UDP/SCTP listener's
+/// keepalived).
+fn alive(pid_file: &str) -> bool {
+    let pid = std::fs::read_to_string(pid_file).ok().and_then(|text| text.trim().parse::<i32>().ok());
+    let Some(pid) = pid.filter(|pid| *pid > 0) else {
+        eprintln!("{pid_file}: no pid");
+        return false;
+    };
+    // Alive, and not a zombie waiting for its parent.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
+    let running = !matches!(state, None | Some("Z") | Some("X"));
+    if !running {
+        eprintln!("{pid_file}: process {pid} is not running");
+    }
+    running
+}
+
 fn main() -> ExitCode {
-    let failed = std::env::args().skip(1).filter(|socket| !answers(socket)).count();
+    let mut failed = 0usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let ok = if arg == "--pid-file" { args.next().is_some_and(|file| alive(&file)) } else { answers(&arg) };
+        failed += usize::from(!ok);
+    }
     ExitCode::from(failed.min(255) as u8)
 }

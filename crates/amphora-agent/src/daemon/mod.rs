@@ -18,7 +18,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 
 mod supervised;
-pub use supervised::{Daemon, Desired, Held, NoExtra, Record, Supervised};
+pub use supervised::{Daemon, Desired, Held, NoExtra, Record, Started, Supervised};
 
 /// First delay before restarting a daemon that died.
 pub const MIN_BACKOFF: Duration = Duration::from_secs(1);

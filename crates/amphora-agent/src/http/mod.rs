@@ -53,6 +53,7 @@ pub use operations::Operations;
 
 use crate::info::InfoService;
 use crate::lb::LbService;
+use crate::lvs::LvsService;
 use crate::net::NetService;
 use crate::settings::LiveConfig;
 use crate::tls::TlsState;
@@ -68,6 +69,7 @@ pub struct AppState {
     pub settings: Arc<LiveConfig>,
     pub net: Arc<NetService>,
     pub vrrp: Arc<Vrrp>,
+    pub lvs: Arc<LvsService>,
     pub topology: Arc<TopologyService>,
     /// The API versions served (configuration `api_versions`).
     pub versions: Arc<Vec<ApiVersion>>,

@@ -30,6 +30,7 @@ use crate::haproxy::Haproxy;
 use crate::ids::LbId;
 use crate::info::{self, InfoService};
 use crate::lb::{self, Layout, LbService};
+use crate::lvs::LvsService;
 use crate::net::NetService;
 use crate::settings::LiveConfig;
 use crate::system::packages::{Packages, Sources};
@@ -99,6 +100,14 @@ impl Fixture {
         let vrrp = Vrrp::new(&layout, dir.path().join("no-keepalived"), dir.path().join("no-checker"), None);
         let lbs = LbService::new(layout, haproxy, &amphora_id, None, Some(net.clone()), Some(vrrp.clone()));
         let topology = Arc::new(TopologyService::new(lbs.layout().topology_record(), lbs.clone()));
+        let lvs = LvsService::new(
+            lbs.layout(),
+            dir.path().join("no-keepalived"),
+            dir.path().join("no-health-checker"),
+            None,
+            Some(net.clone()),
+            Some(vrrp.clone()),
+        );
         let info = Arc::new(InfoService::new(
             amphora_id.clone(),
             settings.clone(),
@@ -109,7 +118,13 @@ impl Fixture {
                 None => Sources::system(conf.haproxy_cmd.clone()),
             }),
             Sampler::start(None).await.expect("sampler"),
-            info::Sources { lbs: lbs.clone(), net: net.clone(), vrrp: vrrp.clone(), topology: topology.clone() },
+            info::Sources {
+                lbs: lbs.clone(),
+                net: net.clone(),
+                vrrp: vrrp.clone(),
+                topology: topology.clone(),
+                lvs: lvs.clone(),
+            },
         ));
         let tls = TlsState::load(TlsFiles {
             server_ca: config.amphora_agent.agent_server_ca.clone(),
@@ -120,7 +135,7 @@ impl Fixture {
         let versions = Arc::new(
             config.amphora_agent.api_versions.iter().map(|v| amphora_proto::ApiVersion::from(v.as_str())).collect(),
         );
-        let state = AppState { lbs, info, tls: Arc::new(tls), settings, net, vrrp, topology, versions };
+        let state = AppState { lbs, info, tls: Arc::new(tls), settings, net, vrrp, lvs, topology, versions };
         let app = super::app(state, config.amphora_agent.max_request_body_size);
         Self { dir, amphora_id, pki, app }
     }
@@ -340,6 +355,31 @@ fn v1_cases() -> Vec<Case> {
             ),
         ),
         case(Method::GET, v1::LB_CONFIG, v1::lb_config(LB), 404, no_lb()),
+        case(
+            Method::GET,
+            v1::LVS_CONFIG,
+            v1::lvs_config(LISTENER),
+            404,
+            msg_details("UDP Listener Not Found", format!("No UDP listener with UUID: {LISTENER}")),
+        ),
+        case(
+            Method::PUT,
+            v1::LVS_UPLOAD_CONFIG,
+            v1::lvs_upload_config("amp", LISTENER),
+            400,
+            msg_details("Invalid request", "the configuration is not valid UTF-8"),
+        )
+        .body(vec![0xff, 0xfe]),
+        case(
+            Method::PUT,
+            v1::LVS_UPLOAD_CONFIG,
+            v1::lvs_upload_config("amp", "a.b"),
+            400,
+            msg_details(
+                "Invalid request",
+                "\"a.b\" is not a valid identifier: use 1 to 64 letters, digits, '-' or '_'",
+            ),
+        ),
         case(
             Method::PUT,
             v1::LB_ACTION,

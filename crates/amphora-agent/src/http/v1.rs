@@ -19,7 +19,7 @@ use crate::ids::{AmphoraId, LbId};
 use crate::lb::{Action, Outcome};
 use crate::net::model::{PlugNetworkRequest, PlugVipRequest};
 use crate::net::nft::RuleRequest;
-use crate::vrrp;
+use crate::{lvs, vrrp};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -27,6 +27,8 @@ pub fn router() -> Router<AppState> {
         .route(v1::DETAILS, get(details))
         .route(v1::LISTENERS, get(listeners))
         .route(v1::LISTENER, get(listener).delete(delete_lb))
+        .route(v1::LVS_CONFIG, get(get_lvs_config))
+        .route(v1::LVS_UPLOAD_CONFIG, put(upload_lvs_config))
         .route(v1::LB_CONFIG, get(get_config))
         .route(v1::LB_ACTION, put(act))
         .route(v1::LB_UPLOAD_CONFIG, put(upload_config))
@@ -51,7 +53,9 @@ async fn details(State(state): State<AppState>) -> Response {
 }
 
 async fn listeners(State(state): State<AppState>) -> Response {
-    Json(state.lbs.listeners().await).into_response()
+    let mut all = state.lbs.listeners().await;
+    all.extend(state.lvs.statuses());
+    Json(all).into_response()
 }
 
 /// `GET /1.0/listeners/{id}`: one listener with its pools and members
@@ -88,11 +92,20 @@ async fn get_config(
     Ok(with_etag(response, &etag))
 }
 
+/// Whether an id names a UDP/SCTP listener rather than a load balancer
+/// (upstream: `get_backend_for_lb_object`, haproxy first).
+fn is_lvs(state: &AppState, id: &LbId) -> bool {
+    !state.lbs.layout().config(id).is_file() && state.lvs.exists(id)
+}
+
 async fn act(
     State(state): State<AppState>,
     PathParams((lb_id, action)): PathParams<(String, String)>,
 ) -> Result<Response, ApiError> {
     let lb_id = LbId::parse(&lb_id)?;
+    if is_lvs(&state, &lb_id) {
+        return lvs_act(&state, &lb_id, &action).await;
+    }
     let action = Action::parse(&action)?;
     let outcome = state.lbs.act(&lb_id, action).await.map_err(|e| ApiError::from(e).on_action_route())?;
     let details = match outcome {
@@ -105,8 +118,78 @@ async fn act(
 
 async fn delete_lb(State(state): State<AppState>, PathParams(lb_id): PathParams<String>) -> Result<Response, ApiError> {
     let lb_id = LbId::parse(&lb_id)?;
-    state.lbs.delete(&lb_id).await?;
+    if is_lvs(&state, &lb_id) {
+        state.lvs.delete(&lb_id).await.map_err(|e| lvs_failure("Error stopping keepalivedlvs", e))?;
+    } else {
+        state.lbs.delete(&lb_id).await?;
+    }
     Ok(Json(Message::ok()).into_response())
+}
+
+/// `PUT /1.0/listeners/{amphora}/{listener}/udp_listener`: a UDP or SCTP
+/// listener's keepalived configuration, checked by keepalived.
+async fn upload_lvs_config(
+    State(state): State<AppState>,
+    PathParams((amphora_id, listener_id)): PathParams<(String, String)>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    AmphoraId::parse(&amphora_id)?;
+    let id = LbId::parse(&listener_id)?;
+    let etag = state.lvs.upload(&id, &body).await.map_err(|e| match e {
+        // keepalived's own words on what it refused.
+        lvs::LvsError::NotUtf8 | lvs::LvsError::Invalid(_) => {
+            ApiError::new(Kind::Invalid, "Invalid request").with_details(e.to_string())
+        }
+        e => lvs_failure("Error storing the keepalivedlvs configuration", e),
+    })?;
+    Ok(with_etag(Json(Message::ok()).into_response(), &etag))
+}
+
+fn lvs_not_found(id: &str) -> ApiError {
+    ApiError::new(Kind::NotFound, "UDP Listener Not Found").with_details(format!("No UDP listener with UUID: {id}"))
+}
+
+/// A UDP/SCTP listener's keepalived failed: the body carries keepalived's
+/// own output; a failure of the agent itself (a file, a signal) goes whole
+/// to the log only.
+fn lvs_failure(message: impl Into<String>, error: lvs::LvsError) -> ApiError {
+    match &error {
+        lvs::LvsError::Invalid(output) | lvs::LvsError::Failed(output) => {
+            tracing::error!(error = %error, "keepalivedlvs failed");
+            ApiError::new(Kind::Internal, message).with_details(output.clone())
+        }
+        _ => ApiError::internal(message, "keepalived could not be run; see the amphora agent's log", &error),
+    }
+}
+
+async fn get_lvs_config(
+    State(state): State<AppState>,
+    PathParams(listener_id): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let id = LbId::parse(&listener_id)?;
+    let text = state.lvs.config_text(&id).ok_or_else(|| lvs_not_found(id.as_str()))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+async fn lvs_act(state: &AppState, id: &LbId, action: &str) -> Result<Response, ApiError> {
+    let action = lvs::Action::parse(action).map_err(|_| {
+        ApiError::new(Kind::Invalid, "Invalid Request").with_details(format!("Unknown action: {action}"))
+    })?;
+    // Upstream restarts on a reload (keepalived's own reload does not
+    // restore members) and words its answers "{systemctl verb}ed".
+    let (verb, done) = match action {
+        lvs::Action::Start => ("start", "started"),
+        lvs::Action::Reload => ("restart", "restarted"),
+        lvs::Action::Stop => ("stop", "stoped"),
+    };
+    state
+        .lvs
+        .act(id, action)
+        .await
+        .ok_or_else(|| lvs_not_found(id.as_str()))?
+        .map_err(|e| lvs_failure(format!("Failed to {verb} keepalivedlvs listener {id}"), e))?;
+    let details = format!("keepalivedlvs listener {id} {done}");
+    Ok((StatusCode::ACCEPTED, Json(Message::with_details("OK", details))).into_response())
 }
 
 fn certificate_path(lb_id: &str, filename: &str) -> Result<(LbId, CertFileName), ApiError> {

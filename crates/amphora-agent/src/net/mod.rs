@@ -249,9 +249,7 @@ impl NetService {
         let (netns, amphora) = self.namespace()?;
         let link = amphora.link_by_mac(def.mac).await?.ok_or(NetError::NoInterface(def.mac))?;
         amphora.apply(def, link.index).await?;
-        if def.firewall.is_some() {
-            nft::load(&nft::render(&self.definitions()), netns).await.map_err(NetError::Firewall)?;
-        }
+        nft::load(&nft::render(&self.definitions()), netns).await.map_err(NetError::Firewall)?;
         Ok(link.index)
     }
 
@@ -389,7 +387,7 @@ impl NetService {
                 _ => tracing::warn!(interface = def.name, "interface vanished while restoring"),
             }
         }
-        if defs.iter().any(|d| d.firewall.is_some())
+        if !defs.is_empty()
             && let Err(e) = nft::load(&nft::render(&defs), netns).await
         {
             tracing::error!(error = %e, "cannot restore the firewall rules");

@@ -1,6 +1,7 @@
 //! The amphora firewall: nftables rules per plugged interface, rendered from
 //! validated rules (never from raw text) and loaded in one `nft -f`
-//! transaction, so the previous ruleset stays until the new one is whole.
+//! transaction, so the previous ruleset stays until the new one is whole;
+//! with it, the masquerading UDP and SCTP listeners need.
 
 use std::fmt::Write as _;
 use std::process::Stdio;
@@ -14,6 +15,10 @@ use crate::netns::Netns;
 
 /// The table the agent owns (upstream's name).
 pub const TABLE: &str = "amphora_table";
+/// The table that masquerades UDP and SCTP leaving the plugged interfaces
+/// (upstream's `lvs-masquerade.sh`): IPVS forwards UDP and SCTP listeners
+/// by NAT, and members answer the amphora, not the client.
+pub const NAT_TABLE: &str = "amphora_nat";
 /// More rules than this for one interface is refused.
 pub const MAX_RULES: usize = 4096;
 
@@ -101,6 +106,16 @@ pub fn render(defs: &[InterfaceDef]) -> String {
         script.push_str("    drop\n  }\n");
     }
     script.push_str("}\n");
+    let _ = writeln!(script, "table inet {NAT_TABLE} {{}}\ndelete table inet {NAT_TABLE}");
+    if !defs.is_empty() {
+        let names: Vec<String> = defs.iter().map(|d| format!("\"{}\"", d.name)).collect();
+        let _ = writeln!(
+            script,
+            "table inet {NAT_TABLE} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n\
+             \x20   oifname {{ {} }} meta l4proto {{ udp, sctp }} masquerade\n  }}\n}}",
+            names.join(", ")
+        );
+    }
     script
 }
 
@@ -172,10 +187,14 @@ mod tests {
             .expect("valid")),
         };
         let unguarded = InterfaceDef { name: "eth2".into(), firewall: None, ..def.clone() };
-        let script = render(&[def, unguarded]);
+        let whole = render(&[def, unguarded]);
+        let (script, nat) = whole.split_once("table inet amphora_nat {}").expect("nat table");
         assert!(script.starts_with("table inet amphora_table {}\ndelete table inet amphora_table\n"));
         assert!(script.contains("    iifname \"eth1\" jump iface_eth1\n"));
         assert!(!script.contains("eth2"));
+        // UDP and SCTP leaving any plugged interface are masqueraded.
+        assert!(nat.contains("oifname { \"eth1\", \"eth2\" } meta l4proto { udp, sctp } masquerade"), "{nat}");
+        assert!(render(&[]).ends_with("delete table inet amphora_nat\n"), "no interface, no NAT");
         assert!(script.contains("    ip saddr 192.0.2.0/24 tcp dport 80 accept\n"));
         assert!(script.contains("    meta l4proto 112 accept\n"));
         assert!(script.contains("    drop\n  }\n"));

@@ -1,0 +1,638 @@
+//! UDP listeners through keepalived and IPVS, with real datagrams.
+//!
+//! The test machine's kernel has no IPVS, so `lvs_scenarios_pass_in_a_vm`
+//! boots a throwaway VM with Debian's stock kernel (`amphora_testkit::vm`,
+//! on this machine's own root filesystem) and runs itself there, where the
+//! scenarios run one after the other. Each scenario has the agent in a "VM"
+//! namespace, a "hypervisor" namespace holding the client side of the VIP
+//! port and two UDP backends on the member network, and a health manager
+//! stand-in receiving heartbeats.
+
+mod common;
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use amphora_proto::heartbeat::{self, Heartbeat};
+use amphora_proto::{ListenerState, ListenerStatus, Message, paths};
+use amphora_testkit::netns::{self, NsRuntime};
+use amphora_testkit::{Agent, AgentClient, vm, wait};
+use common::*;
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+const UDP_LISTENER: &str = "7d1a9b80-5c1e-4a43-9c0e-3f0f5a7c2b10";
+const POOL: &str = "7d1a9b80-5c1e-4a43-9c0e-3f0f5a7c2b20";
+const MEMBER_1: &str = "7d1a9b80-5c1e-4a43-9c0e-3f0f5a7c2b31";
+const MEMBER_2: &str = "7d1a9b80-5c1e-4a43-9c0e-3f0f5a7c2b32";
+const VIP_MAC: &str = "02:00:00:00:05:01";
+const MEMBER_MAC: &str = "02:00:00:00:06:01";
+const VIP: &str = "10.0.0.10:5353";
+const KEY: &str = "insecure";
+
+type Scenario = fn() -> Pin<Box<dyn Future<Output = ()>>>;
+
+/// The scenarios, run one after the other in one VM.
+const SCENARIOS: &[(&str, Scenario)] = &[
+    ("udp_datagrams_reach_both_members_and_follow_their_health", || Box::pin(udp_through_ipvs())),
+    ("a_refused_configuration_leaves_the_previous_one", || Box::pin(refused_configuration())),
+    ("sctp_associations_reach_both_members_and_follow_their_health", || Box::pin(sctp_through_ipvs())),
+];
+
+/// Measurements, run only when named in `AMPHORA_LVS_SCENARIOS` (for
+/// bench/RESULTS.md); they assert only that traffic flowed.
+const MEASUREMENTS: &[(&str, Scenario)] = &[("udp_throughput_through_the_vip", || Box::pin(udp_throughput()))];
+
+/// On the host: boots a VM and runs this same test there, where it runs
+/// the scenarios (`AMPHORA_LVS_SCENARIOS`, a comma-separated list of
+/// names, picks some), each on a runtime of its own; a panic fails it and
+/// the rest still run.
+#[test]
+fn lvs_scenarios_pass_in_a_vm() {
+    let chosen: Vec<&(&str, Scenario)> = match std::env::var("AMPHORA_LVS_SCENARIOS") {
+        Ok(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| {
+                SCENARIOS
+                    .iter()
+                    .chain(MEASUREMENTS)
+                    .find(|(name, _)| *name == n)
+                    .unwrap_or_else(|| panic!("no scenario {n:?}"))
+            })
+            .collect(),
+        Err(_) => SCENARIOS.iter().collect(),
+    };
+    if std::env::var_os("AMPHORA_IN_VM").is_some() {
+        return guest(&chosen);
+    }
+    let exe = std::env::current_exe().expect("this test's path");
+    let command: Vec<OsString> =
+        [exe.into_os_string(), "lvs_scenarios_pass_in_a_vm".into(), "--exact".into(), "--nocapture".into()].into();
+    let names: Vec<&str> = chosen.iter().map(|(name, _)| *name).collect();
+    let list = names.join(",");
+    let started = std::time::Instant::now();
+    let env = [("AMPHORA_IN_VM", "1"), ("RUST_BACKTRACE", "1"), ("AMPHORA_LVS_SCENARIOS", list.as_str())];
+    let outcome =
+        vm::run(&command, &env, Duration::from_secs(900)).unwrap_or_else(|e| panic!("cannot run the VM: {e}"));
+    println!("{}\n(the VM ran for {:?})", outcome.output, started.elapsed());
+    assert!(
+        outcome.success(),
+        "scenarios failed in the VM (status {:?}):\n{}\n---- console ----\n{}",
+        outcome.status,
+        outcome.output,
+        if outcome.status.is_none() { outcome.console.as_str() } else { "" }
+    );
+    for name in names {
+        assert!(
+            outcome.output.contains(&format!("scenario {name} ... ok")),
+            "{name} did not pass:\n{}",
+            outcome.output
+        );
+    }
+}
+
+/// In the VM: each scenario on a runtime of its own.
+fn guest(chosen: &[&(&str, Scenario)]) {
+    let mut failed = Vec::new();
+    for (name, scenario) in chosen {
+        let result = std::panic::catch_unwind(|| {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(scenario())
+        });
+        println!("scenario {name} ... {}", if result.is_ok() { "ok" } else { "FAILED" });
+        if result.is_err() {
+            failed.push(*name);
+        }
+    }
+    assert!(failed.is_empty(), "{} of {} scenario(s) failed: {failed:?}", failed.len(), chosen.len());
+}
+
+/// The hypervisor: the other ends of the VIP and member ports.
+struct Hypervisor {
+    name: String,
+    runtime: NsRuntime,
+}
+
+impl Drop for Hypervisor {
+    fn drop(&mut self) {
+        netns::delete(&self.name);
+    }
+}
+
+/// An agent in a VM namespace with the VIP and member ports plugged, and a
+/// heartbeat receiver there.
+async fn plugged() -> (Agent, Hypervisor, Receiver) {
+    let vm = netns::unique_name("ampvm");
+    netns::create(&vm);
+    let receiver = Receiver::bind(&vm).await;
+    let agent = builder()
+        .in_vm_namespace(&vm)
+        .option("health_manager", "controller_ip_port_list", &receiver.addr.to_string())
+        .option("health_manager", "heartbeat_interval", "1")
+        .option("health_manager", "heartbeat_key", KEY)
+        .start();
+    let hyp = netns::unique_name("amphyp");
+    netns::create(&hyp);
+    netns::veth(&hyp, "hv-vip", &vm, "ens3", VIP_MAC);
+    netns::veth(&hyp, "hv-mem", &vm, "ens4", MEMBER_MAC);
+    netns::ip_in(&hyp, &["addr", "add", "10.0.0.1/24", "dev", "hv-vip"]);
+    for backend in ["10.1.0.1/24", "10.1.0.2/24"] {
+        netns::ip_in(&hyp, &["addr", "add", backend, "dev", "hv-mem"]);
+    }
+    let hyp = Hypervisor { runtime: NsRuntime::new(&hyp), name: hyp };
+    let client = agent.client();
+    let vip = format!(
+        r#"{{"subnet_cidr": "10.0.0.0/24", "gateway": "10.0.0.1", "mac_address": "{VIP_MAC}",
+            "vrrp_ip": "10.0.0.11", "host_routes": [], "additional_vips": []}}"#
+    );
+    let reply = client.post("/1.0/plug/vip/10.0.0.10", vip).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let member = format!(
+        r#"{{"mac_address": "{MEMBER_MAC}", "fixed_ips": [{{"ip_address": "10.1.0.5", "subnet_cidr": "10.1.0.0/24"}}]}}"#
+    );
+    let reply = client.post("/1.0/plug/network", member).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    (agent, hyp, receiver)
+}
+
+/// The controller's rendering of a UDP listener with a UDP-CONNECT health
+/// monitor checking every second.
+fn lvs_config(agent: &Agent) -> String {
+    let check = agent.base_path().join("lvs/check/udp_check.sh");
+    let member = |id: &str, address: &str| {
+        format!(
+            "    # Configuration for Member {id}\n    real_server {address} 5353 {{\n        weight 1\n\
+             \x20       MISC_CHECK {{\n            misc_path \"{check} {address} 5353\"\n            misc_timeout 3\n\
+             \x20       }}\n    }}\n\n",
+            check = check.display()
+        )
+    };
+    format!(
+        "# Configuration for Loadbalancer {LB}\n# Configuration for Listener {UDP_LISTENER}\n\n\
+         net_namespace amphora-haproxy\n\n\
+         virtual_server_group ipv4-group {{\n    10.0.0.10 5353\n}}\n\n\
+         virtual_server group ipv4-group {{\n    lb_algo rr\n    lb_kind NAT\n    protocol UDP\n\
+         \x20   delay_loop 1\n    delay_before_retry 1\n    retry 1\n\n\n\
+         \x20   # Configuration for Pool {POOL}\n    # Configuration for HealthMonitor {POOL}\n{}{}}}\n\n",
+        member(MEMBER_1, "10.1.0.1"),
+        member(MEMBER_2, "10.1.0.2"),
+    )
+}
+
+fn upload_path(agent: &Agent) -> String {
+    paths::v1::lvs_upload_config(&agent.amphora_id, UDP_LISTENER)
+}
+
+/// A UDP server answering every datagram with its name.
+fn backend(hyp: &Hypervisor, address: &str, name: &'static str) -> JoinHandle<()> {
+    let address: SocketAddr = address.parse().expect("address");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = hyp.runtime.spawn(async move {
+        let socket = UdpSocket::bind(address).await.expect("bind backend");
+        let _ = tx.send(());
+        let mut buffer = [0u8; 1500];
+        loop {
+            let Ok((_, peer)) = socket.recv_from(&mut buffer).await else { continue };
+            let _ = socket.send_to(name.as_bytes(), peer).await;
+        }
+    });
+    rx.recv_timeout(WAIT).expect("backend bound");
+    handle
+}
+
+/// One datagram to the VIP from a fresh socket (a new IPVS connection):
+/// the answer, if one came back from the VIP within a second.
+async fn ask(hyp: &Hypervisor) -> Option<String> {
+    hyp.runtime
+        .spawn(async {
+            let socket = UdpSocket::bind("10.0.0.1:0").await.ok()?;
+            // Connected: only an answer from the VIP itself is accepted.
+            socket.connect(VIP).await.ok()?;
+            socket.send(b"hello").await.ok()?;
+            let mut buffer = [0u8; 64];
+            let len = tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buffer)).await.ok()?.ok()?;
+            Some(String::from_utf8_lossy(&buffer[..len]).into_owned())
+        })
+        .await
+        .expect("join")
+}
+
+/// Who answers `count` fresh flows.
+async fn answers(hyp: &Hypervisor, count: usize) -> Vec<Option<String>> {
+    let mut all = Vec::new();
+    for _ in 0..count {
+        all.push(ask(hyp).await);
+    }
+    all
+}
+
+/// A health manager stand-in inside the VM namespace.
+struct Receiver {
+    addr: SocketAddr,
+    socket: std::sync::Arc<UdpSocket>,
+    _runtime: NsRuntime,
+}
+
+impl Receiver {
+    async fn bind(namespace: &str) -> Self {
+        let runtime = NsRuntime::new(namespace);
+        let socket = runtime.spawn(async { UdpSocket::bind("127.0.0.1:0").await.expect("bind") }).await.expect("join");
+        let addr = socket.local_addr().expect("addr");
+        Self { addr, socket: std::sync::Arc::new(socket), _runtime: runtime }
+    }
+
+    /// Waits for a heartbeat satisfying `check`.
+    async fn until<T>(&self, what: &str, check: impl Fn(&Heartbeat) -> Option<T>) -> T {
+        let socket = self.socket.clone();
+        wait::until(what, WAIT, || {
+            let socket = socket.clone();
+            let found = async move {
+                let mut buffer = vec![0u8; heartbeat::RECEIVER_BUFFER];
+                let (len, _) =
+                    tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buffer)).await.ok()?.ok()?;
+                heartbeat::decode(&buffer[..len], KEY, heartbeat::DEFAULT_MAX_DECOMPRESSED).ok()
+            };
+            async { found.await.and_then(|beat| check(&beat)) }
+        })
+        .await
+    }
+}
+
+fn members(beat: &Heartbeat) -> Option<Vec<(String, String)>> {
+    let pool = beat.pools.get(POOL)?;
+    Some(pool.members.iter().map(|(k, v)| (k.clone(), v.to_string())).collect())
+}
+
+fn keepalived_pid(agent: &Agent) -> Option<i32> {
+    let path: PathBuf = agent.base_path().join(format!("lvs/octavia-keepalivedlvs-{UDP_LISTENER}.pid"));
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+async fn listener_status(client: &AgentClient) -> Option<ListenerStatus> {
+    let all: Vec<ListenerStatus> = client.get("/1.0/listeners").await.json();
+    all.into_iter().find(|l| l.uuid == UDP_LISTENER)
+}
+
+async fn udp_through_ipvs() {
+    let (mut agent, hyp, receiver) = plugged().await;
+    let client = agent.client();
+    let _one = backend(&hyp, "10.1.0.1:5353", "backend-1");
+    let two = backend(&hyp, "10.1.0.2:5353", "backend-2");
+
+    let config = lvs_config(&agent);
+    let reply = client.put(&upload_path(&agent), config.clone()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("etag"), Some(amphora_testkit::md5_hex(config.as_bytes()).as_str()));
+    let stored = client.get(&paths::v1::lvs_config(UDP_LISTENER)).await;
+    assert_eq!(stored.text(), config, "stored as uploaded");
+    assert_eq!(listener_status(&client).await.map(|l| l.status), Some(ListenerState::Stopped));
+
+    let reply = client.put(&format!("/1.0/loadbalancer/{UDP_LISTENER}/start"), "").await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert_eq!(
+        reply.json::<Message>(),
+        Message::with_details("OK", format!("keepalivedlvs listener {UDP_LISTENER} started"))
+    );
+    let status = listener_status(&client).await.expect("listed");
+    assert_eq!((status.status, status.kind.as_str()), (ListenerState::Active, "UDP"));
+    let details: serde_json::Value = client.get("/1.0/details").await.json();
+    assert_eq!(details["lvs_listener_process_count"], 1);
+    assert!(details["listeners"].as_array().expect("listeners").iter().any(|l| l == UDP_LISTENER));
+
+    // Fresh flows are spread over both members, and answered from the VIP
+    // (the members answer the amphora, which masquerades).
+    wait::until("both members to answer through the VIP", WAIT, || async {
+        let seen = answers(&hyp, 4).await;
+        (seen.contains(&Some("backend-1".into())) && seen.contains(&Some("backend-2".into()))).then_some(())
+    })
+    .await;
+    let beat = receiver
+        .until("a heartbeat with both members up and traffic", |beat| {
+            let listener = beat.listeners.get(UDP_LISTENER)?;
+            (listener.status == "OPEN"
+                && members(beat)? == vec![(MEMBER_1.into(), "UP".into()), (MEMBER_2.into(), "UP".into())])
+            .then(|| beat.clone())
+        })
+        .await;
+    assert_eq!(beat.pools[POOL].status, "UP");
+
+    // A member that stops listening fails its check and leaves IPVS.
+    two.abort();
+    receiver
+        .until("member 2 reported down", |beat| {
+            (members(beat)? == vec![(MEMBER_1.into(), "UP".into()), (MEMBER_2.into(), "DOWN".into())]).then_some(())
+        })
+        .await;
+    assert_eq!(answers(&hyp, 4).await, vec![Some("backend-1".to_owned()); 4], "only the healthy member serves");
+    let _two = backend(&hyp, "10.1.0.2:5353", "backend-2");
+    receiver
+        .until("member 2 back up", |beat| {
+            (members(beat)? == vec![(MEMBER_1.into(), "UP".into()), (MEMBER_2.into(), "UP".into())]).then_some(())
+        })
+        .await;
+
+    // A reload restarts keepalived (its reload would not restore members),
+    // as upstream. One flow (one client socket) open across it is answered
+    // again afterwards; the restart removes and re-adds the virtual server,
+    // so the flow may move to the other member (printed, not asserted).
+    let flow = hyp
+        .runtime
+        .spawn(async {
+            let socket = UdpSocket::bind("10.0.0.1:0").await.expect("bind");
+            socket.connect(VIP).await.expect("connect");
+            std::sync::Arc::new(socket)
+        })
+        .await
+        .expect("join");
+    let on_flow = |flow: std::sync::Arc<UdpSocket>| {
+        hyp.runtime.spawn(async move {
+            flow.send(b"hello").await.ok()?;
+            let mut buffer = [0u8; 64];
+            let len = tokio::time::timeout(Duration::from_secs(1), flow.recv(&mut buffer)).await.ok()?.ok()?;
+            Some(String::from_utf8_lossy(&buffer[..len]).into_owned())
+        })
+    };
+    let first = on_flow(flow.clone()).await.expect("join").expect("the flow answered before the reload");
+    let before = keepalived_pid(&agent).expect("pid");
+    let reply = client.put(&format!("/1.0/loadbalancer/{UDP_LISTENER}/reload"), "").await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert_eq!(
+        reply.json::<Message>(),
+        Message::with_details("OK", format!("keepalivedlvs listener {UDP_LISTENER} restarted"))
+    );
+    let after = keepalived_pid(&agent).expect("pid");
+    assert_ne!(before, after, "a new keepalived");
+    assert!(!alive(before));
+    wait::until("traffic after the reload", WAIT, || async { ask(&hyp).await }).await;
+    let mut lost = 0;
+    let again = loop {
+        match on_flow(flow.clone()).await.expect("join") {
+            Some(answer) => break answer,
+            None => lost += 1,
+        }
+        assert!(lost < 10, "the flow is never answered again after the reload");
+    };
+    println!("MEASURE reload: the flow answered by {first} before, {again} after, {lost} datagram(s) lost");
+
+    // The agent restarts; keepalived keeps serving and is adopted.
+    agent.terminate();
+    assert!(alive(after));
+    assert!(ask(&hyp).await.is_some(), "served while the agent is down");
+    agent.restart();
+    let client = agent.client();
+    assert_eq!(listener_status(&client).await.map(|l| l.status), Some(ListenerState::Active));
+    assert_eq!(keepalived_pid(&agent), Some(after));
+
+    // Deleted: keepalived stops, IPVS forgets the service, files go.
+    let reply = client.delete(&format!("/1.0/listeners/{UDP_LISTENER}")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(!alive(after));
+    wait::until("the VIP to stop answering", WAIT, || async { ask(&hyp).await.is_none().then_some(()) }).await;
+    let reply = client.get(&paths::v1::lvs_config(UDP_LISTENER)).await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(
+        reply.json::<Message>(),
+        Message::with_details("UDP Listener Not Found", format!("No UDP listener with UUID: {UDP_LISTENER}"))
+    );
+    assert!(listener_status(&client).await.is_none());
+    assert_eq!(client.put(&format!("/1.0/loadbalancer/{UDP_LISTENER}/start"), "").await.status, 404);
+}
+
+async fn refused_configuration() {
+    let (agent, _hyp, _receiver) = plugged().await;
+    let client = agent.client();
+    let config = lvs_config(&agent);
+    assert_eq!(client.put(&upload_path(&agent), config.clone()).await.status, 200);
+    let broken = config.replace("lb_algo rr", "lb_algo bogus");
+    let reply = client.put(&upload_path(&agent), broken).await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    let message: Message = reply.json();
+    assert_eq!(message.message, "Invalid request");
+    assert!(message.details.expect("details").contains("bogus"), "keepalived's words");
+    let stored = client.get(&paths::v1::lvs_config(UDP_LISTENER)).await;
+    assert_eq!(stored.text(), config, "the previous configuration stays");
+
+    // A check that would run a program of the uploader's choice, as root.
+    let check = agent.base_path().join("lvs/check/udp_check.sh");
+    let hostile = config.replace(&format!("\"{}", check.display()), "\"/bin/sh -c touch${IFS}/tmp/owned");
+    assert_ne!(hostile, config);
+    let reply = client.put(&upload_path(&agent), hostile).await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    let details = reply.json::<Message>().details.expect("details");
+    assert!(details.contains("misc_path runs \"/bin/sh\""), "{details}");
+    // A virtual server on a port outside the listener's.
+    let other_port = config.replace("    10.0.0.10 5353\n", "    10.0.0.10 5353\n    10.0.0.10 22\n");
+    assert_ne!(other_port, config);
+    let reply = client.put(&upload_path(&agent), other_port).await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    let details = reply.json::<Message>().details.expect("details");
+    assert!(details.contains("a listener serves one port"), "{details}");
+    // Garbage: keepalived's own words.
+    let reply = client.put(&upload_path(&agent), "this is { not keepalived\n").await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert_eq!(reply.json::<Message>().message, "Invalid request");
+    let stored = client.get(&paths::v1::lvs_config(UDP_LISTENER)).await;
+    assert_eq!(stored.text(), config, "the previous configuration stays");
+
+    let reply = client.put(&format!("/1.0/loadbalancer/{UDP_LISTENER}/BAD_TEST_DATA"), "").await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json::<Message>(), Message::with_details("Invalid Request", "Unknown action: BAD_TEST_DATA"));
+}
+
+const SCTP_LISTENER: &str = "7d1a9b80-5c1e-4a43-9c0e-3f0f5a7c2b40";
+const SCTP_PORT: u16 = 9000;
+
+/// The controller's rendering of an SCTP listener whose health monitor is
+/// upstream's SCTP check (`amphora-health-checker sctp`).
+fn sctp_config() -> String {
+    let member = |id: &str, address: &str| {
+        format!(
+            "    # Configuration for Member {id}\n    real_server {address} {SCTP_PORT} {{\n        weight 1\n\
+             \x20       MISC_CHECK {{\n            misc_path \"amphora-health-checker sctp -t 1 {address} {SCTP_PORT}\"\n\
+             \x20           misc_timeout 2\n        }}\n    }}\n\n"
+        )
+    };
+    format!(
+        "# Configuration for Loadbalancer {LB}\n# Configuration for Listener {SCTP_LISTENER}\n\n\
+         net_namespace amphora-haproxy\n\n\
+         virtual_server_group ipv4-group {{\n    10.0.0.10 {SCTP_PORT}\n}}\n\n\
+         virtual_server group ipv4-group {{\n    lb_algo rr\n    lb_kind NAT\n    protocol SCTP\n\
+         \x20   delay_loop 1\n    delay_before_retry 1\n    retry 1\n\n\n\
+         \x20   # Configuration for Pool {POOL}\n    # Configuration for HealthMonitor {POOL}\n{}{}}}\n\n",
+        member(MEMBER_1, "10.1.0.1"),
+        member(MEMBER_2, "10.1.0.2"),
+    )
+}
+
+/// A one-to-one SCTP socket (the TCP-like style); std and tokio read,
+/// write and accept on it as on a TCP socket.
+fn sctp_socket() -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
+    socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, SockProtocol::Sctp).expect("an SCTP socket")
+}
+
+/// An SCTP server answering each association's first message with its
+/// name, then closing it.
+fn sctp_backend(hyp: &Hypervisor, address: &str, name: &'static str) -> JoinHandle<()> {
+    use nix::sys::socket::{Backlog, SockaddrIn, bind, listen};
+    let address: std::net::SocketAddrV4 = address.parse().expect("address");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = hyp.runtime.spawn(async move {
+        let fd = sctp_socket();
+        nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReuseAddr, &true).expect("reuse");
+        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(address)).expect("bind an SCTP backend");
+        listen(&fd, Backlog::new(16).expect("backlog")).expect("listen");
+        let listener = std::net::TcpListener::from(fd);
+        listener.set_nonblocking(true).expect("nonblocking");
+        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+        let _ = tx.send(());
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            // Each association on its own: a slow one (a health check)
+            // does not hold the next one up.
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buffer = [0u8; 64];
+                if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await
+                    && n > 0
+                {
+                    let _ = stream.write_all(name.as_bytes()).await;
+                }
+            });
+        }
+    });
+    rx.recv_timeout(WAIT).expect("SCTP backend bound");
+    handle
+}
+
+/// One association to the VIP: who answered, if anyone within 3 s.
+async fn sctp_ask(hyp: &Hypervisor) -> Option<String> {
+    hyp.runtime
+        .spawn(async {
+            tokio::task::spawn_blocking(|| {
+                use std::io::{Read, Write};
+                let fd = sctp_socket();
+                let vip = std::net::SocketAddrV4::new([10, 0, 0, 10].into(), SCTP_PORT);
+                nix::sys::socket::connect(
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    &nix::sys::socket::SockaddrIn::from(vip),
+                )
+                .ok()?;
+                let mut stream = std::net::TcpStream::from(fd);
+                // Emulated CPU: generous, but still well under a health
+                // check's period times its retries.
+                stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+                stream.set_write_timeout(Some(Duration::from_secs(3))).ok()?;
+                stream.write_all(b"hello").ok()?;
+                let mut buffer = [0u8; 64];
+                let n = stream.read(&mut buffer).ok()?;
+                (n > 0).then(|| String::from_utf8_lossy(&buffer[..n]).into_owned())
+            })
+            .await
+            .ok()
+            .flatten()
+        })
+        .await
+        .expect("join")
+}
+
+async fn sctp_through_ipvs() {
+    let (agent, hyp, receiver) = plugged().await;
+    let client = agent.client();
+    let _one = sctp_backend(&hyp, "10.1.0.1:9000", "backend-1");
+    let two = sctp_backend(&hyp, "10.1.0.2:9000", "backend-2");
+
+    let config = sctp_config();
+    let upload = paths::v1::lvs_upload_config(&agent.amphora_id, SCTP_LISTENER);
+    let reply = client.put(&upload, config.clone()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let reply = client.put(&format!("/1.0/loadbalancer/{SCTP_LISTENER}/start"), "").await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let all: Vec<ListenerStatus> = client.get("/1.0/listeners").await.json();
+    let status = all.into_iter().find(|l| l.uuid == SCTP_LISTENER).expect("listed");
+    assert_eq!((status.status, status.kind.as_str()), (ListenerState::Active, "SCTP"));
+
+    wait::until("both members to answer SCTP associations through the VIP", WAIT, || async {
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(sctp_ask(&hyp).await);
+        }
+        (seen.contains(&Some("backend-1".into())) && seen.contains(&Some("backend-2".into()))).then_some(())
+    })
+    .await;
+    receiver
+        .until("a heartbeat with both SCTP members up", |beat| {
+            (members(beat)? == vec![(MEMBER_1.into(), "UP".into()), (MEMBER_2.into(), "UP".into())]).then_some(())
+        })
+        .await;
+
+    // A member that stops listening fails upstream's SCTP check.
+    two.abort();
+    receiver
+        .until("SCTP member 2 reported down", |beat| {
+            (members(beat)? == vec![(MEMBER_1.into(), "UP".into()), (MEMBER_2.into(), "DOWN".into())]).then_some(())
+        })
+        .await;
+    for _ in 0..4 {
+        assert_eq!(sctp_ask(&hyp).await.as_deref(), Some("backend-1"), "only the healthy member serves");
+    }
+
+    let reply = client.delete(&format!("/1.0/listeners/{SCTP_LISTENER}")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    wait::until("the SCTP VIP to stop answering", WAIT, || async { sctp_ask(&hyp).await.is_none().then_some(()) })
+        .await;
+}
+
+/// 1000-byte datagrams through the VIP to one member on one flow, with up
+/// to `WINDOW` unanswered, for `SECONDS`: answers per second.
+async fn udp_throughput() {
+    const SECONDS: u64 = 5;
+    const WINDOW: usize = 32;
+    let (agent, hyp, _receiver) = plugged().await;
+    let client = agent.client();
+    let _one = backend(&hyp, "10.1.0.1:5353", "backend-1");
+    let _two = backend(&hyp, "10.1.0.2:5353", "backend-2");
+    assert_eq!(client.put(&upload_path(&agent), lvs_config(&agent)).await.status, 200);
+    assert_eq!(client.put(&format!("/1.0/loadbalancer/{UDP_LISTENER}/start"), "").await.status, 202);
+    wait::until("the VIP to answer", WAIT, || async { ask(&hyp).await }).await;
+    let (answered, elapsed) = hyp
+        .runtime
+        .spawn(async {
+            let socket = UdpSocket::bind("10.0.0.1:0").await.expect("bind");
+            socket.connect(VIP).await.expect("connect");
+            let payload = [7u8; 1000];
+            for _ in 0..WINDOW {
+                socket.send(&payload).await.expect("send");
+            }
+            let started = std::time::Instant::now();
+            let deadline = started + Duration::from_secs(SECONDS);
+            let mut answered = 0u64;
+            let mut buffer = [0u8; 64];
+            while std::time::Instant::now() < deadline {
+                // An answer, or a lost datagram after 200 ms: either way
+                // one more goes out, so the window stays full.
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), socket.recv(&mut buffer)).await {
+                    answered += 1;
+                }
+                let _ = socket.send(&payload).await;
+            }
+            (answered, started.elapsed())
+        })
+        .await
+        .expect("join");
+    let rate = answered as f64 / elapsed.as_secs_f64();
+    println!(
+        "MEASURE udp_throughput: {answered} datagrams of 1000 bytes answered in {elapsed:.2?}: {rate:.0}/s, {:.1} Mbit/s in",
+        rate * 8000.0 / 1e6
+    );
+    assert!(answered > 0, "no datagram answered");
+}
