@@ -336,18 +336,25 @@ fn alive(pid: i32) -> bool {
     !stat.is_empty() && !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
 }
 
-#[tokio::test]
-async fn keepalived_is_supervised_and_adopted() {
-    let mut agent = builder().start();
+/// Gives `agent`'s namespace an `eth1` (10.0.0.11/24), uploads a VRRP
+/// configuration for it (peer 10.0.0.12) and starts keepalived; its pid.
+async fn start_keepalived(agent: &Agent) -> i32 {
     let ns = agent.netns.clone().expect("namespace");
     netns::ip_in(&ns, &["link", "add", "eth1", "type", "veth", "peer", "name", "eth9"]);
     netns::ip_in(&ns, &["addr", "add", "10.0.0.11/24", "dev", "eth1"]);
     netns::ip_in(&ns, &["link", "set", "eth1", "up"]);
-    let config = keepalived_config(&agent, "10.0.0.11", "10.0.0.12", 100);
     let client = agent.client();
+    let config = keepalived_config(agent, "10.0.0.11", "10.0.0.12", 100);
     assert_eq!(client.put("/1.0/vrrp/upload", config).await.status, 200);
     assert_eq!(client.put("/1.0/vrrp/start", "").await.status, 202);
-    let pid = keepalived_pid(&agent).expect("pid");
+    keepalived_pid(agent).expect("pid")
+}
+
+#[tokio::test]
+async fn keepalived_is_supervised_and_adopted() {
+    let mut agent = builder().start();
+    let pid = start_keepalived(&agent).await;
+    let client = agent.client();
     assert!(alive(pid));
     // Starting what runs reloads it, as upstream.
     let reply = client.put("/1.0/vrrp/start", "").await;
@@ -377,17 +384,8 @@ async fn keepalived_is_supervised_and_adopted() {
 #[tokio::test]
 async fn dropping_the_harness_ends_keepalived_too() {
     let agent = builder().start();
-    let ns = agent.netns.clone().expect("namespace");
-    netns::ip_in(&ns, &["link", "add", "eth1", "type", "veth", "peer", "name", "eth9"]);
-    netns::ip_in(&ns, &["addr", "add", "10.0.0.11/24", "dev", "eth1"]);
-    netns::ip_in(&ns, &["link", "set", "eth1", "up"]);
+    let pid = start_keepalived(&agent).await;
     let client = agent.client();
-    assert_eq!(
-        client.put("/1.0/vrrp/upload", keepalived_config(&agent, "10.0.0.11", "10.0.0.12", 100)).await.status,
-        200
-    );
-    assert_eq!(client.put("/1.0/vrrp/start", "").await.status, 202);
-    let pid = keepalived_pid(&agent).expect("pid");
     assert!(alive(pid));
     drop(client);
     drop(agent);
@@ -399,14 +397,8 @@ async fn dropping_the_harness_ends_keepalived_too() {
 async fn a_start_finding_keepalived_running_unsupervised_supervises_it() {
     let agent = builder().start();
     let ns = agent.netns.clone().expect("namespace");
-    netns::ip_in(&ns, &["link", "add", "eth1", "type", "veth", "peer", "name", "eth9"]);
-    netns::ip_in(&ns, &["addr", "add", "10.0.0.11/24", "dev", "eth1"]);
-    netns::ip_in(&ns, &["link", "set", "eth1", "up"]);
+    let pid = start_keepalived(&agent).await;
     let client = agent.client();
-    let config = keepalived_config(&agent, "10.0.0.11", "10.0.0.12", 100);
-    assert_eq!(client.put("/1.0/vrrp/upload", config).await.status, 200);
-    assert_eq!(client.put("/1.0/vrrp/start", "").await.status, 202);
-    let pid = keepalived_pid(&agent).expect("pid");
     // The agent's own command line for it, to run it again behind the
     // agent's back: what a start abandoned half-way used to leave.
     let cmdline: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -449,15 +441,8 @@ async fn a_start_finding_keepalived_running_unsupervised_supervises_it() {
 #[tokio::test]
 async fn a_child_left_by_a_killed_keepalived_does_not_block_its_restart() {
     let agent = builder().start();
-    let ns = agent.netns.clone().expect("namespace");
-    netns::ip_in(&ns, &["link", "add", "eth1", "type", "veth", "peer", "name", "eth9"]);
-    netns::ip_in(&ns, &["addr", "add", "10.0.0.11/24", "dev", "eth1"]);
-    netns::ip_in(&ns, &["link", "set", "eth1", "up"]);
+    let parent = start_keepalived(&agent).await;
     let client = agent.client();
-    let config = keepalived_config(&agent, "10.0.0.11", "10.0.0.12", 100);
-    assert_eq!(client.put("/1.0/vrrp/upload", config).await.status, 200);
-    assert_eq!(client.put("/1.0/vrrp/start", "").await.status, 202);
-    let parent = keepalived_pid(&agent).expect("pid");
     let child_file = agent.base_path().join("vrrp/octavia-keepalived.vrrp.pid");
     let child: i32 = wait::until("keepalived's VRRP child", WAIT, || async {
         std::fs::read_to_string(&child_file).ok()?.trim().parse().ok().filter(|p| alive(*p))
