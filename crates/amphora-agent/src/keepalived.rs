@@ -29,6 +29,16 @@ const BENIGN_TEST_WARNINGS: &[&str] = &[
     "SECURITY VIOLATION - check scripts are being executed but script_security not enabled.",
 ];
 
+/// Whether a line of `keepalived --config-test` output leaves the
+/// configuration usable: the script warnings, and an LVS virtual server
+/// without real servers (a pool with no enabled member yet, or a disabled
+/// pool: keepalived leaves it out until one comes, as upstream's amphorae
+/// do).
+fn benign_test_warning(line: &str) -> bool {
+    BENIGN_TEST_WARNINGS.contains(&line)
+        || (line.starts_with("Virtual server ") && line.ends_with(" has no real servers - ignoring"))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KeepalivedError {
     #[error("the configuration is not valid UTF-8")]
@@ -321,7 +331,7 @@ impl Keepalived {
         // template always draws this one (it runs scripts as root, as
         // upstream's amphorae do), so it alone does not reject a file.
         let problems: Vec<&str> =
-            text.lines().map(str::trim).filter(|l| !l.is_empty() && !BENIGN_TEST_WARNINGS.contains(l)).collect();
+            text.lines().map(str::trim).filter(|l| !l.is_empty() && !benign_test_warning(l)).collect();
         if problems.is_empty() {
             tracing::debug!(output = text.trim(), "keepalived configuration test passed with warnings");
             Ok(())
@@ -427,6 +437,15 @@ mod tests {
         assert!(matches!(Action::parse("BAD_TEST_DATA"), Err(KeepalivedError::UnknownAction(_))));
         assert_eq!(Action::Stop.done(), "stopped");
         assert_eq!(Action::Reload.verb(), "reload");
+    }
+
+    #[test]
+    fn an_lvs_virtual_server_without_real_servers_is_no_reason_to_refuse() {
+        // keepalived 2.2's words for a pool with no enabled member yet.
+        assert!(benign_test_warning("Virtual server [ipv4-group]:0 has no real servers - ignoring"));
+        assert!(benign_test_warning(BENIGN_TEST_WARNINGS[1]));
+        assert!(!benign_test_warning("Virtual server [ipv4-group]:0 - unknown lb_algo nosuch"));
+        assert!(!benign_test_warning("Unknown keyword 'has no real servers - ignoring'"));
     }
 
     #[test]
