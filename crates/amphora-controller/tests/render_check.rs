@@ -13,8 +13,10 @@ use std::process::Command;
 use amphora_controller::config::Topology;
 use amphora_controller::db::Db;
 use amphora_controller::render::model::{self, VrrpGroup};
-use amphora_controller::render::{agent, haproxy, keepalived};
-use render_support::{Setup, VRRP_INTERFACE, all_cases, haproxy_check, install_certificates, keepalived_check};
+use amphora_controller::render::{agent, haproxy, keepalived, lvs};
+use render_support::{
+    Setup, VRRP_INTERFACE, all_cases, haproxy_check, install_certificates, keepalived_check, lvs_listeners,
+};
 use serde_json::json;
 
 #[test]
@@ -111,6 +113,50 @@ fn rendered_keepalived_files_pass_keepalived_config_test() {
     let path = setup.dir.path().join("missing-interface.conf");
     std::fs::write(&path, text).expect("write");
     assert!(keepalived_check(&path, Some(&ns.0)).is_err(), "keepalived must notice a missing interface");
+}
+
+/// keepalived parses every rendered LVS file (`--config-test` reads the
+/// virtual servers and checks without IPVS in the kernel).
+#[test]
+fn rendered_lvs_files_pass_keepalived_config_test() {
+    let setup = Setup::new();
+    let opts = lvs::LvsOptions { base_path: setup.config.haproxy_amphora.base_path.clone() };
+    let check_dir = setup.dir.path().join("amp/lvs/check");
+    std::fs::create_dir_all(&check_dir).expect("check dir");
+    let script = check_dir.join("udp_check.sh");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").expect("check script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let lb = lvs_listeners();
+    let mut virtual_servers = 0;
+    for listener in &lb.listeners {
+        let text = lvs::listener(&lb, listener, &opts).expect("renders");
+        // The agent drops the namespace line (it starts keepalived inside
+        // the amphora namespace); the test host has no such namespace.
+        let runnable: String =
+            text.lines().filter(|l| !l.starts_with("net_namespace")).map(|l| format!("{l}\n")).collect();
+        virtual_servers += runnable.matches("virtual_server group").count();
+        let path = setup.dir.path().join(format!("lvs-{}.conf", listener.id));
+        std::fs::write(&path, &runnable).expect("write");
+        let result = keepalived_check(&path, None);
+        let pool = listener.default_pool_id.as_deref().and_then(|id| lb.pool(id));
+        if pool.is_some_and(|p| !p.enabled) && listener.enabled {
+            // A disabled pool leaves the virtual server without real
+            // servers: keepalived's warning, which the agent accepts.
+            assert_eq!(
+                result.expect_err("keepalived warns"),
+                "Virtual server [ipv4-group]:0 has no real servers - ignoring",
+                "{text}"
+            );
+        } else if let Err(output) = result {
+            panic!("listener {}: keepalived rejects\n{text}\n{output}", listener.id);
+        }
+    }
+    assert_eq!(virtual_servers, 6, "the enabled listeners with pools have virtual servers");
+    // A broken file is noticed: the test does check.
+    let path = setup.dir.path().join("broken-lvs.conf");
+    std::fs::write(&path, "virtual_server group ipv4-group {\n    lb_algo nosuch\n    real_server 1.2.3.4 {\n}\n")
+        .expect("write");
+    assert!(keepalived_check(&path, None).is_err(), "keepalived must reject a broken LVS file");
 }
 
 #[test]

@@ -18,8 +18,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use amphora_controller::render::model::{AmphoraView, LoadBalancer};
-use amphora_controller::render::{agent, haproxy, keepalived};
-use render_support::{Setup, VRRP_INTERFACE, all_cases, keepalived_blocks, sections};
+use amphora_controller::render::{agent, haproxy, keepalived, lvs};
+use render_support::{Setup, VRRP_INTERFACE, all_cases, keepalived_blocks, lvs_listeners, sections};
 use serde_json::{Value, json};
 
 /// Intentional differences, as rewrites of upstream's lines: (file kind,
@@ -171,6 +171,40 @@ fn renderings_match_upstreams_templaters() {
     assert_eq!(proxies, 4 + 2 * 6 + 2 * 6 + 5, "frontends and backends compared");
     assert_eq!(vrrp_blocks, 2 * 2 * 9, "keepalived blocks compared");
     assert!(problems.is_empty(), "renderings differ from upstream's:\n{}", problems.join("\n"));
+}
+
+/// keepalived's LVS file of every UDP and SCTP listener against upstream's
+/// `LvsJinjaTemplater`: the same blocks with the same directives.
+#[test]
+#[ignore = "needs UPSTREAM_PYTHON (scripts/upstream-venv.sh)"]
+fn lvs_renderings_match_upstreams_templater() {
+    let setup = Setup::new();
+    let opts = lvs::LvsOptions { base_path: setup.config.haproxy_amphora.base_path.clone() };
+    let mut cases = all_cases();
+    cases.push(("lvs_listeners", lvs_listeners()));
+    let requests: Vec<(&LoadBalancer, &str)> = cases.iter().map(|(_, lb)| (lb, lb.amphorae[0].id.as_str())).collect();
+    let answers = upstream(&setup, &requests);
+    let mut problems = Vec::new();
+    let (mut files, mut real_servers, mut checks) = (0, 0, 0);
+    for ((name, lb), theirs) in cases.iter().zip(&answers) {
+        for listener in lb.listeners.iter().filter(|l| haproxy::is_lvs(&l.protocol)) {
+            let their_text = theirs["lvs"][&listener.id].as_str().expect("upstream renders the listener");
+            let ours = lvs::listener(lb, listener, &opts).expect("we render the listener");
+            let their_blocks = keepalived_blocks(their_text);
+            files += 1;
+            real_servers += their_blocks.keys().filter(|k| k.ends_with('}') || k.contains("/real_server ")).count();
+            checks += their_blocks.keys().filter(|k| k.ends_with("_CHECK") || k.ends_with("HTTP_GET")).count();
+            for d in differences("keepalived", &their_blocks, &keepalived_blocks(&ours)) {
+                problems.push(format!("{name} (listener {}): {d}", listener.id));
+            }
+        }
+    }
+    // What was compared, counted from upstream's files: one file per UDP or
+    // SCTP listener (one in each of two earlier cases, eight here), their
+    // real servers and their checks.
+    assert_eq!(files, 2 + 8, "LVS files compared");
+    assert!(real_servers >= 8 && checks >= 7, "{real_servers} real servers, {checks} checks compared");
+    assert!(problems.is_empty(), "LVS renderings differ from upstream's:\n{}", problems.join("\n"));
 }
 
 /// The comparison itself finds differences (it would pass vacuously if

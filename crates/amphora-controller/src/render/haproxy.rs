@@ -827,7 +827,7 @@ mod tests {
         let mut listener = Listener::new("lis-tcp", "TCP", 22);
         listener.default_pool_id = Some("pool-1".into());
         let mut pool = Pool::new("pool-1", "TCP", "SOURCE_IP");
-        pool.session_persistence = Some(SessionPersistence { kind: "SOURCE_IP".into(), cookie_name: None });
+        pool.session_persistence = Some(SessionPersistence::new("SOURCE_IP"));
         pool.health_monitor = Some(HealthMonitor::new("hm", "TCP", 10, 5, 3, 3));
         pool.members.push(Member::new("m-1", "192.168.1.5", 22));
         lb.listeners.push(listener);
@@ -870,8 +870,10 @@ mod tests {
     #[test]
     fn cookie_persistence_sticks_on_the_cookie() {
         let mut lb = http_lb();
-        lb.pools[0].session_persistence =
-            Some(SessionPersistence { kind: "APP_COOKIE".into(), cookie_name: Some("JSESSIONID".into()) });
+        lb.pools[0].session_persistence = Some(SessionPersistence {
+            cookie_name: Some("JSESSIONID".into()),
+            ..SessionPersistence::new("APP_COOKIE")
+        });
         let text = combined(&lb, &amp(), &opts()).expect("renders");
         let backend = section(&text, "backend pool-1:lis-http");
         assert_eq!(
@@ -883,7 +885,7 @@ mod tests {
             ]
         );
 
-        lb.pools[0].session_persistence = Some(SessionPersistence { kind: "HTTP_COOKIE".into(), cookie_name: None });
+        lb.pools[0].session_persistence = Some(SessionPersistence::new("HTTP_COOKIE"));
         let text = combined(&lb, &amp(), &opts()).expect("renders");
         let backend = section(&text, "backend pool-1:lis-http");
         assert_eq!(backend[3], "cookie SRV insert indirect nocache");

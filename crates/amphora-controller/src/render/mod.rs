@@ -4,6 +4,8 @@
 //!
 //! - [`haproxy::combined`]: haproxy's configuration of a load balancer;
 //! - [`keepalived::vrrp`]: keepalived's VRRP configuration (ACTIVE_STANDBY);
+//! - [`lvs::listener`]: keepalived's LVS configuration of a UDP or SCTP
+//!   listener;
 //! - [`agent::agent_config`]: the agent's own configuration file.
 //!
 //! [`model::load`] reads what they need. The renderers are pure: the same
@@ -12,6 +14,7 @@
 pub mod agent;
 pub mod haproxy;
 pub mod keepalived;
+pub mod lvs;
 pub mod model;
 
 /// Why a configuration cannot be rendered (a value upstream would render

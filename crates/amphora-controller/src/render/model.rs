@@ -121,6 +121,23 @@ pub struct SessionPersistence {
     #[serde(rename = "type")]
     pub kind: String,
     pub cookie_name: Option<String>,
+    /// UDP and SCTP pools (LVS): seconds a client sticks to its member.
+    #[serde(default)]
+    pub persistence_timeout: Option<i64>,
+    /// UDP and SCTP pools (LVS): the netmask grouping clients.
+    #[serde(default)]
+    pub persistence_granularity: Option<String>,
+}
+
+impl SessionPersistence {
+    pub fn new(kind: &str) -> SessionPersistence {
+        SessionPersistence {
+            kind: kind.into(),
+            cookie_name: None,
+            persistence_timeout: None,
+            persistence_granularity: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,7 +10,8 @@ Reads one JSON request on stdin (written by tests/render_upstream.rs):
 
 builds upstream's data models (octavia.common.data_models) from each case,
 and writes a list with, for each case, {"haproxy": TEXT or null,
-"keepalived": {AMP_ID: TEXT}, "agent": {AMP_ID: TEXT}} on stdout, calling
+"keepalived": {AMP_ID: TEXT}, "agent": {AMP_ID: TEXT}, "lvs": {LISTENER_ID:
+TEXT}} on stdout, calling
 the templaters as upstream's amphora driver does
 (octavia/amphorae/drivers/haproxy/rest_api_driver.py).
 Runs with the pinned octavia package (UPSTREAM_PYTHON).
@@ -33,6 +34,7 @@ from octavia.common import constants  # noqa: E402
 from octavia.common import data_models as dm  # noqa: E402
 from octavia.common.jinja.haproxy.combined_listeners import (  # noqa: E402
     jinja_cfg as haproxy)
+from octavia.common.jinja.lvs import jinja_cfg as lvs  # noqa: E402
 
 CONF = cfg.CONF
 
@@ -70,7 +72,10 @@ def pool(p):
         members=[member(m) for m in p["members"]],
         health_monitor=health_monitor(p["health_monitor"]),
         session_persistence=dm.SessionPersistence(
-            type=sp["type"], cookie_name=sp["cookie_name"]) if sp else None,
+            type=sp["type"], cookie_name=sp["cookie_name"],
+            persistence_timeout=sp.get("persistence_timeout"),
+            persistence_granularity=sp.get("persistence_granularity"))
+        if sp else None,
         tls_enabled=p["tls_enabled"], tls_ciphers=p["tls_ciphers"],
         tls_versions=p["tls_versions"], alpn_protocols=p["alpn_protocols"])
 
@@ -115,6 +120,7 @@ def render(request, case):
         topology=src["topology"],
         vip=dm.Vip(ip_address=src["vip"]["address"],
                    subnet_id=src["vip"]["subnet_id"]),
+        additional_vips=[],
         vrrp_group=dm.VRRPGroup(
             vrrp_group_name=group["name"], vrrp_auth_type=group["auth_type"],
             vrrp_auth_pass=group["auth_pass"],
@@ -125,7 +131,7 @@ def render(request, case):
     lb.amphorae = [amphora(a, request["vrrp_interface"])
                    for a in src["amphorae"]]
 
-    out = {"haproxy": None, "keepalived": {}, "agent": {}}
+    out = {"haproxy": None, "keepalived": {}, "agent": {}, "lvs": {}}
     host = next(a for a in lb.amphorae if a.id == case["host_amphora_id"])
     # The driver renders haproxy's file from the listeners haproxy carries;
     # UDP and SCTP ones go to LVS.
@@ -141,6 +147,11 @@ def render(request, case):
             host_amphora=host, listeners=tcp, tls_certs={},
             haproxy_versions=request["haproxy_version"].split(".")[:2],
             amp_details={})
+    # Each UDP or SCTP listener gets keepalived's LVS file of its own.
+    for li in lb.listeners:
+        if li.protocol in constants.LVS_PROTOCOLS:
+            out["lvs"][li.id] = lvs.LvsJinjaTemplater().build_config(
+                listener=li)
     if lb.topology == constants.TOPOLOGY_ACTIVE_STANDBY and lb.vrrp_group:
         subnet = src["vip_subnet"]
         net_config = {

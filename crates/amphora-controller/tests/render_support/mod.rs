@@ -54,7 +54,7 @@ fn amphorae(lb: &mut LoadBalancer, ips: &[&str]) {
             (_, 0) => "MASTER",
             _ => "BACKUP",
         };
-        let mut a = AmphoraView::new(&format!("a0000000-0000-4000-8000-00000000000{n}"), Some(role));
+        let mut a = AmphoraView::new(&format!("a0000000-0000-4000-8000-{n:012}"), Some(role));
         a.vrrp_ip = Some((*ip).into());
         a.ha_ip = Some(lb.vip.address.clone());
         a.lb_network_ip = Some(format!("198.51.100.{}", n + 2));
@@ -100,7 +100,7 @@ pub fn single_http_tcp() -> LoadBalancer {
     let mut tcp = Listener::new("l1000000-0000-4000-8000-000000000002", "TCP", 3306);
     tcp.default_pool_id = Some("p1000000-0000-4000-8000-000000000002".into());
     let mut db = Pool::new("p1000000-0000-4000-8000-000000000002", "TCP", "SOURCE_IP");
-    db.session_persistence = Some(SessionPersistence { kind: "SOURCE_IP".into(), cookie_name: None });
+    db.session_persistence = Some(SessionPersistence::new("SOURCE_IP"));
     let mut primary = Member::new("m1000000-0000-4000-8000-000000000003", "192.168.20.11", 3306);
     primary.monitor_address = Some("192.168.20.111".into());
     primary.monitor_port = Some(9200);
@@ -155,7 +155,7 @@ pub fn active_standby() -> LoadBalancer {
     http.insert_headers.insert("X-Forwarded-For".into(), "True".into());
     let mut app = Pool::new("p2000000-0000-4000-8000-000000000002", "HTTP", "ROUND_ROBIN");
     app.session_persistence =
-        Some(SessionPersistence { kind: "APP_COOKIE".into(), cookie_name: Some("JSESSIONID".into()) });
+        Some(SessionPersistence { cookie_name: Some("JSESSIONID".into()), ..SessionPersistence::new("APP_COOKIE") });
     let mut w = Member::new("m2000000-0000-4000-8000-000000000003", "10.30.0.21", 8080);
     w.weight = 10;
     app.members.push(w);
@@ -165,7 +165,7 @@ pub fn active_standby() -> LoadBalancer {
     tcp.default_pool_id = Some("p2000000-0000-4000-8000-000000000003".into());
     tcp.connection_limit = 250;
     let mut sticky = Pool::new("p2000000-0000-4000-8000-000000000003", "TCP", "SOURCE_IP");
-    sticky.session_persistence = Some(SessionPersistence { kind: "SOURCE_IP".into(), cookie_name: None });
+    sticky.session_persistence = Some(SessionPersistence::new("SOURCE_IP"));
     sticky.members.push(Member::new("m2000000-0000-4000-8000-000000000004", "10.30.0.31", 5432));
 
     lb.listeners.extend([https, http, tcp]);
@@ -196,7 +196,7 @@ pub fn terminated_https() -> LoadBalancer {
         term.insert_headers.insert(header.into(), "true".into());
     }
     let mut secure = Pool::new("p3000000-0000-4000-8000-000000000001", "HTTP", "ROUND_ROBIN");
-    secure.session_persistence = Some(SessionPersistence { kind: "HTTP_COOKIE".into(), cookie_name: None });
+    secure.session_persistence = Some(SessionPersistence::new("HTTP_COOKIE"));
     secure.tls_enabled = true;
     secure.tls_ciphers = Some("ECDHE-RSA-AES256-GCM-SHA384".into());
     secure.tls_versions = Some(vec!["TLSv1.2".into()]);
@@ -246,6 +246,93 @@ pub fn disabled() -> LoadBalancer {
     let mut lb = single_http_tcp();
     lb.id = "44444444-5555-4666-8777-888888888888".into();
     lb.enabled = false;
+    lb
+}
+
+/// SINGLE with UDP and SCTP listeners only (keepalived LVS, no haproxy):
+/// UDP with SOURCE_IP persistence, a connection limit, a UDP-CONNECT
+/// monitor, weighted, monitored-elsewhere, disabled and IPv6 members; SCTP
+/// with least connections and an SCTP monitor; UDP with HTTP and TCP
+/// monitors, a disabled pool, a disabled monitor, a disabled listener and
+/// one without a pool.
+pub fn lvs_listeners() -> LoadBalancer {
+    let mut lb = LoadBalancer::new(
+        "66666666-7777-4888-8999-aaaaaaaaaaaa",
+        "11112222333344445555666677778888",
+        Topology::Single,
+        "203.0.113.60",
+    );
+    let listener = |n: u8, protocol: &str, port: u16, pool: Option<u8>| {
+        let mut l = Listener::new(&format!("l6000000-0000-4000-8000-{n:012}"), protocol, port);
+        l.default_pool_id = pool.map(|p| format!("p6000000-0000-4000-8000-{p:012}"));
+        l
+    };
+    let pool = |n: u8, protocol: &str, algorithm: &str| {
+        Pool::new(&format!("p6000000-0000-4000-8000-{n:012}"), protocol, algorithm)
+    };
+    let member =
+        |n: u8, address: &str, port: u16| Member::new(&format!("m6000000-0000-4000-8000-{n:012}"), address, port);
+    let monitor = |n: u8, kind: &str| HealthMonitor::new(&format!("h6000000-0000-4000-8000-{n:012}"), kind, 4, 2, 2, 3);
+
+    let mut dns = listener(1, "UDP", 53, Some(1));
+    dns.connection_limit = 500;
+    let mut resolvers = pool(1, "UDP", "ROUND_ROBIN");
+    resolvers.session_persistence = Some(SessionPersistence {
+        persistence_timeout: Some(120),
+        persistence_granularity: Some("255.255.255.0".into()),
+        ..SessionPersistence::new("SOURCE_IP")
+    });
+    let mut heavy = member(2, "192.168.60.12", 5353);
+    heavy.weight = 9;
+    let mut elsewhere = member(3, "192.168.60.13", 5353);
+    elsewhere.monitor_address = Some("192.168.60.113".into());
+    elsewhere.monitor_port = Some(9053);
+    let mut off = member(4, "192.168.60.14", 5353);
+    off.enabled = false;
+    resolvers.members.extend([member(1, "192.168.60.11", 5353), heavy, elsewhere, off, member(5, "fd00:60::15", 5353)]);
+    resolvers.health_monitor = Some(monitor(1, "UDP-CONNECT"));
+
+    let signalling = listener(2, "SCTP", 9000, Some(2));
+    let mut peers = pool(2, "SCTP", "LEAST_CONNECTIONS");
+    peers.members.extend([member(6, "192.168.61.11", 9000), member(7, "192.168.61.12", 9000)]);
+    peers.health_monitor = Some(monitor(2, "SCTP"));
+
+    let radius = listener(3, "UDP", 1812, Some(3));
+    let mut auth = pool(3, "UDP", "SOURCE_IP");
+    auth.session_persistence = Some(SessionPersistence::new("SOURCE_IP"));
+    auth.members.push(member(8, "192.168.62.11", 1812));
+    let mut http = monitor(3, "HTTP");
+    http.url_path = Some("/health".into());
+    http.expected_codes = Some("200,202-203".into());
+    auth.health_monitor = Some(http);
+
+    let sip = listener(4, "UDP", 5060, Some(4));
+    let mut closed = pool(4, "UDP", "ROUND_ROBIN");
+    closed.enabled = false;
+    closed.members.push(member(9, "192.168.63.11", 5060));
+    closed.health_monitor = Some(monitor(4, "TCP"));
+
+    let syslog = listener(5, "UDP", 514, Some(5));
+    let mut logs = pool(5, "UDP", "SOURCE_IP_PORT");
+    logs.members.push(member(10, "192.168.64.11", 514));
+    let mut quiet = monitor(5, "UDP-CONNECT");
+    quiet.enabled = false;
+    logs.health_monitor = Some(quiet);
+    let mut tcp_checked = listener(7, "UDP", 4789, Some(7));
+    tcp_checked.connection_limit = 0;
+    let mut tunnels = pool(7, "UDP", "ROUND_ROBIN");
+    let mut tunnel = member(11, "192.168.65.11", 4789);
+    tunnel.monitor_port = Some(22);
+    tunnels.members.push(tunnel);
+    tunnels.health_monitor = Some(monitor(7, "TCP"));
+
+    let mut ntp = listener(6, "UDP", 123, Some(1));
+    ntp.enabled = false;
+    let bare = listener(8, "UDP", 69, None);
+
+    lb.listeners.extend([dns, signalling, radius, sip, syslog, tcp_checked, ntp, bare]);
+    lb.pools.extend([resolvers, peers, auth, closed, logs, tunnels]);
+    amphorae(&mut lb, &["198.18.0.60"]);
     lb
 }
 
@@ -315,8 +402,8 @@ pub fn haproxy_check(path: &Path, amphora_id: &str) -> Result<(), String> {
 
 /// `keepalived --config-test` on a rendered file, in network namespace
 /// `netns` when given (keepalived checks that the interfaces it names
-/// exist). keepalived fails its test on warnings too; the one about scripts
-/// run without script_security is expected (as on upstream's amphorae, the
+/// exist). keepalived fails its test on warnings too; the ones about (check)
+/// scripts run without script_security are expected (as on upstream's amphorae, the
 /// check script runs as root) and is the only one tolerated.
 pub fn keepalived_check(path: &Path, netns: Option<&str>) -> Result<(), String> {
     let mut command = match netns {
@@ -334,7 +421,13 @@ pub fn keepalived_check(path: &Path, netns: Option<&str>) -> Result<(), String> 
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
-        .filter(|l| *l != "SECURITY VIOLATION - scripts are being executed but script_security not enabled.")
+        .filter(|l| {
+            !matches!(
+                *l,
+                "SECURITY VIOLATION - scripts are being executed but script_security not enabled."
+                    | "SECURITY VIOLATION - check scripts are being executed but script_security not enabled."
+            )
+        })
         .collect();
     if output.status.success() || problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
 }
