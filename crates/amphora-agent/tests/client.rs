@@ -98,6 +98,45 @@ async fn a_load_balancers_life_through_the_client() {
     assert_eq!(client.connections_opened(), 1);
 }
 
+/// A UDP listener's keepalived LVS file as the controller renders it.
+fn lvs_config(agent: &Agent, port: u16) -> String {
+    format!(
+        "net_namespace amphora-haproxy\n\nvirtual_server_group ipv4-group {{\n    203.0.113.9 {port}\n}}\n\n\
+         virtual_server group ipv4-group {{\n    lb_algo wrr\n    lb_kind NAT\n    protocol UDP\n\
+             delay_loop 5\n    delay_before_retry 5\n    retry 3\n\
+             real_server 192.0.2.21 5353 {{\n        weight 1\n        MISC_CHECK {{\n\
+                     misc_path \"{}/lvs/check/udp_check.sh 192.0.2.21 5353\"\n            misc_timeout 2\n        }}\n    }}\n}}\n",
+        agent.base_path().display()
+    )
+}
+
+/// Upload, read back, listing and removal of a UDP listener (starting it
+/// needs IPVS: tests/lvs.rs does that in the VM).
+#[tokio::test]
+async fn an_lvs_listener_through_the_client() {
+    const UDP_LISTENER: &str = "5b0c3a1e-8f0e-4c6b-9e61-6d1f0c2a7e40";
+    let agent = agent();
+    let client = client_of(&agent, quick(3));
+    let config = lvs_config(&agent, 5353);
+    let stored = client.upload_lvs_config(UDP_LISTENER, config.clone()).await.expect("upload");
+    assert_eq!(stored.message, Message::ok());
+    let fetched = client.get_lvs_config(UDP_LISTENER).await.expect("read back");
+    assert_eq!(fetched.text, config);
+    let listed = client.listeners().await.expect("listeners");
+    let udp = listed.iter().find(|l| l.uuid == UDP_LISTENER).expect("the UDP listener is listed");
+    assert_eq!(udp.kind, ListenerProtocol::Udp);
+
+    // A file keepalived refuses leaves the stored one.
+    let refused = client.upload_lvs_config(UDP_LISTENER, "virtual_server {\n").await.expect_err("refused");
+    assert_eq!(refused.status(), Some(400), "{refused}");
+    assert_eq!(client.get_lvs_config(UDP_LISTENER).await.expect("read back").text, config);
+
+    client.delete_lvs_listener(UDP_LISTENER).await.expect("delete");
+    let gone = client.get_lvs_config(UDP_LISTENER).await.expect_err("gone");
+    assert!(gone.is_not_found(), "{gone}");
+    assert!(client.listeners().await.expect("listeners").iter().all(|l| l.uuid != UDP_LISTENER));
+}
+
 #[tokio::test]
 async fn agent_level_calls_and_their_errors() {
     let agent = agent();

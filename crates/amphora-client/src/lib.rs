@@ -220,6 +220,25 @@ impl Client {
         self.text(&paths::v1::lb_config(lb_id)).await
     }
 
+    /// `PUT /1.0/listeners/{amphora}/{listener}/udp_listener`: stores
+    /// (after `keepalived --config-test`) a UDP or SCTP listener's keepalived
+    /// LVS configuration.
+    pub async fn upload_lvs_config(&self, listener_id: &str, config: impl Into<Bytes>) -> Result<Stored, ClientError> {
+        let path = paths::v1::lvs_upload_config(&self.inner.amphora_id, listener_id);
+        self.stored(self.call(Method::PUT, &path, Body::Raw(config.into())).await?)
+    }
+
+    /// `GET /1.0/listeners/{listener}/udp_listener`.
+    pub async fn get_lvs_config(&self, listener_id: &str) -> Result<HaproxyConfig, ClientError> {
+        self.text(&paths::v1::lvs_config(listener_id)).await
+    }
+
+    /// `DELETE /1.0/listeners/{listener}`: stops and removes a UDP or SCTP
+    /// listener (the route that removes a load balancer's haproxy).
+    pub async fn delete_lvs_listener(&self, listener_id: &str) -> Result<Message, ClientError> {
+        self.delete_load_balancer(listener_id).await
+    }
+
     /// The 0.1 API of this amphora.
     pub fn v0_1(&self) -> V0_1<'_> {
         V0_1 { client: self }

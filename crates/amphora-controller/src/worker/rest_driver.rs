@@ -12,8 +12,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use amphora_client::{Client, Clients, Credentials, Timeouts};
-use amphora_proto::Action;
 use amphora_proto::net::{FixedIpRequest, HostRouteRequest, PlugNetworkRequest, PlugVipRequest};
+use amphora_proto::{Action, ListenerProtocol};
 use anyhow::{Context as _, anyhow};
 
 use super::drivers::{AmphoraDriver, AmphoraTarget, BootFiles, ComputeDriver, DriverFuture, Port, Subnet};
@@ -89,6 +89,73 @@ impl RestAmphora {
             .as_deref()
             .and_then(|c| self.compute.agent_base_path(c))
             .unwrap_or_else(|| self.config.haproxy_amphora.base_path.clone())
+    }
+}
+
+impl RestAmphora {
+    /// haproxy's part of an update: the combined file of the load
+    /// balancer's TCP-based listeners, uploaded and reloaded; or, when it
+    /// has none, its haproxy removed (as upstream's driver does).
+    async fn update_haproxy(&self, client: &Client, amp: &AmphoraTarget, mut lb: LoadBalancer) -> anyhow::Result<()> {
+        let load_balancer_id = lb.id.clone();
+        if !render::haproxy::needs_haproxy(&lb) {
+            return match client.delete_load_balancer(&load_balancer_id).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.is_not_found() => Ok(()),
+                Err(e) => Err(e).context("DELETE load balancer"),
+            };
+        }
+        // What upstream's driver asks first: the haproxy version and the
+        // amphora's resources change the file.
+        let info = client.info().await.context("GET /1.0/info")?;
+        let details = client.details().await.context("GET /1.0/details")?;
+        if let Some(view) = lb.amphorae.iter_mut().find(|a| a.id == amp.id) {
+            view.haproxy_version = info.haproxy_version.clone();
+        }
+        let this = this_amphora(&lb, &amp.id)?;
+        let mut options = render::haproxy::HaproxyOptions::from_config(&self.config);
+        let base = self.base_path(amp);
+        options.base_cert_dir = format!("{base}/certs");
+        options.base_path = base;
+        options.details = Some(render::haproxy::AmphoraDetails {
+            cpu_count: Some(details.cpu_count),
+            active_tuned_profiles: Some(details.active_tuned_profiles.clone()),
+            memory: Some((details.memory.free as i64, details.memory.buffers as i64, details.memory.cached as i64)),
+        });
+        let text = render::haproxy::combined(&lb, this, &options)?;
+        client.upload_config(&load_balancer_id, text).await.context("PUT haproxy configuration")?;
+        client.reload(&load_balancer_id).await.context("PUT reload")?;
+        Ok(())
+    }
+
+    /// LVS's part: each UDP or SCTP listener's keepalived file uploaded and
+    /// reloaded (which starts it the first time), as upstream's driver does;
+    /// then any UDP or SCTP listener the amphora still runs that the load
+    /// balancer no longer has (deleted, or left by an interrupted flow) is
+    /// removed. Upstream removes a listener only in its delete call; asking
+    /// the amphora makes a resumed or repeated update leave nothing behind.
+    async fn update_lvs(&self, client: &Client, amp: &AmphoraTarget, lb: &LoadBalancer) -> anyhow::Result<()> {
+        let options = render::lvs::LvsOptions { base_path: self.base_path(amp) };
+        let mut wanted = std::collections::BTreeSet::new();
+        for listener in lb.listeners.iter().filter(|l| render::haproxy::is_lvs(&l.protocol)) {
+            let text = render::lvs::listener(lb, listener, &options)?;
+            client.upload_lvs_config(&listener.id, text).await.context("PUT udp_listener")?;
+            client.reload(&listener.id).await.context("PUT reload (UDP/SCTP listener)")?;
+            wanted.insert(listener.id.as_str());
+        }
+        let running = client.listeners().await.context("GET /1.0/listeners")?;
+        for stale in running
+            .iter()
+            .filter(|l| matches!(l.kind, ListenerProtocol::Udp | ListenerProtocol::Sctp))
+            .filter(|l| !wanted.contains(l.uuid.as_str()))
+        {
+            match client.delete_lvs_listener(&stale.uuid).await {
+                Ok(_) => tracing::info!(amphora = %amp.id, listener = %stale.uuid, "removed a UDP/SCTP listener"),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e).context("DELETE UDP/SCTP listener"),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -205,38 +272,10 @@ impl AmphoraDriver for RestAmphora {
 
     fn upload_config<'a>(&'a self, amp: &'a AmphoraTarget, load_balancer_id: &'a str) -> DriverFuture<'a, ()> {
         Box::pin(async move {
-            let mut lb = self.load(load_balancer_id).await?;
+            let lb = self.load(load_balancer_id).await?;
             let client = self.active_client(amp)?;
-            if !render::haproxy::needs_haproxy(&lb) {
-                // Nothing for haproxy to serve: upstream removes the load
-                // balancer from the amphora.
-                return match client.delete_load_balancer(load_balancer_id).await {
-                    Ok(_) => Ok(()),
-                    Err(e) if e.is_not_found() => Ok(()),
-                    Err(e) => Err(e).context("DELETE load balancer"),
-                };
-            }
-            // What upstream's driver asks first: the haproxy version and the
-            // amphora's resources change the file.
-            let info = client.info().await.context("GET /1.0/info")?;
-            let details = client.details().await.context("GET /1.0/details")?;
-            if let Some(view) = lb.amphorae.iter_mut().find(|a| a.id == amp.id) {
-                view.haproxy_version = info.haproxy_version.clone();
-            }
-            let this = this_amphora(&lb, &amp.id)?;
-            let mut options = render::haproxy::HaproxyOptions::from_config(&self.config);
-            let base = self.base_path(amp);
-            options.base_cert_dir = format!("{base}/certs");
-            options.base_path = base;
-            options.details = Some(render::haproxy::AmphoraDetails {
-                cpu_count: Some(details.cpu_count),
-                active_tuned_profiles: Some(details.active_tuned_profiles.clone()),
-                memory: Some((details.memory.free as i64, details.memory.buffers as i64, details.memory.cached as i64)),
-            });
-            let text = render::haproxy::combined(&lb, this, &options)?;
-            client.upload_config(load_balancer_id, text).await.context("PUT haproxy configuration")?;
-            client.reload(load_balancer_id).await.context("PUT reload")?;
-            Ok(())
+            self.update_haproxy(&client, amp, lb.clone()).await?;
+            self.update_lvs(&client, amp, &lb).await
         })
     }
 
