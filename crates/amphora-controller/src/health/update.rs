@@ -20,7 +20,38 @@ use crate::model::{amphora_status, provisioning};
 
 /// Rows per set statement (bind parameters stay far below both engines'
 /// limits).
-const CHUNK: usize = 200;
+const CHUNK: usize = 256;
+
+/// `ids` as IN lists of at most [`CHUNK`], each padded (with its first id,
+/// which changes nothing a SELECT or UPDATE does) to a power of two: a set
+/// statement's text depends only on its length, so a handful of texts serve
+/// every batch and each connection reuses its prepared statements instead
+/// of having PostgreSQL parse and plan a new text for each batch size.
+fn in_lists<'a>(ids: &[&'a str]) -> Vec<Vec<&'a str>> {
+    ids.chunks(CHUNK)
+        .map(|chunk| {
+            let mut list = chunk.to_vec();
+            list.resize(chunk.len().next_power_of_two(), chunk[0]);
+            list
+        })
+        .collect()
+}
+
+/// `rows` in chunks whose lengths are powers of two (at most [`CHUNK`]):
+/// for INSERTs, where a repeated row cannot pad (an upsert may not touch a
+/// row twice). Same reason as [`in_lists`].
+fn power_chunks<T>(rows: &[T]) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let n = rest.len().min(CHUNK);
+        let n = 1 << (usize::BITS - 1 - n.leading_zeros());
+        let (chunk, tail) = rest.split_at(n);
+        out.push(chunk);
+        rest = tail;
+    }
+    out
+}
 
 /// One verified heartbeat and when its datagram arrived.
 #[derive(Debug, Clone)]
@@ -80,7 +111,7 @@ struct Rows {
 
 async fn load(tx: &mut WriteTx<'_>, amphora_ids: &[&str]) -> Result<Rows, sqlx::Error> {
     let mut rows = Rows::default();
-    for ids in amphora_ids.chunks(CHUNK) {
+    for ids in in_lists(amphora_ids) {
         let sql = format!(
             "SELECT a.id, a.status, l.id, {}, l.provisioning_status, l.operating_status FROM amphora a \
              LEFT JOIN load_balancer l ON l.id = a.load_balancer_id AND l.provisioning_status <> $1 \
@@ -89,7 +120,7 @@ async fn load(tx: &mut WriteTx<'_>, amphora_ids: &[&str]) -> Result<Rows, sqlx::
             placeholders(3, ids.len())
         );
         let q = sqlx::query(&sql).bind(provisioning::DELETED).bind(amphora_status::DELETED);
-        for r in bind_all(q, ids).fetch_all(&mut *tx.tx).await? {
+        for r in bind_all(q, &ids).fetch_all(&mut *tx.tx).await? {
             let lb: Option<String> = r.try_get(2)?;
             if let Some(id) = &lb {
                 rows.lbs.entry(id.clone()).or_insert(LbRows {
@@ -105,13 +136,13 @@ async fn load(tx: &mut WriteTx<'_>, amphora_ids: &[&str]) -> Result<Rows, sqlx::
     }
     let lb_ids: Vec<String> = rows.lbs.keys().cloned().collect();
     let lb_ids: Vec<&str> = lb_ids.iter().map(String::as_str).collect();
-    for ids in lb_ids.chunks(CHUNK) {
+    for ids in in_lists(&lb_ids) {
         let sql = format!(
             "SELECT load_balancer_id, id, {}, operating_status FROM listener WHERE load_balancer_id IN ({}) ORDER BY id",
             flag("enabled"),
             placeholders(1, ids.len())
         );
-        for r in bind_all(sqlx::query(&sql), ids).fetch_all(&mut *tx.tx).await? {
+        for r in bind_all(sqlx::query(&sql), &ids).fetch_all(&mut *tx.tx).await? {
             let lb: String = r.try_get(0)?;
             if let Some(lb) = rows.lbs.get_mut(&lb) {
                 lb.listeners.push(ListenerRow {
@@ -126,7 +157,7 @@ async fn load(tx: &mut WriteTx<'_>, amphora_ids: &[&str]) -> Result<Rows, sqlx::
              LEFT JOIN member m ON m.pool_id = p.id WHERE p.load_balancer_id IN ({}) ORDER BY p.id, m.id",
             placeholders(1, ids.len())
         );
-        for r in bind_all(sqlx::query(&sql), ids).fetch_all(&mut *tx.tx).await? {
+        for r in bind_all(sqlx::query(&sql), &ids).fetch_all(&mut *tx.tx).await? {
             let lb: String = r.try_get(0)?;
             let Some(lb) = rows.lbs.get_mut(&lb) else { continue };
             let pool_id: String = r.try_get(1)?;
@@ -270,7 +301,7 @@ impl Plan {
     async fn write(self, tx: &mut WriteTx<'_>) -> Result<(), sqlx::Error> {
         let health: Vec<&str> = self.health.iter().map(String::as_str).collect();
         let now = now_millis();
-        for ids in health.chunks(CHUNK) {
+        for ids in power_chunks(&health) {
             let values = (0..ids.len()).map(|i| format!("(${}, $1, $2)", i + 3)).collect::<Vec<_>>().join(", ");
             let sql = format!(
                 "INSERT INTO amphora_health (amphora_id, last_update, busy) VALUES {values} \
@@ -279,7 +310,7 @@ impl Plan {
             bind_all(sqlx::query(&sql).bind(now).bind(false), ids).execute(&mut *tx.tx).await?;
         }
         let allocate: Vec<&str> = self.allocate.iter().map(String::as_str).collect();
-        for ids in allocate.chunks(CHUNK) {
+        for ids in in_lists(&allocate) {
             let sql = format!(
                 "UPDATE amphora SET status = $1, updated_at = $2 WHERE status = $3 AND id IN ({})",
                 placeholders(4, ids.len())
@@ -288,7 +319,7 @@ impl Plan {
                 .bind(amphora_status::ALLOCATED)
                 .bind(now_text())
                 .bind(amphora_status::FAILOVER_STOPPED);
-            bind_all(q, ids).execute(&mut *tx.tx).await?;
+            bind_all(q, &ids).execute(&mut *tx.tx).await?;
         }
         // One statement per table and status.
         let mut grouped: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
@@ -296,12 +327,12 @@ impl Plan {
             grouped.entry((table, s)).or_default().push(id);
         }
         for ((table, s), ids) in &grouped {
-            for ids in ids.chunks(CHUNK) {
+            for ids in in_lists(ids) {
                 let sql = format!(
                     "UPDATE {table} SET operating_status = $1, updated_at = $2 WHERE id IN ({})",
                     placeholders(3, ids.len())
                 );
-                bind_all(sqlx::query(&sql).bind(*s).bind(now_text()), ids).execute(&mut *tx.tx).await?;
+                bind_all(sqlx::query(&sql).bind(*s).bind(now_text()), &ids).execute(&mut *tx.tx).await?;
             }
         }
         let (add, set): (Vec<_>, Vec<_>) = self.stats.iter().partition(|(_, w)| matches!(w, StatsWrite::Add(_)));
@@ -343,7 +374,7 @@ async fn write_stats(
          request_errors = excluded.request_errors, active_connections = excluded.active_connections"
             .to_owned()
     };
-    for chunk in rows.chunks(CHUNK) {
+    for chunk in power_chunks(rows) {
         let values =
             (0..chunk.len()).map(|i| format!("({})", placeholders(i * 7 + 1, 7))).collect::<Vec<_>>().join(", ");
         let sql = format!(
@@ -423,5 +454,33 @@ pub async fn apply_and_count(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_lists_pad_to_powers_of_two_with_ids_of_their_own_chunk() {
+        let ids: Vec<String> = (0..300).map(|i| format!("a{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let lists = in_lists(&ids);
+        assert_eq!(lists.iter().map(Vec::len).collect::<Vec<_>>(), [256, 64]);
+        // The second list: a256..a299, then a256 repeated.
+        assert_eq!(lists[1][..44], ids[256..]);
+        assert!(lists[1][44..].iter().all(|id| *id == "a256"));
+        assert_eq!(in_lists(&ids[..5]).iter().map(Vec::len).collect::<Vec<_>>(), [8]);
+        assert!(in_lists(&[]).is_empty());
+    }
+
+    #[test]
+    fn power_chunks_cover_every_row_once_in_power_of_two_lengths() {
+        let rows: Vec<u32> = (0..300).collect();
+        let chunks = power_chunks(&rows);
+        assert_eq!(chunks.iter().map(|c| c.len()).collect::<Vec<_>>(), [256, 32, 8, 4]);
+        assert_eq!(chunks.concat(), rows);
+        assert_eq!(power_chunks(&rows[..1]).len(), 1);
+        assert!(power_chunks::<u32>(&[]).is_empty());
     }
 }
