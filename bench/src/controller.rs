@@ -77,7 +77,7 @@ struct Creates {
     failed: usize,
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
@@ -157,21 +157,21 @@ pub fn section_between(report: &str, begin: &str, end: &str) -> Option<String> {
 const PROJECTS: usize = 50;
 const SUBNETS: usize = 50;
 
-fn id() -> String {
+pub(crate) fn id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-enum Val {
+pub(crate) enum Val {
     Text(Option<String>),
     Bool(bool),
     Int(Option<i64>),
 }
 
-fn t(s: impl Into<String>) -> Val {
+pub(crate) fn t(s: impl Into<String>) -> Val {
     Val::Text(Some(s.into()))
 }
 
-const LB_COLUMNS: &[&str] = &[
+pub(crate) const LB_COLUMNS: &[&str] = &[
     "id",
     "project_id",
     "name",
@@ -191,7 +191,7 @@ const LB_COLUMNS: &[&str] = &[
     "updated_at",
 ];
 
-const AMPHORA_COLUMNS: &[&str] = &[
+pub(crate) const AMPHORA_COLUMNS: &[&str] = &[
     "id",
     "load_balancer_id",
     "compute_id",
@@ -214,7 +214,7 @@ const AMPHORA_COLUMNS: &[&str] = &[
     "updated_at",
 ];
 
-async fn insert_batch(db: &Db, table: &str, columns: &[&str], rows: Vec<Vec<Val>>) -> anyhow::Result<()> {
+pub(crate) async fn insert_batch(db: &Db, table: &str, columns: &[&str], rows: Vec<Vec<Val>>) -> anyhow::Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -329,7 +329,7 @@ async fn seed(url: &str, lbs: usize, per_lb: usize) -> anyhow::Result<Duration> 
     Ok(started.elapsed())
 }
 
-async fn postgres_database(server: &str) -> anyhow::Result<String> {
+pub(crate) async fn postgres_database(server: &str) -> anyhow::Result<String> {
     sqlx::any::install_default_drivers();
     let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
     let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(server).await?;

@@ -104,7 +104,7 @@ async fn measure(binary: &std::path::Path, args: &HotArgs) -> Figures {
 }
 
 /// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: i32) -> anyhow::Result<(f64, f64)> {
+pub(crate) fn cpu_seconds(pid: i32) -> anyhow::Result<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let (_, rest) = stat.rsplit_once(')').ok_or_else(|| anyhow::anyhow!("malformed /proc/{pid}/stat"))?;
     // After the command: state is field 3, utime 14, stime 15.

@@ -9,6 +9,7 @@
 mod controller;
 mod heartbeat;
 mod hot;
+mod ingest;
 mod lifecycle;
 mod load;
 mod scenario;
@@ -66,6 +67,9 @@ enum Command {
     /// kept-alive request, /1.0/info latency on a single-worker runtime
     /// under configuration PUTs, reloads and heartbeats.
     AgentHot(hot::HotArgs),
+    /// The controller's health role at fleet scale: signed heartbeats from
+    /// synthetic amphorae at rising rates, on SQLite and PostgreSQL.
+    Ingest(ingest::IngestArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,6 +78,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Controller(c)) => return controller::main(c),
         Some(Command::Lifecycle(l)) => return lifecycle::main(l),
         Some(Command::AgentHot(h)) => return hot::main(h),
+        Some(Command::Ingest(i)) => return ingest::main(i),
         None => {}
     }
     let launchers = Launchers {
