@@ -29,6 +29,7 @@ const UDP_LISTENER: &str = "7d1a9b80-5c1e-4a43-9c0e-3f0f5a7c2b10";
 const POOL: &str = "7d1a9b80-5c1e-4a43-9c0e-3f0f5a7c2b20";
 const MEMBER_1: &str = "7d1a9b80-5c1e-4a43-9c0e-3f0f5a7c2b31";
 const MEMBER_2: &str = "7d1a9b80-5c1e-4a43-9c0e-3f0f5a7c2b32";
+const MEMBER_3: &str = "7d1a9b80-5c1e-4a43-9c0e-3f0f5a7c2b33";
 const VIP_MAC: &str = "02:00:00:00:05:01";
 const MEMBER_MAC: &str = "02:00:00:00:06:01";
 const VIP: &str = "10.0.0.10:5353";
@@ -141,7 +142,7 @@ async fn plugged() -> (Agent, Hypervisor, Receiver) {
     netns::veth(&hyp, "hv-vip", &vm, "ens3", VIP_MAC);
     netns::veth(&hyp, "hv-mem", &vm, "ens4", MEMBER_MAC);
     netns::ip_in(&hyp, &["addr", "add", "10.0.0.1/24", "dev", "hv-vip"]);
-    for backend in ["10.1.0.1/24", "10.1.0.2/24"] {
+    for backend in ["10.1.0.1/24", "10.1.0.2/24", "10.1.0.3/24"] {
         netns::ip_in(&hyp, &["addr", "add", backend, "dev", "hv-mem"]);
     }
     let hyp = Hypervisor { runtime: NsRuntime::new(&hyp), name: hyp };
@@ -161,8 +162,13 @@ async fn plugged() -> (Agent, Hypervisor, Receiver) {
 }
 
 /// The controller's rendering of a UDP listener with a UDP-CONNECT health
-/// monitor checking every second.
+/// monitor checking every second, members 1 and 2.
 fn lvs_config(agent: &Agent) -> String {
+    lvs_config_with(agent, &[(MEMBER_1, "10.1.0.1"), (MEMBER_2, "10.1.0.2")])
+}
+
+/// The same with the members given (id, address).
+fn lvs_config_with(agent: &Agent, members: &[(&str, &str)]) -> String {
     let check = agent.base_path().join("lvs/check/udp_check.sh");
     let member = |id: &str, address: &str| {
         format!(
@@ -178,9 +184,8 @@ fn lvs_config(agent: &Agent) -> String {
          virtual_server_group ipv4-group {{\n    10.0.0.10 5353\n}}\n\n\
          virtual_server group ipv4-group {{\n    lb_algo rr\n    lb_kind NAT\n    protocol UDP\n\
          \x20   delay_loop 1\n    delay_before_retry 1\n    retry 1\n\n\n\
-         \x20   # Configuration for Pool {POOL}\n    # Configuration for HealthMonitor {POOL}\n{}{}}}\n\n",
-        member(MEMBER_1, "10.1.0.1"),
-        member(MEMBER_2, "10.1.0.2"),
+         \x20   # Configuration for Pool {POOL}\n    # Configuration for HealthMonitor {POOL}\n{}}}\n\n",
+        members.iter().map(|(id, address)| member(id, address)).collect::<String>(),
     )
 }
 
@@ -273,6 +278,87 @@ fn keepalived_pid(agent: &Agent) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+fn checker_pid(agent: &Agent) -> Option<i32> {
+    let path: PathBuf = agent.base_path().join(format!("lvs/octavia-keepalivedlvs-{UDP_LISTENER}.check.pid"));
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// How many reloads keepalived's checker has logged finishing.
+fn reloads_logged(agent: &Agent) -> usize {
+    let log =
+        std::fs::read_to_string(agent.base_path().join(format!("lvs/agent/{UDP_LISTENER}.log"))).unwrap_or_default();
+    log.matches("Reloading ...").count()
+}
+
+/// Where a backend's answer comes from.
+fn member_address(name: &str) -> SocketAddr {
+    let address = match name {
+        "backend-1" => "10.1.0.1:5353",
+        "backend-2" => "10.1.0.2:5353",
+        "backend-3" => "10.1.0.3:5353",
+        other => panic!("no backend {other:?}"),
+    };
+    address.parse().expect("address")
+}
+
+/// `cat FILE` in a namespace (IPVS's /proc files are per namespace).
+fn read_in(namespace: &str, path: &str) -> String {
+    let output = std::process::Command::new("ip")
+        .args(["netns", "exec", namespace, "cat", path])
+        .output()
+        .expect("run ip netns exec");
+    assert!(output.status.success(), "cat {path}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// "0A00000A:14E9" or ("0A00000A", "14E9"): an IPv4 address and port in
+/// the kernel's hexadecimal.
+fn hex_address(address: &str, port: &str) -> Option<SocketAddr> {
+    let address = u32::from_str_radix(address, 16).ok()?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    Some(SocketAddr::from((std::net::Ipv4Addr::from(address), port)))
+}
+
+struct IpvsConnection {
+    protocol: String,
+    client: SocketAddr,
+    real_server: SocketAddr,
+}
+
+/// IPVS's connection entries (/proc/net/ip_vs_conn): protocol, client,
+/// virtual address, real server, state, expiry.
+fn ipvs_connections(namespace: &str) -> Vec<IpvsConnection> {
+    read_in(namespace, "/proc/net/ip_vs_conn")
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let [protocol, from, from_port, _to, _to_port, dest, dest_port, ..] = words.as_slice() else { return None };
+            Some(IpvsConnection {
+                protocol: (*protocol).to_owned(),
+                client: hex_address(from, from_port)?,
+                real_server: hex_address(dest, dest_port)?,
+            })
+        })
+        .collect()
+}
+
+/// IPVS's virtual services (/proc/net/ip_vs).
+fn ipvs_services(namespace: &str) -> Vec<SocketAddr> {
+    read_in(namespace, "/proc/net/ip_vs")
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let protocol = words.next()?;
+            if !["TCP", "UDP", "SCTP"].contains(&protocol) {
+                return None;
+            }
+            let (address, port) = words.next()?.split_once(':')?;
+            hex_address(address, port)
+        })
+        .collect()
+}
+
 fn alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
@@ -340,10 +426,10 @@ async fn udp_through_ipvs() {
         })
         .await;
 
-    // A reload restarts keepalived (its reload would not restore members),
-    // as upstream. One flow (one client socket) open across it is answered
-    // again afterwards; the restart removes and re-adds the virtual server,
-    // so the flow may move to the other member (printed, not asserted).
+    // A reload is keepalived's own: the same process re-reads its
+    // configuration, the virtual server stays, and a flow (one client
+    // socket, one source port) keeps its member through the connection
+    // entry IPVS keeps for it.
     let flow = hyp
         .runtime
         .spawn(async {
@@ -353,6 +439,9 @@ async fn udp_through_ipvs() {
         })
         .await
         .expect("join");
+    let flow_source = flow.local_addr().expect("source");
+    // The agent's amphora namespace, where IPVS holds the VIP.
+    let amphora_ns = agent.netns.clone().expect("the amphora namespace");
     let on_flow = |flow: std::sync::Arc<UdpSocket>| {
         hyp.runtime.spawn(async move {
             flow.send(b"hello").await.ok()?;
@@ -361,27 +450,61 @@ async fn udp_through_ipvs() {
             Some(String::from_utf8_lossy(&buffer[..len]).into_owned())
         })
     };
+    let flow_entry = || {
+        ipvs_connections(&amphora_ns)
+            .into_iter()
+            .find(|c| c.protocol == "UDP" && c.client == flow_source)
+            .map(|c| c.real_server)
+    };
     let first = on_flow(flow.clone()).await.expect("join").expect("the flow answered before the reload");
+    assert_eq!(
+        flow_entry(),
+        Some(member_address(&first)),
+        "IPVS holds the flow's entry to the member that answered:\n{}",
+        read_in(&amphora_ns, "/proc/net/ip_vs_conn")
+    );
     let before = keepalived_pid(&agent).expect("pid");
+    let checker_before = checker_pid(&agent).expect("checker pid");
     let reply = client.put(&format!("/1.0/loadbalancer/{UDP_LISTENER}/reload"), "").await;
     assert_eq!(reply.status, 202, "{}", reply.text());
     assert_eq!(
         reply.json::<Message>(),
-        Message::with_details("OK", format!("keepalivedlvs listener {UDP_LISTENER} restarted"))
+        Message::with_details("OK", format!("keepalivedlvs listener {UDP_LISTENER} reloaded"))
     );
-    let after = keepalived_pid(&agent).expect("pid");
-    assert_ne!(before, after, "a new keepalived");
-    assert!(!alive(before));
-    wait::until("traffic after the reload", WAIT, || async { ask(&hyp).await }).await;
-    let mut lost = 0;
-    let again = loop {
-        match on_flow(flow.clone()).await.expect("join") {
-            Some(answer) => break answer,
-            None => lost += 1,
-        }
-        assert!(lost < 10, "the flow is never answered again after the reload");
-    };
-    println!("MEASURE reload: the flow answered by {first} before, {again} after, {lost} datagram(s) lost");
+    wait::until("keepalived to finish its reload", WAIT, || async { (reloads_logged(&agent) >= 1).then_some(()) })
+        .await;
+    assert_eq!(keepalived_pid(&agent), Some(before), "the same keepalived");
+    assert!(alive(before));
+    assert_eq!(checker_pid(&agent), Some(checker_before), "the same checker");
+    for _ in 0..5 {
+        let answer = on_flow(flow.clone()).await.expect("join");
+        assert_eq!(answer.as_deref(), Some(first.as_str()), "the flow stays on its member across the reload");
+    }
+    assert_eq!(flow_entry(), Some(member_address(&first)), "the flow's IPVS entry survived the reload");
+
+    // A reload with a member added: keepalived adds it to the same
+    // virtual server; fresh flows reach it, the open flow stays.
+    let _three = backend(&hyp, "10.1.0.3:5353", "backend-3");
+    let three_members =
+        lvs_config_with(&agent, &[(MEMBER_1, "10.1.0.1"), (MEMBER_2, "10.1.0.2"), (MEMBER_3, "10.1.0.3")]);
+    assert_eq!(client.put(&upload_path(&agent), three_members).await.status, 200);
+    let reply = client.put(&format!("/1.0/loadbalancer/{UDP_LISTENER}/reload"), "").await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    wait::until("member 3 to answer fresh flows after the reload", WAIT, || async {
+        answers(&hyp, 3).await.contains(&Some("backend-3".into())).then_some(())
+    })
+    .await;
+    assert_eq!(keepalived_pid(&agent), Some(before), "still the same keepalived");
+    let answer = on_flow(flow.clone()).await.expect("join");
+    assert_eq!(answer.as_deref(), Some(first.as_str()), "the open flow stays on its member");
+    assert_eq!(flow_entry(), Some(member_address(&first)));
+    receiver
+        .until("a heartbeat with the three members up", |beat| {
+            let up = |id: &str| (id.to_owned(), "UP".to_owned());
+            (members(beat)? == vec![up(MEMBER_1), up(MEMBER_2), up(MEMBER_3)]).then_some(())
+        })
+        .await;
+    let after = before;
 
     // The agent restarts; keepalived keeps serving and is adopted.
     agent.terminate();
@@ -391,6 +514,33 @@ async fn udp_through_ipvs() {
     let client = agent.client();
     assert_eq!(listener_status(&client).await.map(|l| l.status), Some(ListenerState::Active));
     assert_eq!(keepalived_pid(&agent), Some(after));
+
+    // Stopped: keepalived ends, IPVS forgets the virtual server, the VIP's
+    // port goes quiet and the listener is no longer ACTIVE.
+    let reply = client.put(&format!("/1.0/loadbalancer/{UDP_LISTENER}/stop"), "").await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert_eq!(
+        reply.json::<Message>(),
+        Message::with_details("OK", format!("keepalivedlvs listener {UDP_LISTENER} stoped"))
+    );
+    assert!(!alive(after), "keepalived ended");
+    let vip: SocketAddr = VIP.parse().expect("vip");
+    wait::until("IPVS to forget the virtual server", WAIT, || async {
+        (!ipvs_services(&amphora_ns).contains(&vip)).then_some(())
+    })
+    .await;
+    wait::until("the VIP to stop answering", WAIT, || async { ask(&hyp).await.is_none().then_some(()) }).await;
+    assert_eq!(listener_status(&client).await.map(|l| l.status), Some(ListenerState::Stopped));
+    let details: serde_json::Value = client.get("/1.0/details").await.json();
+    assert_eq!(details["lvs_listener_process_count"], 0);
+
+    // Started again: it serves.
+    let reply = client.put(&format!("/1.0/loadbalancer/{UDP_LISTENER}/start"), "").await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    wait::until("the VIP to answer after the start", WAIT, || async { ask(&hyp).await }).await;
+    assert!(ipvs_services(&amphora_ns).contains(&vip));
+    assert_eq!(listener_status(&client).await.map(|l| l.status), Some(ListenerState::Active));
+    let after = keepalived_pid(&agent).expect("pid");
 
     // Deleted: keepalived stops, IPVS forgets the service, files go.
     let reply = client.delete(&format!("/1.0/listeners/{UDP_LISTENER}")).await;
