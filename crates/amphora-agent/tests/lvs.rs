@@ -42,7 +42,13 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("udp_datagrams_reach_both_members_and_follow_their_health", || Box::pin(udp_through_ipvs())),
     ("a_refused_configuration_leaves_the_previous_one", || Box::pin(refused_configuration())),
     ("sctp_associations_reach_both_members_and_follow_their_health", || Box::pin(sctp_through_ipvs())),
+    (HEARTBEATS_SCENARIO, || Box::pin(heartbeats_count_the_datagrams_through_the_vip())),
 ];
+
+/// Leaves the heartbeat datagrams it received in its output, for the host
+/// to feed to upstream's health manager code (Python in the emulated guest
+/// would take minutes to start).
+const HEARTBEATS_SCENARIO: &str = "heartbeats_count_the_datagrams_through_the_vip";
 
 /// Measurements, run only when named in `AMPHORA_LVS_SCENARIOS` (for
 /// bench/RESULTS.md); they assert only that traffic flowed.
@@ -89,12 +95,15 @@ fn lvs_scenarios_pass_in_a_vm() {
         outcome.output,
         if outcome.status.is_none() { outcome.console.as_str() } else { "" }
     );
-    for name in names {
+    for name in &names {
         assert!(
             outcome.output.contains(&format!("scenario {name} ... ok")),
             "{name} did not pass:\n{}",
             outcome.output
         );
+    }
+    if names.contains(&HEARTBEATS_SCENARIO) {
+        upstream_reads_the_heartbeats(&outcome.output);
     }
 }
 
@@ -276,6 +285,27 @@ fn members(beat: &Heartbeat) -> Option<Vec<(String, String)>> {
 fn keepalived_pid(agent: &Agent) -> Option<i32> {
     let path: PathBuf = agent.base_path().join(format!("lvs/octavia-keepalivedlvs-{UDP_LISTENER}.pid"));
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// A VRRP configuration for the VIP port (eth1), tracking the agent's
+/// check script; uploading it makes the agent write its track scripts.
+fn vrrp_config(agent: &Agent) -> String {
+    format!(
+        "vrrp_script check_script {{\n    script {check}\n    interval 1\n    fall 1\n    rise 1\n}}\n\n\
+         vrrp_instance lb_vrrp {{\n    interface eth1\n    virtual_router_id 42\n    priority 100\n    nopreempt\n\
+         \x20   advert_int 1\n    unicast_src_ip 10.0.0.11\n    unicast_peer {{\n        10.0.0.12\n    }}\n\
+         \x20   virtual_ipaddress {{\n        10.0.0.10\n    }}\n    track_script {{\n        check_script\n    }}\n}}\n",
+        check = agent.base_path().join("vrrp/check_script.sh").display(),
+    )
+}
+
+/// Runs keepalived's VRRP track script as keepalived would: whether it
+/// passed, and what it wrote to its failure log.
+fn vrrp_check(agent: &Agent) -> (bool, String) {
+    let script = agent.base_path().join("vrrp/check_script.sh");
+    let status = std::process::Command::new("sh").arg(&script).status().expect("run the track script");
+    let log = std::fs::read_to_string(agent.base_path().join("vrrp/last-check-failure.log")).unwrap_or_default();
+    (status.success(), log)
 }
 
 fn checker_pid(agent: &Agent) -> Option<i32> {
@@ -515,6 +545,15 @@ async fn udp_through_ipvs() {
     assert_eq!(listener_status(&client).await.map(|l| l.status), Some(ListenerState::Active));
     assert_eq!(keepalived_pid(&agent), Some(after));
 
+    // ACTIVE_STANDBY: keepalived's VRRP track script passes on an amphora
+    // with an LVS listener and no haproxy load balancer while the
+    // listener's keepalived runs (the amphora may be MASTER).
+    let vrrp = vrrp_config(&agent);
+    let reply = client.put("/1.0/vrrp/upload", vrrp).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let (passed, output) = vrrp_check(&agent);
+    assert!(passed, "the track script fails with only an LVS listener running: {output}");
+
     // Stopped: keepalived ends, IPVS forgets the virtual server, the VIP's
     // port goes quiet and the listener is no longer ACTIVE.
     let reply = client.put(&format!("/1.0/loadbalancer/{UDP_LISTENER}/stop"), "").await;
@@ -533,6 +572,8 @@ async fn udp_through_ipvs() {
     assert_eq!(listener_status(&client).await.map(|l| l.status), Some(ListenerState::Stopped));
     let details: serde_json::Value = client.get("/1.0/details").await.json();
     assert_eq!(details["lvs_listener_process_count"], 0);
+    let (passed, _) = vrrp_check(&agent);
+    assert!(!passed, "the track script passes with nothing left to serve");
 
     // Started again: it serves.
     let reply = client.put(&format!("/1.0/loadbalancer/{UDP_LISTENER}/start"), "").await;
@@ -541,6 +582,8 @@ async fn udp_through_ipvs() {
     assert!(ipvs_services(&amphora_ns).contains(&vip));
     assert_eq!(listener_status(&client).await.map(|l| l.status), Some(ListenerState::Active));
     let after = keepalived_pid(&agent).expect("pid");
+    let (passed, output) = vrrp_check(&agent);
+    assert!(passed, "the track script fails once the listener runs again: {output}");
 
     // Deleted: keepalived stops, IPVS forgets the service, files go.
     let reply = client.delete(&format!("/1.0/listeners/{UDP_LISTENER}")).await;
@@ -785,4 +828,183 @@ async fn udp_throughput() {
         rate * 8000.0 / 1e6
     );
     assert!(answered > 0, "no datagram answered");
+}
+
+/// Datagrams through the VIP and the heartbeats that count them: the
+/// heartbeats' deltas, summed from a quiet one on, are the bytes (IP and
+/// UDP headers included, as IPVS counts them) and flows sent. Prints the
+/// raw datagrams and the expected sums for the host's upstream check.
+async fn heartbeats_count_the_datagrams_through_the_vip() {
+    const FLOWS: usize = 3;
+    const PER_FLOW: usize = 4;
+    const PAYLOAD: usize = 100;
+    const HEADERS: u64 = 20 + 8;
+    let (agent, hyp, receiver) = plugged().await;
+    let client = agent.client();
+    // Member 2 has no server: its check takes it out, every flow goes to 1.
+    let _one = backend(&hyp, "10.1.0.1:5353", "backend-1");
+    assert_eq!(client.put(&upload_path(&agent), lvs_config(&agent)).await.status, 200);
+    assert_eq!(client.put(&format!("/1.0/loadbalancer/{UDP_LISTENER}/start"), "").await.status, 202);
+    receiver
+        .until("member 2 down and no traffic counted", |beat| {
+            let stats = &beat.listeners.get(UDP_LISTENER)?.stats;
+            (members(beat)? == vec![(MEMBER_1.into(), "UP".into()), (MEMBER_2.into(), "DOWN".into())]
+                && stats.rx == 0
+                && stats.totconns == 0)
+                .then_some(())
+        })
+        .await;
+
+    let answered = hyp
+        .runtime
+        .spawn(async {
+            let mut answered = Vec::new();
+            for _ in 0..FLOWS {
+                let socket = UdpSocket::bind("10.0.0.1:0").await.expect("bind");
+                socket.connect(VIP).await.expect("connect");
+                for _ in 0..PER_FLOW {
+                    socket.send(&[1u8; PAYLOAD]).await.expect("send");
+                    let mut buffer = [0u8; 64];
+                    let len = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buffer))
+                        .await
+                        .expect("answered in time")
+                        .expect("recv");
+                    answered.push(String::from_utf8_lossy(&buffer[..len]).into_owned());
+                }
+            }
+            answered
+        })
+        .await
+        .expect("join");
+    assert_eq!(answered, vec!["backend-1".to_owned(); FLOWS * PER_FLOW]);
+    let sent = (FLOWS * PER_FLOW) as u64;
+    let expected = serde_json::json!({
+        "bytes_in": sent * (PAYLOAD as u64 + HEADERS),
+        "bytes_out": sent * ("backend-1".len() as u64 + HEADERS),
+        "total_connections": FLOWS,
+    });
+
+    // Every heartbeat from the quiet one on, until the sums are reached
+    // and a quiet one follows.
+    let mut datagrams: Vec<Vec<u8>> = Vec::new();
+    let mut sums = [0u64; 3];
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the heartbeats never counted {expected}; they counted {sums:?}");
+        let mut buffer = vec![0u8; heartbeat::RECEIVER_BUFFER];
+        let Ok(Ok((len, _))) =
+            tokio::time::timeout(Duration::from_secs(3), receiver.socket.recv_from(&mut buffer)).await
+        else {
+            continue;
+        };
+        let beat: Heartbeat =
+            heartbeat::decode(&buffer[..len], KEY, heartbeat::DEFAULT_MAX_DECOMPRESSED).expect("decode");
+        let Some(listener) = beat.listeners.get(UDP_LISTENER) else { continue };
+        let stats = &listener.stats;
+        sums[0] += stats.rx;
+        sums[1] += stats.tx;
+        sums[2] += stats.totconns;
+        datagrams.push(buffer[..len].to_vec());
+        let quiet = stats.rx == 0 && stats.tx == 0 && stats.totconns == 0;
+        if quiet && sums != [0; 3] {
+            assert_eq!(listener.status, "OPEN");
+            break;
+        }
+    }
+    let expected_sums = [
+        expected["bytes_in"].as_u64().expect("n"),
+        expected["bytes_out"].as_u64().expect("n"),
+        expected["total_connections"].as_u64().expect("n"),
+    ];
+    assert_eq!(sums, expected_sums, "bytes in, bytes out, flows counted by the heartbeats");
+    let hex: Vec<String> = datagrams.iter().map(hex::encode).collect();
+    println!("UPSTREAM-AMPHORA {}", agent.amphora_id);
+    println!("UPSTREAM-EXPECT {expected}");
+    println!("UPSTREAM-HEARTBEATS {}", hex.join(","));
+}
+
+/// On the host: the heartbeats the scenario received, through upstream's
+/// health manager code (`tests/upstream/lvs_health_receive.py`, with the
+/// Python of `UPSTREAM_PYTHON`): it reads the deltas the scenario sent,
+/// counts the LVS listener (the amphora's health is recorded) and marks the
+/// listener, pool and members as their states say.
+fn upstream_reads_the_heartbeats(output: &str) {
+    let Ok(python) = std::env::var("UPSTREAM_PYTHON") else {
+        println!("NOT CHECKED: UPSTREAM_PYTHON is not set, upstream's health manager did not read the LVS heartbeats");
+        return;
+    };
+    let line = |prefix: &str| {
+        output
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(str::trim))
+            .unwrap_or_else(|| panic!("no {prefix} line in the scenario's output"))
+            .to_owned()
+    };
+    let amphora = line("UPSTREAM-AMPHORA ");
+    let expected: serde_json::Value = serde_json::from_str(&line("UPSTREAM-EXPECT ")).expect("expected sums");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut files = Vec::new();
+    for (i, hex) in line("UPSTREAM-HEARTBEATS ").split(',').enumerate() {
+        let path = dir.path().join(format!("{i}.bin"));
+        std::fs::write(&path, hex::decode(hex).expect("hex")).expect("write");
+        files.push(path);
+    }
+    let db_lb = serde_json::json!({
+        "id": LB, "enabled": true, "provisioning_status": "ACTIVE", "operating_status": "OFFLINE",
+        "listeners": {UDP_LISTENER: {"id": UDP_LISTENER, "enabled": true, "protocol": "UDP", "operating_status": "OFFLINE"}},
+        "pools": {POOL: {"id": POOL, "operating_status": "OFFLINE", "members": {
+            MEMBER_1: {"id": MEMBER_1, "operating_status": "OFFLINE"},
+            MEMBER_2: {"id": MEMBER_2, "operating_status": "OFFLINE"},
+        }}},
+    });
+    let db_path = dir.path().join("db_lb.json");
+    std::fs::write(&db_path, db_lb.to_string()).expect("write");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/upstream/lvs_health_receive.py");
+    let result = std::process::Command::new(&python)
+        .arg(script)
+        .arg(KEY)
+        .arg(&db_path)
+        .args(&files)
+        .output()
+        .expect("run upstream's python");
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let upstream: serde_json::Value = serde_json::from_slice(&result.stdout).expect("json");
+
+    assert!(upstream["deltas"].as_array().expect("deltas").iter().all(|d| d == true), "read as deltas");
+    let mut sums = serde_json::Map::new();
+    for key in ["bytes_in", "bytes_out", "total_connections"] {
+        let total: u64 = upstream["stats"]
+            .as_array()
+            .expect("stats")
+            .iter()
+            .flat_map(|per_datagram| per_datagram.as_array().expect("list"))
+            .filter(|s| s["listener_id"] == UDP_LISTENER && s["amphora_id"] == amphora.as_str())
+            .map(|s| s[key].as_u64().expect("count"))
+            .sum();
+        sums.insert(key.to_owned(), total.into());
+    }
+    assert_eq!(serde_json::Value::Object(sums), expected, "what upstream read from the heartbeats");
+    assert_eq!(
+        upstream["health_recorded"],
+        amphora.as_str(),
+        "upstream counted the LVS listener: the amphora is healthy"
+    );
+    let mut updates: Vec<(String, String, String)> = upstream["updates"]
+        .as_array()
+        .expect("updates")
+        .iter()
+        .map(|u| (u[0].as_str().expect("s").into(), u[1].as_str().expect("s").into(), u[2].as_str().expect("s").into()))
+        .collect();
+    updates.sort();
+    let update = |repo: &str, id: &str, status: &str| (repo.to_owned(), id.to_owned(), status.to_owned());
+    let mut wanted = vec![
+        update("listener", UDP_LISTENER, "ONLINE"),
+        update("member", MEMBER_1, "ONLINE"),
+        update("member", MEMBER_2, "ERROR"),
+        update("pool", POOL, "DEGRADED"),
+        update("loadbalancer", LB, "DEGRADED"),
+    ];
+    wanted.sort();
+    assert_eq!(updates, wanted, "the statuses upstream's health manager writes");
+    println!("upstream's health manager read {} LVS heartbeats: {expected}", files.len());
 }
