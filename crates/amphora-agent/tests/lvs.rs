@@ -52,7 +52,10 @@ const HEARTBEATS_SCENARIO: &str = "heartbeats_count_the_datagrams_through_the_vi
 
 /// Measurements, run only when named in `AMPHORA_LVS_SCENARIOS` (for
 /// bench/RESULTS.md); they assert only that traffic flowed.
-const MEASUREMENTS: &[(&str, Scenario)] = &[("udp_throughput_through_the_vip", || Box::pin(udp_throughput()))];
+const MEASUREMENTS: &[(&str, Scenario)] = &[
+    ("udp_throughput_through_the_vip", || Box::pin(udp_throughput())),
+    ("udp_throughput_through_upstreams_agent", || Box::pin(udp_throughput_upstream())),
+];
 
 /// On the host: boots a VM and runs this same test there, where it runs
 /// the scenarios (`AMPHORA_LVS_SCENARIOS`, a comma-separated list of
@@ -84,9 +87,14 @@ fn lvs_scenarios_pass_in_a_vm() {
     let names: Vec<&str> = chosen.iter().map(|(name, _)| *name).collect();
     let list = names.join(",");
     let started = std::time::Instant::now();
-    let env = [("AMPHORA_IN_VM", "1"), ("RUST_BACKTRACE", "1"), ("AMPHORA_LVS_SCENARIOS", list.as_str())];
+    let upstream_python = std::env::var("UPSTREAM_PYTHON").unwrap_or_default();
+    let mut env = vec![("AMPHORA_IN_VM", "1"), ("RUST_BACKTRACE", "1"), ("AMPHORA_LVS_SCENARIOS", list.as_str())];
+    if !upstream_python.is_empty() {
+        // For the measurement through upstream's agent.
+        env.push(("UPSTREAM_PYTHON", upstream_python.as_str()));
+    }
     let outcome =
-        vm::run(&command, &env, Duration::from_secs(900)).unwrap_or_else(|e| panic!("cannot run the VM: {e}"));
+        vm::run(&command, &env, Duration::from_secs(1800)).unwrap_or_else(|e| panic!("cannot run the VM: {e}"));
     println!("{}\n(the VM ran for {:?})", outcome.output, started.elapsed());
     assert!(
         outcome.success(),
@@ -788,8 +796,6 @@ async fn sctp_through_ipvs() {
 /// 1000-byte datagrams through the VIP to one member on one flow, with up
 /// to `WINDOW` unanswered, for `SECONDS`: answers per second.
 async fn udp_throughput() {
-    const SECONDS: u64 = 5;
-    const WINDOW: usize = 32;
     let (agent, hyp, _receiver) = plugged().await;
     let client = agent.client();
     let _one = backend(&hyp, "10.1.0.1:5353", "backend-1");
@@ -797,8 +803,21 @@ async fn udp_throughput() {
     assert_eq!(client.put(&upload_path(&agent), lvs_config(&agent)).await.status, 200);
     assert_eq!(client.put(&format!("/1.0/loadbalancer/{UDP_LISTENER}/start"), "").await.status, 202);
     wait::until("the VIP to answer", WAIT, || async { ask(&hyp).await }).await;
-    let (answered, elapsed) = hyp
-        .runtime
+    let (answered, elapsed) = throughput(&hyp).await;
+    let rate = answered as f64 / elapsed.as_secs_f64();
+    println!(
+        "MEASURE udp_throughput: {answered} datagrams of 1000 bytes answered in {elapsed:.2?}: {rate:.0}/s, {:.1} Mbit/s in",
+        rate * 8000.0 / 1e6
+    );
+    assert!(answered > 0, "no datagram answered");
+}
+
+/// 1000-byte datagrams through the VIP on one flow, with up to `WINDOW`
+/// unanswered, for `SECONDS`: how many were answered, in how long.
+async fn throughput(hyp: &Hypervisor) -> (u64, Duration) {
+    const SECONDS: u64 = 5;
+    const WINDOW: usize = 32;
+    hyp.runtime
         .spawn(async {
             let socket = UdpSocket::bind("10.0.0.1:0").await.expect("bind");
             socket.connect(VIP).await.expect("connect");
@@ -821,10 +840,103 @@ async fn udp_throughput() {
             (answered, started.elapsed())
         })
         .await
-        .expect("join");
+        .expect("join")
+}
+
+/// The same through upstream's agent (octavia 19.0.0 from `UPSTREAM_PYTHON`,
+/// started by `bench/upstream/lvs-listener.sh`): it stores the listener's
+/// configuration and starts keepalived through its systemd unit. Its
+/// amphora namespace, ports and masquerading (upstream's image scripts,
+/// not in its Python package) are set up here; members are not health
+/// checked (upstream's check script needs netcat, not installed).
+async fn udp_throughput_upstream() {
+    const AMPHORA_NS: &str = "amphora-haproxy";
+    netns::create(AMPHORA_NS);
+    // Deletes the namespace when dropped.
+    let amphora = Hypervisor { runtime: NsRuntime::new(AMPHORA_NS), name: AMPHORA_NS.to_owned() };
+    let hyp = netns::unique_name("amphyp");
+    netns::create(&hyp);
+    netns::veth(&hyp, "hv-vip", AMPHORA_NS, "eth1", VIP_MAC);
+    netns::veth(&hyp, "hv-mem", AMPHORA_NS, "eth2", MEMBER_MAC);
+    netns::ip_in(&hyp, &["addr", "add", "10.0.0.1/24", "dev", "hv-vip"]);
+    for backend in ["10.1.0.1/24", "10.1.0.2/24"] {
+        netns::ip_in(&hyp, &["addr", "add", backend, "dev", "hv-mem"]);
+    }
+    for (address, port) in [("10.0.0.10/24", "eth1"), ("10.1.0.5/24", "eth2")] {
+        netns::ip_in(AMPHORA_NS, &["addr", "add", address, "dev", port]);
+        netns::ip_in(AMPHORA_NS, &["link", "set", port, "up"]);
+    }
+    let status = std::process::Command::new("modprobe").arg("ip_vs").status().expect("modprobe");
+    assert!(status.success(), "modprobe ip_vs");
+    netns::sysctl_in(AMPHORA_NS, "net.ipv4.ip_forward", "1");
+    netns::sysctl_in(AMPHORA_NS, "net.ipv4.vs.conntrack", "1");
+    let mut nft = std::process::Command::new("ip")
+        .args(["netns", "exec", AMPHORA_NS, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft");
+    {
+        use std::io::Write;
+        let mut stdin = nft.stdin.take().expect("stdin");
+        stdin
+            .write_all(
+                b"table ip lvs {\n chain post {\n  type nat hook postrouting priority 100;\n  oifname \"eth2\" masquerade\n }\n}\n",
+            )
+            .expect("write");
+    }
+    assert!(nft.wait().expect("nft").success(), "the masquerading rule");
+    let hyp = Hypervisor { runtime: NsRuntime::new(&hyp), name: hyp };
+    let _one = backend(&hyp, "10.1.0.1:5353", "backend-1");
+    let _two = backend(&hyp, "10.1.0.2:5353", "backend-2");
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let config = work.path().join("listener.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "# Configuration for Listener {UDP_LISTENER}\n\nnet_namespace {AMPHORA_NS}\n\n\
+             virtual_server_group ipv4-group {{\n    10.0.0.10 5353\n}}\n\n\
+             virtual_server group ipv4-group {{\n    lb_algo rr\n    lb_kind NAT\n    protocol UDP\n\n\
+             \x20   # Configuration for Pool {POOL}\n\
+             \x20   real_server 10.1.0.1 5353 {{\n        weight 1\n    }}\n\
+             \x20   real_server 10.1.0.2 5353 {{\n        weight 1\n    }}\n}}\n"
+        ),
+    )
+    .expect("write");
+    let agent_dir = work.path().join("agent");
+    std::fs::create_dir(&agent_dir).expect("mkdir");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/upstream/lvs-listener.sh");
+    let started = std::time::Instant::now();
+    let output = std::process::Command::new(script)
+        .arg(&agent_dir)
+        .arg(UDP_LISTENER)
+        .arg(&config)
+        .output()
+        .expect("run lvs-listener.sh");
+    println!("{}", String::from_utf8_lossy(&output.stdout));
+    let agent_pid: Option<i32> =
+        std::fs::read_to_string(agent_dir.join("agent.pid")).ok().and_then(|p| p.trim().parse().ok());
+    let stop_all = || {
+        if let Some(pid) = agent_pid {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        }
+        let pid_file = agent_dir.join(format!("base/lvs/octavia-keepalivedlvs-{UDP_LISTENER}.pid"));
+        if let Some(pid) = std::fs::read_to_string(pid_file).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        }
+    };
+    if !output.status.success() {
+        stop_all();
+        panic!("upstream's agent did not start the listener: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    println!("upstream's agent up and the listener started in {:?}", started.elapsed());
+    wait::until("the VIP to answer through upstream's agent's keepalived", WAIT, || async { ask(&hyp).await }).await;
+    let (answered, elapsed) = throughput(&hyp).await;
+    stop_all();
+    drop(amphora);
     let rate = answered as f64 / elapsed.as_secs_f64();
     println!(
-        "MEASURE udp_throughput: {answered} datagrams of 1000 bytes answered in {elapsed:.2?}: {rate:.0}/s, {:.1} Mbit/s in",
+        "MEASURE udp_throughput_upstream: {answered} datagrams of 1000 bytes answered in {elapsed:.2?}: {rate:.0}/s, {:.1} Mbit/s in",
         rate * 8000.0 / 1e6
     );
     assert!(answered > 0, "no datagram answered");
