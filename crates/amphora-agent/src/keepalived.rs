@@ -100,11 +100,14 @@ impl Action {
 /// Which of keepalived's subsystems the instance runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Subsystem {
-    /// VRRP only; a reload is SIGHUP.
+    /// VRRP only.
     Vrrp,
-    /// Health checkers and IPVS only; a reload restarts the process,
-    /// because keepalived's own reload does not restore real servers that
-    /// were taken out (upstream does the same).
+    /// Health checkers and IPVS only. A start leaves a running one alone.
+    /// A reload is SIGHUP too: keepalived (2.0.14 and later) re-reads its
+    /// configuration and keeps an unchanged virtual server, its real
+    /// servers' states and the kernel's connection entries, so established
+    /// flows stay on their real server (upstream restarts instead, for
+    /// older keepalived).
     Checkers,
 }
 
@@ -368,21 +371,16 @@ impl Keepalived {
             held.start().await?;
             return Ok(Action::Start);
         };
-        match process.subsystem {
-            Subsystem::Vrrp => {
-                signal::kill(pid, Signal::SIGHUP).map_err(|source| KeepalivedError::Signal {
-                    label: process.label.clone(),
-                    pid,
-                    source,
-                })?;
-                // A start cut short, or a keepalived someone else started:
-                // it runs, but nothing would restart it.
-                held.ensure_supervised(pid);
-            }
-            Subsystem::Checkers => {
-                held.relaunch().await?;
-            }
-        }
+        // keepalived forwards it to its VRRP or checker child, which
+        // re-reads the configuration in place: the pid stays.
+        signal::kill(pid, Signal::SIGHUP).map_err(|source| KeepalivedError::Signal {
+            label: process.label.clone(),
+            pid,
+            source,
+        })?;
+        // A start cut short, or a keepalived someone else started: it
+        // runs, but nothing would restart it.
+        held.ensure_supervised(pid);
         tracing::info!(%pid, instance = process.label, "keepalived reloaded");
         Ok(Action::Reload)
     }

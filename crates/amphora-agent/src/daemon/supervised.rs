@@ -395,14 +395,6 @@ impl<K: Daemon> Held<'_, K> {
         Ok(stopped)
     }
 
-    /// Stops the running daemon and launches it again under a new
-    /// supervisor.
-    pub async fn relaunch(&mut self) -> Result<Pid, K::Error> {
-        self.stand_down();
-        self.stop_process().await?;
-        self.launch().await
-    }
-
     /// At agent start: adopts the daemon if it runs, or starts it if it
     /// should run.
     pub async fn restore(&mut self) {

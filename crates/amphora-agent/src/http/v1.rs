@@ -175,11 +175,12 @@ async fn lvs_act(state: &AppState, id: &LbId, action: &str) -> Result<Response, 
     let action = lvs::Action::parse(action).map_err(|_| {
         ApiError::new(Kind::Invalid, "Invalid Request").with_details(format!("Unknown action: {action}"))
     })?;
-    // Upstream restarts on a reload (keepalived's own reload does not
-    // restore members) and words its answers "{systemctl verb}ed".
+    // Upstream words its answers "{systemctl verb}ed" ("stoped"). It
+    // answers a reload with "restarted", as it restarts keepalived; this
+    // agent reloads it (established flows stay), and says so.
     let (verb, done) = match action {
         lvs::Action::Start => ("start", "started"),
-        lvs::Action::Reload => ("restart", "restarted"),
+        lvs::Action::Reload => ("reload", "reloaded"),
         lvs::Action::Stop => ("stop", "stoped"),
     };
     state

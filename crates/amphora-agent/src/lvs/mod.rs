@@ -96,6 +96,13 @@ impl LvsService {
         self.dir.join("agent")
     }
 
+    /// Written when keepalived was sent a reload: it has read every
+    /// configuration older than this file (or than its checker's pid file,
+    /// written as it starts).
+    fn reloaded_marker(&self, id: &LbId) -> PathBuf {
+        self.agent_dir().join(format!("{id}.reloaded"))
+    }
+
     fn check_script(&self) -> PathBuf {
         self.dir.join("check").join("udp_check.sh")
     }
@@ -201,8 +208,10 @@ impl LvsService {
         std::fs::read_to_string(self.config_path(id)).ok()
     }
 
-    /// Starts, stops or reloads a listener's keepalived. A reload restarts
-    /// it, as upstream. `None` when there is no such listener.
+    /// Starts, stops or reloads a listener's keepalived. A reload is
+    /// keepalived's own (SIGHUP): the virtual server and its connections
+    /// stay; one that is not running is started. `None` when there is no
+    /// such listener.
     pub async fn act(&self, id: &LbId, action: Action) -> Option<Result<Action, LvsError>> {
         if !self.exists(id) {
             return None;
@@ -218,6 +227,13 @@ impl LvsService {
             self.prepare_kernel().await;
         }
         let result = instance.act(action).await;
+        if let Ok(Action::Reload) = result {
+            // keepalived has been told to read the configuration again.
+            let marker = self.reloaded_marker(id);
+            if let Err(e) = fsutil::write_atomic_async(&marker, b"", 0o644).await {
+                tracing::warn!(listener = %id, error = %e, "cannot record the reload");
+            }
+        }
         self.notify_vrrp().await;
         if result.is_ok()
             && action != Action::Stop
@@ -285,7 +301,7 @@ impl LvsService {
         let instance = self.instance(id);
         instance.remove().await?;
         let files = instance.files().clone();
-        for path in [files.config, files.log, self.config_path(id)] {
+        for path in [files.config, files.log, self.reloaded_marker(id), self.config_path(id)] {
             fsutil::remove_file_if_exists(&path).map_err(io_error(format!("cannot remove {}", path.display())))?;
         }
         self.instances.lock().expect("lvs instances").remove(id);
@@ -379,11 +395,23 @@ impl LvsService {
                 Vec::new()
             }
         };
-        running.into_iter().map(|(id, config, instance)| report(id, &config, &instance, &table)).collect()
+        running
+            .into_iter()
+            .map(|(id, config, instance)| {
+                let marker = self.reloaded_marker(&id);
+                report(id, &config, &instance, &marker, &table)
+            })
+            .collect()
     }
 }
 
-fn report(id: LbId, config: &LvsConfig, instance: &Keepalived, table: &[ipvs::VirtualService]) -> ListenerReport {
+fn report(
+    id: LbId,
+    config: &LvsConfig,
+    instance: &Keepalived,
+    reloaded: &Path,
+    table: &[ipvs::VirtualService],
+) -> ListenerReport {
     let services: Vec<&ipvs::VirtualService> =
         table.iter().filter(|s| config.virtual_servers.contains(&s.address)).collect();
     let mut report = ListenerReport {
@@ -395,12 +423,14 @@ fn report(id: LbId, config: &LvsConfig, instance: &Keepalived, table: &[ipvs::Vi
         pool: None,
     };
     let Some(pool) = &config.pool else { return report };
-    // keepalived restarting on a new configuration has not put the real
-    // servers back yet.
+    // A configuration uploaded since keepalived last read one (its
+    // checker started, or it was reloaded): its new real servers are not
+    // in IPVS until the controller's reload.
     let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let loaded = modified(&instance.files().subsystem_pid).max(modified(reloaded));
     let restarting = matches!(
-        (modified(&instance.files().config), modified(&instance.files().subsystem_pid)),
-        (Some(config), Some(pid)) if config > pid
+        (modified(&instance.files().config), loaded),
+        (Some(config), Some(loaded)) if config > loaded
     );
     let real_servers: Vec<&ipvs::RealServer> = services.iter().flat_map(|s| &s.real_servers).collect();
     let healthy = if config.health_checked { "UP" } else { "NO_CHECK" };
@@ -468,7 +498,8 @@ mod tests {
     fn members_as_ipvs_holds_them() {
         let rs = |a: &str, weight| RealServer { address: a.parse().expect("addr"), weight, active: 2, inactive: 0 };
         let table = vec![service(vec![rs("10.1.0.5:53", 1), rs("10.1.0.7:53", 0)])];
-        let report = report(LbId::parse("l1").expect("id"), &config(), &instance(), &table);
+        let report =
+            report(LbId::parse("l1").expect("id"), &config(), &instance(), Path::new("/nonexistent/m"), &table);
         assert_eq!((report.bytes_in, report.bytes_out, report.total_connections), (100, 200, 5));
         assert_eq!(report.current_connections, 4);
         let pool = report.pool.expect("pool");
@@ -477,9 +508,51 @@ mod tests {
         assert_eq!(members, vec![("m-down", "DOWN"), ("m-drain", "DRAIN"), ("m-off", "MAINT"), ("m-up", "UP")]);
     }
 
+    /// A member missing from IPVS is RESTARTING while the configuration is
+    /// newer than what keepalived last read (its checker's start, or the
+    /// last reload), DOWN afterwards.
+    #[test]
+    fn a_member_missing_after_an_upload_is_restarting_until_the_reload() {
+        use std::time::{Duration, SystemTime};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = Files {
+            config: dir.path().join("c"),
+            pid: dir.path().join("p"),
+            subsystem_pid: dir.path().join("cp"),
+            log: dir.path().join("l"),
+            record: dir.path().join("r"),
+        };
+        let instance = Keepalived::new("test", "keepalived".into(), None, files.clone(), Subsystem::Checkers);
+        let marker = dir.path().join("m");
+        let at = |path: &Path, seconds: u64| {
+            let file = std::fs::File::create(path).expect("create");
+            file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + seconds)).expect("mtime");
+        };
+        let member_2 = |marker: &Path| {
+            let rs = RealServer { address: "10.1.0.5:53".parse().expect("addr"), weight: 1, active: 0, inactive: 0 };
+            let report = report(LbId::parse("l1").expect("id"), &config(), &instance, marker, &[service(vec![rs])]);
+            report.pool.expect("pool").members["m-down"]
+        };
+        at(&files.subsystem_pid, 10);
+        at(&files.config, 5);
+        assert_eq!(member_2(&marker), "DOWN", "read at start");
+        at(&files.config, 20);
+        assert_eq!(member_2(&marker), "RESTARTING", "uploaded after the start, not reloaded yet");
+        at(&marker, 15);
+        assert_eq!(member_2(&marker), "RESTARTING", "an older reload");
+        at(&marker, 25);
+        assert_eq!(member_2(&marker), "DOWN", "reloaded since the upload");
+    }
+
     #[test]
     fn no_real_server_left_is_a_pool_down() {
-        let report = report(LbId::parse("l1").expect("id"), &config(), &instance(), &[service(Vec::new())]);
+        let report = report(
+            LbId::parse("l1").expect("id"),
+            &config(),
+            &instance(),
+            Path::new("/nonexistent/m"),
+            &[service(Vec::new())],
+        );
         let pool = report.pool.expect("pool");
         assert_eq!(pool.status, "DOWN");
         assert_eq!(pool.members["m-up"], "DOWN");
