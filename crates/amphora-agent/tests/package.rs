@@ -1,20 +1,27 @@
 //! The agent's Debian package (packaging/deb): built with its build.sh,
 //! checked with dpkg-deb, installed on this machine with dpkg, its units
 //! verified with systemd-analyze, the installed agent started as its unit's
-//! ExecStart says and driven with the typed client, then purged, leaving
-//! nothing behind. Needs root (dpkg, network namespaces), jq, dpkg-deb and
-//! systemd-analyze; systemd need not run.
+//! ExecStart says and driven with the typed client; then started again with
+//! the configuration upstream's controller renders (its own templater) at
+//! the unit's configuration path and driven with upstream's controller
+//! client; then purged, leaving nothing behind. Needs root (dpkg, network
+//! namespaces), jq, dpkg-deb and systemd-analyze (systemd need not run),
+//! and upstream's virtualenv (UPSTREAM_PYTHON, else scripts/upstream-venv.sh
+//! makes it).
 
 mod common;
 
 use std::collections::BTreeSet;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use amphora_client::{Client, Credentials, Timeouts};
 use amphora_proto::{ApiVersion, ListenerState, Message};
-use amphora_testkit::{Agent, netns};
+use amphora_testkit::pki::Pki;
+use amphora_testkit::{Agent, netns, wait};
 use common::*;
 
 const PACKAGE: &str = "amphora-agent";
@@ -187,6 +194,228 @@ fn client_of(agent: &Agent) -> Client {
     Client::new(&agent.amphora_id, agent.addr, &credentials, timeouts).expect("client")
 }
 
+/// The python of upstream's virtualenv: UPSTREAM_PYTHON, or the one
+/// scripts/upstream-venv.sh makes (pinned octavia) under target/.
+fn upstream_python() -> String {
+    match std::env::var("UPSTREAM_PYTHON") {
+        Ok(python) if !python.is_empty() => python,
+        _ => run(&mut Command::new(workspace_root().join("scripts/upstream-venv.sh"))).trim().to_owned(),
+    }
+}
+
+/// The agent configuration upstream's controller would put on the config
+/// drive, rendered by upstream's own templater with `overrides` standing in
+/// for the controller's octavia.conf.
+fn upstream_agent_config(python: &str, amphora_id: &str, overrides: &serde_json::Value) -> String {
+    run(Command::new(python)
+        .args(["-W", "ignore"])
+        .arg(workspace_root().join("tests/compat/render_agent_config.py"))
+        .args([amphora_id, "SINGLE", &overrides.to_string()]))
+}
+
+/// Files the test put under the package's directories, removed before the
+/// purge (also when the test failed), so that the purge check sees only
+/// what the package itself left.
+struct Placed(Vec<PathBuf>);
+
+impl Placed {
+    fn write(&mut self, path: &str, content: &str) {
+        std::fs::write(path, content).unwrap_or_else(|e| panic!("write {path}: {e}"));
+        self.0.push(path.into());
+    }
+}
+
+impl Drop for Placed {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The installed agent started exactly as its unit's ExecStart, plus the
+/// harness's --ready-file; on drop it is killed, and so is every process
+/// left in `namespace` (its haproxy).
+struct UnitAgent {
+    child: Child,
+    namespace: String,
+    log: PathBuf,
+    addr: SocketAddr,
+}
+
+impl UnitAgent {
+    fn start(command: &[String], dir: &Path, namespace: &str) -> Self {
+        let log = dir.join("unit-agent.log");
+        let ready = dir.join("unit-agent.ready");
+        let output = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(&command[0])
+            .args(&command[1..])
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdin(Stdio::null())
+            .stdout(output.try_clone().expect("log"))
+            .stderr(output)
+            .spawn()
+            .expect("run the unit's ExecStart");
+        let mut agent = UnitAgent { child, namespace: namespace.to_owned(), log, addr: SocketAddr::from(([0; 4], 0)) };
+        agent.addr = wait::until_blocking("the installed agent to serve", WAIT, || {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                panic!("the installed agent exited with {status}:\n{}", agent.logs());
+            }
+            std::fs::read_to_string(&ready).ok().and_then(|text| text.trim().parse().ok())
+        });
+        agent
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for UnitAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let pids = Command::new("ip").args(["netns", "pids", &self.namespace]).output();
+        for pid in pids.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default().lines() {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Datagrams received on `socket` until `wanted` accepts one, or a panic
+/// naming `what` at the deadline.
+fn receive_until<T>(
+    what: &str,
+    socket: impl Fn(&mut [u8]) -> std::io::Result<usize>,
+    wanted: impl Fn(&[u8]) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + WAIT;
+    let mut buffer = vec![0u8; 65536];
+    while Instant::now() < deadline {
+        if let Ok(n) = socket(&mut buffer)
+            && let Some(found) = wanted(&buffer[..n])
+        {
+            return found;
+        }
+    }
+    panic!("no {what} within {WAIT:?}");
+}
+
+/// Upstream's controller client (octavia's `AmphoraAPIClient1_0`, the
+/// tests of tests/compat/test_upstream_client.py that need no plugged
+/// ports) against the agent the package installed, configured as upstream's
+/// controller configures it; then its heartbeats and syslog records.
+fn drive_with_upstream_client(command: &[String], namespace: &str) {
+    let python = upstream_python();
+    let amphora_id = amphora_testkit::agent::unique_amphora_id();
+    let pki = Pki::new(&amphora_id);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut placed = Placed(Vec::new());
+    // Where upstream's defaults (and so its image) keep the certificates.
+    placed.write("/etc/octavia/certs/client_ca.pem", &pki.client_ca.cert_pem());
+    placed.write("/etc/octavia/certs/server.pem", &pki.server.combined_pem());
+
+    let heartbeats = UdpSocket::bind("127.0.0.1:0").expect("heartbeat socket");
+    heartbeats.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    let syslog_path = dir.path().join("log");
+    let syslog = UnixDatagram::bind(&syslog_path).expect("syslog socket");
+    syslog.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+
+    // What an operator's octavia.conf would say: the agent listens where
+    // the test can reach it, heartbeats go to the test's socket.
+    let overrides = serde_json::json!({
+        "haproxy_amphora.bind_host": "127.0.0.1",
+        "haproxy_amphora.bind_port": 0,
+        "health_manager.controller_ip_port_list": [heartbeats.local_addr().expect("address").to_string()],
+        "health_manager.heartbeat_key": "insecure",
+        "health_manager.heartbeat_interval": 1,
+    });
+    let rendered = upstream_agent_config(&python, &amphora_id, &overrides);
+    for line in ["use_syslog = True", "syslog_log_facility = LOG_LOCAL1", &format!("amphora_id = {amphora_id}")] {
+        assert!(rendered.lines().any(|l| l == line), "upstream's templater wrote no {line:?}:\n{rendered}");
+    }
+    // Our options only: the test's namespace instead of the host's
+    // amphora-haproxy, and a socket standing in for the image's syslog.
+    let patched = rendered.replacen(
+        "[amphora_agent]\n",
+        &format!("[amphora_agent]\nnetwork_namespace = {namespace}\nsyslog_socket = {}\n", syslog_path.display()),
+        1,
+    );
+    assert_ne!(patched, rendered, "no [amphora_agent] section in:\n{rendered}");
+    placed.write(CONFIG, &patched);
+
+    let agent = UnitAgent::start(command, dir.path(), namespace);
+    let write = |name: &str, content: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).expect("write");
+        path.display().to_string()
+    };
+    let haproxy_config = write(
+        "haproxy.cfg",
+        &format!(
+            "global\n    daemon\n    user nobody\n    group nogroup\n    stats socket {STATE_DIR}/{LB}.sock mode 0666 level user\n\
+             \x20   maxconn 1000\n\
+             defaults\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\
+             frontend {LISTENER}\n    bind 127.0.0.1:{FRONTEND_PORT}\n    mode http\n    default_backend pool:{LISTENER}\n\
+             backend pool:{LISTENER}\n    mode http\n    server member-1 127.0.0.1:{BACKEND_PORT}\n"
+        ),
+    );
+    let new_server = pki.server_ca.server(&amphora_id, &[&amphora_id, "127.0.0.1"]);
+    let mut suite = Command::new(&python);
+    suite.args(["-W", "ignore", "-m", "unittest", "-v", "tests/compat/test_upstream_client.py"]);
+    for test in ["test_01", "test_02", "test_03", "test_20", "test_21", "test_50", "test_60", "test_70", "test_80"] {
+        suite.args(["-k", test]);
+    }
+    let output = suite
+        .current_dir(workspace_root())
+        .env("AGENT_PORT", agent.addr.port().to_string())
+        .env("AMPHORA_ID", &amphora_id)
+        .env("CLIENT_CERT", write("controller-client.pem", &pki.client.combined_pem()))
+        .env("SERVER_CA", write("server-ca.pem", &pki.server_ca.cert_pem()))
+        .env("LB_ID", LB)
+        .env("LISTENER_ID", LISTENER)
+        .env("HAPROXY_CONFIG", haproxy_config)
+        .env("AGENT_CONFIG", CONFIG)
+        .env("NEW_SERVER_PEM", write("new-server.pem", &new_server.combined_pem()))
+        .output()
+        .expect("run upstream's client");
+    let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "upstream's client failed against the installed agent:\n{report}\n{}",
+        agent.logs()
+    );
+    assert!(report.contains("Ran 9 tests"), "{report}");
+
+    // The rendered [health_manager] settings: heartbeats signed with the
+    // key (the suite's config update rotated it), naming this amphora.
+    let id = receive_until(
+        "heartbeat",
+        |b| heartbeats.recv(b),
+        |datagram| {
+            ["insecure", "rotated"]
+                .iter()
+                .find_map(|key| amphora_proto::heartbeat::decode::<serde_json::Value>(datagram, key, 1 << 20).ok())
+        },
+    );
+    assert_eq!(id["id"], amphora_id.as_str(), "{id}");
+    // The rendered use_syslog/syslog_log_facility: records at LOG_LOCAL1
+    // (17; informational is severity 6, so PRI 17 * 8 + 6).
+    let record = receive_until(
+        "syslog record",
+        |b| syslog.recv(b),
+        |datagram| {
+            let text = String::from_utf8_lossy(datagram).into_owned();
+            text.starts_with("<142>amphora-agent[").then_some(text)
+        },
+    );
+    assert!(record.contains("]: "), "{record}");
+    drop(agent);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_package_installs_runs_the_agent_from_its_unit_and_purges_clean() {
     // Systemd is not needed (and usually not PID 1 here): the agent is run
@@ -277,6 +506,10 @@ async fn the_package_installs_runs_the_agent_from_its_unit_and_purges_clean() {
             "haproxy does not run in the namespace the unit made"
         );
     }
+
+    // Upstream's side: its templater's configuration at the unit's path,
+    // its controller client.
+    drive_with_upstream_client(&command, &namespace.0);
 
     installation.purge();
     assert!(!installed(PACKAGE), "{PACKAGE} is still installed");
