@@ -37,6 +37,7 @@ const ENABLED_AGENT: &str = "/etc/systemd/system/multi-user.target.wants/amphora
 const EXPECTED_PATHS: &[&str] = &[
     "/usr/bin/amphora-agent",
     "/usr/bin/amphora-vrrp-check",
+    "/usr/bin/amphora-health-checker",
     AGENT_UNIT,
     NETNS_UNIT,
     CONFIG,
@@ -438,7 +439,7 @@ async fn the_package_installs_runs_the_agent_from_its_unit_and_purges_clean() {
     }
     let extracted = tempfile::tempdir().expect("temp dir");
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(extracted.path()));
-    for binary in ["usr/bin/amphora-agent", "usr/bin/amphora-vrrp-check"] {
+    for binary in ["usr/bin/amphora-agent", "usr/bin/amphora-vrrp-check", "usr/bin/amphora-health-checker"] {
         let elf = std::fs::read(extracted.path().join(binary)).expect("binary");
         assert!(is_stripped(&elf), "{binary} is not stripped");
     }
