@@ -7,7 +7,10 @@
 //! client; then purged, leaving nothing behind. Needs root (dpkg, network
 //! namespaces), jq, dpkg-deb and systemd-analyze (systemd need not run),
 //! and upstream's virtualenv (UPSTREAM_PYTHON, else scripts/upstream-venv.sh
-//! makes it).
+//! makes it). A second test installs the package into a clean root (a
+//! minimal Debian of this machine's release, made once with debootstrap and
+//! kept under target/chroot), runs its binaries there, purges it and
+//! checks that the root is as before.
 
 mod common;
 
@@ -421,7 +424,7 @@ fn drive_with_upstream_client(command: &[String], namespace: &str) {
 async fn the_package_installs_runs_the_agent_from_its_unit_and_purges_clean() {
     // Systemd is not needed (and usually not PID 1 here): the agent is run
     // the way its unit would run it.
-    let deb = PathBuf::from(run(&mut build_command()).trim());
+    let deb = built_deb();
 
     let info = run(Command::new("dpkg-deb").arg("--info").arg(&deb));
     for field in
@@ -520,6 +523,181 @@ async fn the_package_installs_runs_the_agent_from_its_unit_and_purges_clean() {
     for path in [STATE_DIR, "/etc/octavia", ENABLED_AGENT] {
         assert!(Path::new(path).symlink_metadata().is_err(), "{path} left after purge");
     }
+}
+
+/// The package, built once for all the tests of this binary (build.sh
+/// writes one file, which two builds at once would both write).
+fn built_deb() -> PathBuf {
+    static DEB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DEB.get_or_init(|| PathBuf::from(run(&mut build_command()).trim())).clone()
+}
+
+/// This machine's Debian release, which the clean root is made of (the
+/// package's binaries are built against its libc).
+fn host_codename() -> String {
+    let release = std::fs::read_to_string("/etc/os-release").expect("/etc/os-release");
+    release
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|c| c.trim_matches('"').to_owned())
+        .expect("VERSION_CODENAME in /etc/os-release")
+}
+
+/// A minimal Debian root of this machine's release, made once with
+/// debootstrap (AMPHORA_DEBIAN_MIRROR, else deb.debian.org) and kept under
+/// target/ with its package lists fetched; made in a temporary directory
+/// and renamed into place, so an interrupted run leaves none half made.
+fn clean_root_image() -> PathBuf {
+    let codename = host_codename();
+    let cache = workspace_root().join("target/chroot");
+    let image = cache.join(&codename);
+    if image.join("usr/bin/apt-get").exists() {
+        return image;
+    }
+    std::fs::create_dir_all(&cache).expect("target/chroot");
+    let staging = tempfile::Builder::new().prefix(".debootstrap.").tempdir_in(&cache).expect("staging dir");
+    let root = staging.path().join("root");
+    let mirror = std::env::var("AMPHORA_DEBIAN_MIRROR").unwrap_or_else(|_| "http://deb.debian.org/debian".into());
+    run(Command::new("debootstrap").args(["--variant=minbase", &codename]).arg(&root).arg(&mirror));
+    std::fs::copy("/etc/resolv.conf", root.join("etc/resolv.conf")).expect("resolv.conf");
+    run(Command::new("chroot").arg(&root).args(["apt-get", "update", "-qq"]));
+    match std::fs::rename(&root, &image) {
+        Ok(()) => {}
+        // Another run made it meanwhile.
+        Err(_) if image.join("usr/bin/apt-get").exists() => {}
+        Err(e) => panic!("cannot keep the clean root at {}: {e}", image.display()),
+    }
+    image
+}
+
+/// A throwaway copy of the clean root: an overlay over the kept image (so
+/// the image stays clean), with /proc, /dev and apt's download cache
+/// (kept under target/) mounted in. Unmounted on drop.
+struct CleanRoot {
+    dir: tempfile::TempDir,
+    mounts: Vec<PathBuf>,
+}
+
+impl CleanRoot {
+    fn new() -> Self {
+        let image = clean_root_image();
+        let dir = tempfile::Builder::new().prefix("amphora-clean-root.").tempdir().expect("temp dir");
+        for sub in ["upper", "work", "root"] {
+            std::fs::create_dir(dir.path().join(sub)).expect("overlay dir");
+        }
+        let mut root = CleanRoot { dir, mounts: Vec::new() };
+        let merged = root.path();
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            image.display(),
+            root.dir.path().join("upper").display(),
+            root.dir.path().join("work").display()
+        );
+        run(Command::new("mount").args(["-t", "overlay", "overlay", "-o", &options]).arg(&merged));
+        root.mounts.push(merged.clone());
+        run(Command::new("mount").args(["-t", "proc", "proc"]).arg(merged.join("proc")));
+        root.mounts.push(merged.join("proc"));
+        run(Command::new("mount").args(["--bind", "/dev"]).arg(merged.join("dev")));
+        root.mounts.push(merged.join("dev"));
+        let archives = workspace_root().join("target/chroot/apt-archives");
+        std::fs::create_dir_all(archives.join("partial")).expect("apt cache");
+        run(Command::new("mount").arg("--bind").arg(&archives).arg(merged.join("var/cache/apt/archives")));
+        root.mounts.push(merged.join("var/cache/apt/archives"));
+        root
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// Runs a command inside the root, to success; its standard output.
+    fn run(&self, args: &[&str]) -> String {
+        run(Command::new("chroot").arg(self.path()).args(args).env("DEBIAN_FRONTEND", "noninteractive"))
+    }
+
+    /// Every path in the root but the pseudo file systems, apt's and dpkg's
+    /// own records and logs (which an install changes by design).
+    fn files(&self) -> BTreeSet<String> {
+        let root = self.path();
+        let skipped =
+            ["/proc", "/dev", "/sys", "/run", "/tmp", "/var/cache", "/var/lib/apt", "/var/lib/dpkg", "/var/log"];
+        let mut out = BTreeSet::new();
+        let mut pending = vec![root.clone()];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).expect("read dir") {
+                let entry = entry.expect("entry");
+                let path = entry.path();
+                let inside = format!("/{}", path.strip_prefix(&root).expect("inside").display());
+                if skipped.iter().any(|s| inside == *s || inside.starts_with(&format!("{s}/"))) {
+                    continue;
+                }
+                if entry.file_type().expect("file type").is_dir() {
+                    pending.push(path);
+                }
+                out.insert(inside);
+            }
+        }
+        out
+    }
+}
+
+impl Drop for CleanRoot {
+    fn drop(&mut self) {
+        for mount in self.mounts.iter().rev() {
+            let _ = Command::new("umount").arg("--lazy").arg(mount).status();
+        }
+    }
+}
+
+#[test]
+fn the_package_installs_into_a_clean_root_runs_there_and_purges_to_nothing() {
+    let deb = built_deb();
+    let root = CleanRoot::new();
+    // The package's dependencies first, so that what the package itself
+    // adds, and what its purge leaves, can be told apart.
+    let depends = run(Command::new("dpkg-deb").args(["--field"]).arg(&deb).arg("Depends"));
+    let depends: Vec<&str> = depends.trim().split(',').map(str::trim).collect();
+    assert_eq!(depends, ["haproxy", "keepalived", "iproute2", "nftables"]);
+    let mut install = vec!["apt-get", "install", "-y", "-qq", "--no-install-recommends"];
+    install.extend(&depends);
+    root.run(&install);
+    let before = root.files();
+
+    std::fs::copy(&deb, root.path().join("tmp/amphora-agent.deb")).expect("copy the package in");
+    root.run(&["dpkg", "-i", "/tmp/amphora-agent.deb"]);
+    let listed = root.run(&["dpkg", "-L", PACKAGE]);
+    for path in EXPECTED_PATHS {
+        assert!(listed.lines().any(|l| l == *path), "dpkg -L does not list {path}:\n{listed}");
+        assert!(root.path().join(path.trim_start_matches('/')).exists(), "{path} not installed in the clean root");
+    }
+    let enabled = root.path().join(ENABLED_AGENT.trim_start_matches('/'));
+    assert!(enabled.symlink_metadata().is_ok(), "the agent's unit was not enabled in the clean root");
+
+    // The binaries run on the clean root's libraries, and the shipped
+    // configuration reads (it lacks only the amphora id, which the
+    // controller renders).
+    let version = root.run(&["/usr/bin/amphora-agent", "--version"]);
+    assert!(version.starts_with("amphora-agent "), "{version}");
+    let output = Command::new("chroot")
+        .arg(root.path())
+        .args(["/usr/bin/amphora-agent", "--config-file", CONFIG])
+        .output()
+        .expect("run the agent");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("missing required option [amphora_agent] amphora_id"), "{stderr}");
+    let output = Command::new("chroot")
+        .arg(root.path())
+        .args(["/usr/bin/amphora-health-checker", "--help"])
+        .output()
+        .expect("run the health checker");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    root.run(&["dpkg", "--purge", PACKAGE]);
+    let after = root.files();
+    let left: Vec<&String> = after.difference(&before).collect();
+    let taken: Vec<&String> = before.difference(&after).collect();
+    assert!(left.is_empty() && taken.is_empty(), "the purge left {left:?} and took {taken:?}");
 }
 
 #[test]
