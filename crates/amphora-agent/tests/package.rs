@@ -10,7 +10,9 @@
 //! makes it). A second test installs the package into a clean root (a
 //! minimal Debian of this machine's release, made once with debootstrap and
 //! kept under target/chroot), runs its binaries there, purges it and
-//! checks that the root is as before.
+//! checks that the root is as before; a third runs the image element's
+//! hooks (packaging/dib) in such a root after imitating upstream's
+//! amphora-agent element, and checks the package took its place.
 
 mod common;
 
@@ -570,6 +572,13 @@ fn clean_root_image() -> PathBuf {
     image
 }
 
+/// One clean-root test at a time in this binary: their apt download cache
+/// is one directory, whose lock apt does not wait for.
+fn clean_root_turn() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A throwaway copy of the clean root: an overlay over the kept image (so
 /// the image stays clean), with /proc, /dev and apt's download cache
 /// (kept under target/) mounted in. Unmounted on drop.
@@ -652,6 +661,7 @@ impl Drop for CleanRoot {
 #[test]
 fn the_package_installs_into_a_clean_root_runs_there_and_purges_to_nothing() {
     let deb = built_deb();
+    let _turn = clean_root_turn();
     let root = CleanRoot::new();
     // The package's dependencies first, so that what the package itself
     // adds, and what its purge leaves, can be told apart.
@@ -698,6 +708,114 @@ fn the_package_installs_into_a_clean_root_runs_there_and_purges_to_nothing() {
     let left: Vec<&String> = after.difference(&before).collect();
     let taken: Vec<&String> = before.difference(&after).collect();
     assert!(left.is_empty() && taken.is_empty(), "the purge left {left:?} and took {taken:?}");
+}
+
+/// What upstream's amphora-agent element leaves in an image before ours
+/// runs (its install.d/75 and post-install.d/11-12): the virtualenv's
+/// commands linked into /usr/local/bin, its units (enabled), its
+/// logrotate file.
+fn imitate_upstreams_element(root: &CleanRoot) {
+    let venv = "opt/amphora-agent-venv/bin";
+    let commands =
+        ["amphora-agent", "amphora-health-checker", "haproxy-vrrp-check", "amphora-interface", "prometheus-proxy"];
+    std::fs::create_dir_all(root.path().join(venv)).expect("venv");
+    std::fs::create_dir_all(root.path().join("usr/local/bin")).expect("/usr/local/bin");
+    for command in commands {
+        let path = root.path().join(venv).join(command);
+        std::fs::write(&path, "#!/bin/sh\necho upstream's python\n").expect("command");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        std::os::unix::fs::symlink(format!("/{venv}/{command}"), root.path().join("usr/local/bin").join(command))
+            .expect("link");
+    }
+    let units = root.path().join("usr/lib/systemd/system");
+    std::fs::create_dir_all(&units).expect("units");
+    std::fs::write(
+        units.join("amphora-agent.service"),
+        "[Unit]\nDescription=OpenStack Octavia Amphora Agent\n[Service]\n\
+         ExecStart=/usr/local/bin/amphora-agent --config-file /etc/octavia/amphora-agent.conf\n\
+         [Install]\nWantedBy=multi-user.target\n",
+    )
+    .expect("upstream's unit");
+    std::fs::write(
+        units.join("prometheus-proxy.service"),
+        "[Unit]\nDescription=OpenStack Octavia Prometheus Proxy\n[Service]\nExecStart=/usr/local/bin/prometheus-proxy\n\
+         [Install]\nWantedBy=multi-user.target\n",
+    )
+    .expect("prometheus-proxy unit");
+    std::fs::create_dir_all(root.path().join("etc/logrotate.d")).expect("logrotate.d");
+    std::fs::write(root.path().join("etc/logrotate.d/amphora-agent"), "/var/log/amphora-agent.log {}\n")
+        .expect("logrotate");
+    root.run(&["systemctl", "enable", "amphora-agent.service", "prometheus-proxy.service"]);
+}
+
+/// Runs the element's hooks as diskimage-builder would: extra-data.d on
+/// the host with TMP_HOOKS_PATH, then install.d and post-install.d inside
+/// the image, each with `environment`.
+fn run_element_hooks(root: &CleanRoot, deb: &Path, environment: &[(&str, &str)]) {
+    let element = workspace_root().join("packaging/dib/amphora-agent-rs");
+    let hooks = root.path().join("tmp/in_target.d");
+    std::fs::create_dir_all(&hooks).expect("hooks dir");
+    let mut copy = Command::new(element.join("extra-data.d/10-amphora-agent-rs-copy-deb"));
+    copy.env("TMP_HOOKS_PATH", &hooks).env("DIB_AMPHORA_AGENT_RS_DEB", deb);
+    run(&mut copy);
+    for hook in ["install.d/80-amphora-agent-rs-install", "post-install.d/15-amphora-agent-rs-replace-upstream"] {
+        let inside = format!("/tmp/{}", hook.replace('/', "-"));
+        std::fs::copy(element.join(hook), root.path().join(inside.trim_start_matches('/'))).expect("copy hook");
+        let mut command = Command::new("chroot");
+        command.arg(root.path()).args(["/bin/bash", &inside]).env("DEBIAN_FRONTEND", "noninteractive");
+        for (name, value) in environment {
+            command.env(name, value);
+        }
+        run(&mut command);
+    }
+}
+
+#[test]
+fn the_image_elements_hooks_put_the_package_in_place_of_upstreams_agent() {
+    let deb = built_deb();
+    let _turn = clean_root_turn();
+    let root = CleanRoot::new();
+    // An image with systemd, as upstream's (dib-init-system) has.
+    root.run(&["apt-get", "install", "-y", "-qq", "--no-install-recommends", "systemd"]);
+    imitate_upstreams_element(&root);
+    run_element_hooks(&root, &deb, &[]);
+
+    let status = root.run(&["dpkg-query", "-W", "-f=${db:Status-Status}", PACKAGE]);
+    assert_eq!(status, "installed");
+    // The package's unit, not upstream's, at the path upstream's was
+    // written to, and enabled.
+    let unit = std::fs::read_to_string(root.path().join("usr/lib/systemd/system/amphora-agent.service")).expect("unit");
+    assert_eq!(exec_start(&unit), ["/usr/bin/amphora-agent", "--config-file", CONFIG], "{unit}");
+    let owner = root.run(&["dpkg", "-S", "/lib/systemd/system/amphora-agent.service"]);
+    assert!(owner.starts_with("amphora-agent:"), "{owner}");
+    assert!(root.path().join(ENABLED_AGENT.trim_start_matches('/')).symlink_metadata().is_ok(), "agent not enabled");
+    // The commands the package replaces resolve to it; upstream's others stay.
+    let local = root.path().join("usr/local/bin");
+    for replaced in ["amphora-agent", "amphora-health-checker", "haproxy-vrrp-check"] {
+        assert!(local.join(replaced).symlink_metadata().is_err(), "/usr/local/bin/{replaced} left");
+    }
+    for kept in ["amphora-interface", "prometheus-proxy"] {
+        assert!(local.join(kept).symlink_metadata().is_ok(), "/usr/local/bin/{kept} removed");
+    }
+    let checker = root.run(&["/bin/sh", "-c", "command -v amphora-health-checker"]);
+    assert_eq!(checker.trim(), "/usr/bin/amphora-health-checker");
+    assert!(!root.path().join("etc/logrotate.d/amphora-agent").exists(), "upstream's logrotate file left");
+    assert!(
+        root.path().join("opt/amphora-agent-venv").is_dir(),
+        "the virtualenv prometheus-proxy runs from was removed"
+    );
+    assert!(root.path().join("usr/lib/systemd/system/prometheus-proxy.service").exists());
+    assert!(!root.path().join("tmp/in_target.d/amphora-agent-rs").exists(), "the copied package was left in the image");
+
+    // Asked to, the hooks (run again, as on a rebuild) remove the rest of
+    // the Python agent.
+    run_element_hooks(&root, &deb, &[("DIB_AMPHORA_AGENT_RS_REMOVE_PYTHON", "1")]);
+    assert!(!root.path().join("opt/amphora-agent-venv").exists(), "the virtualenv is left");
+    assert!(!root.path().join("usr/lib/systemd/system/prometheus-proxy.service").exists(), "prometheus-proxy left");
+    assert!(local.join("prometheus-proxy").symlink_metadata().is_err(), "/usr/local/bin/prometheus-proxy left");
+    let enabled = root.path().join("etc/systemd/system/multi-user.target.wants/prometheus-proxy.service");
+    assert!(enabled.symlink_metadata().is_err(), "prometheus-proxy still enabled");
+    assert!(root.path().join(ENABLED_AGENT.trim_start_matches('/')).symlink_metadata().is_ok(), "agent not enabled");
 }
 
 #[test]
