@@ -1,9 +1,10 @@
 //! The packaging's scripts pass ShellCheck (every shell script under
 //! packaging/: build.sh, the maintainer scripts, the image element's
 //! hooks), and the image element passes diskimage-builder's own dib-lint
-//! (the element cannot be built here: that needs cloud images). Both tools
-//! are pinned in scripts/lint-venv.sh, which makes their virtualenv when
-//! LINT_VENV_BIN does not name one.
+//! (the element cannot be built here: that needs cloud images), and the
+//! agent's OpenAPI document (docs/agent-openapi.json) passes
+//! openapi-spec-validator. The tools are pinned in scripts/lint-venv.sh,
+//! which makes their virtualenv when LINT_VENV_BIN does not name one.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -140,4 +141,29 @@ fn dib_lint_rejects_a_hook_without_set_e() {
     let output = dib_lint(dir.path());
     assert!(!output.status.success(), "{}", report(&output));
     assert!(report(&output).contains("is not set -e"), "{}", report(&output));
+}
+
+fn validate_openapi(path: &Path) -> Output {
+    Command::new(lint_bin().join("openapi-spec-validator")).arg(path).output().expect("run openapi-spec-validator")
+}
+
+#[test]
+fn the_agent_openapi_document_is_valid_openapi() {
+    let output = validate_openapi(&workspace_root().join("docs/agent-openapi.json"));
+    assert!(output.status.success(), "{}", report(&output));
+}
+
+#[test]
+fn the_validator_rejects_a_document_with_a_dangling_reference() {
+    // The validator itself works: the same document with one schema gone
+    // fails.
+    let text = std::fs::read_to_string(workspace_root().join("docs/agent-openapi.json")).expect("document");
+    let mut document: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let schemas = document["components"]["schemas"].as_object_mut().expect("schemas");
+    assert!(schemas.remove("Message").is_some());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("broken.json");
+    std::fs::write(&path, serde_json::to_string(&document).expect("JSON")).expect("write");
+    let output = validate_openapi(&path);
+    assert!(!output.status.success(), "{}", report(&output));
 }
