@@ -204,7 +204,7 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_socket_loses_no_record_and_does_not_fail() {
+    fn a_missing_socket_does_not_fail_the_writer() {
         let dir = tempfile::tempdir().expect("tempdir");
         let syslog = Syslog::new(dir.path().join("absent"), Facility::local(1).expect("local1"));
         let mut record = syslog.make_writer();
