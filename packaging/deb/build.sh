@@ -63,5 +63,8 @@ size="$(du -sk --exclude=DEBIAN "$root" | cut -f1)"
 
 mkdir -p "$target/deb"
 out="$target/deb/${name}_${version}_${arch}.deb"
-dpkg-deb --build --root-owner-group "$root" "$out" >&2
+# Built beside and renamed into place: a reader never sees half a package.
+trap 'rm -rf "$root"; rm -f "$out.$$.tmp"' EXIT
+dpkg-deb --build --root-owner-group "$root" "$out.$$.tmp" >&2
+mv -f "$out.$$.tmp" "$out"
 echo "$out"
