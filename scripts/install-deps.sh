@@ -26,6 +26,8 @@ if [ "$purpose" = test ]; then
     need dpkg-deb dpkg
     need systemd-analyze systemd
     need deb-systemd-helper init-system-helpers
+    # A clean root to install the package into (tests/package.rs).
+    need debootstrap debootstrap
     if command -v python3 >/dev/null 2>&1 && ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
         missing+=(python3-venv)
     fi

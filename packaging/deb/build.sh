@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds the agent's Debian package: the release binaries amphora-agent and
-# amphora-vrrp-check (stripped by the release profile), the systemd units
+# Builds the agent's Debian package: the release binaries amphora-agent,
+# amphora-vrrp-check and amphora-health-checker (keepalived runs it for
+# SCTP health monitors, as upstream's LVS template writes; stripped by the
+# release profile), the systemd units
 # and the default configuration of this directory, and the metadata under
 # [package.metadata.deb] in crates/amphora-agent/Cargo.toml. Prints the
 # path of the .deb (under the cargo target directory, deb/). Needs cargo,
@@ -13,7 +15,7 @@ for tool in cargo jq dpkg-deb; do
     command -v "$tool" >/dev/null || { echo "build.sh: $tool is needed" >&2; exit 1; }
 done
 
-cargo build --release --locked -p amphora-agent --bin amphora-agent --bin amphora-vrrp-check >&2
+cargo build --release --locked -p amphora-agent --bin amphora-agent --bin amphora-vrrp-check --bin amphora-health-checker >&2
 
 meta="$(cargo metadata --format-version 1 --no-deps --locked)"
 target="$(jq -r .target_directory <<<"$meta")"
@@ -31,6 +33,7 @@ chmod 0755 "$root"
 trap 'rm -rf "$root"' EXIT
 install -D -m 0755 "$target/release/amphora-agent" "$root/usr/bin/amphora-agent"
 install -D -m 0755 "$target/release/amphora-vrrp-check" "$root/usr/bin/amphora-vrrp-check"
+install -D -m 0755 "$target/release/amphora-health-checker" "$root/usr/bin/amphora-health-checker"
 install -D -m 0644 "$here/amphora-agent.service" "$root/lib/systemd/system/amphora-agent.service"
 install -D -m 0644 "$here/amphora-netns.service" "$root/lib/systemd/system/amphora-netns.service"
 install -D -m 0644 "$here/amphora-agent.conf" "$root/etc/octavia/amphora-agent.conf"
@@ -60,5 +63,8 @@ size="$(du -sk --exclude=DEBIAN "$root" | cut -f1)"
 
 mkdir -p "$target/deb"
 out="$target/deb/${name}_${version}_${arch}.deb"
-dpkg-deb --build --root-owner-group "$root" "$out" >&2
+# Built beside and renamed into place: a reader never sees half a package.
+trap 'rm -rf "$root"; rm -f "$out.$$.tmp"' EXIT
+dpkg-deb --build --root-owner-group "$root" "$out.$$.tmp" >&2
+mv -f "$out.$$.tmp" "$out"
 echo "$out"

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
+pub use crate::syslog::Facility;
 pub use oslo_ini::{ConfigError, ConfigWarning, FileList, parse_bool};
 
 use oslo_ini::{Layers, parse_absolute_path, parse_int, parse_list};
@@ -27,6 +28,36 @@ pub struct Config {
     pub health_manager: HealthManager,
     pub amphora_agent: AmphoraAgent,
     pub controller_worker: ControllerWorker,
+    pub logging: Logging,
+}
+
+/// Where the agent's own log records go: standard error (for journald) by
+/// default; the local syslog socket when upstream's switches ask for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logging {
+    /// `[DEFAULT] use_syslog`, which upstream's controller always renders
+    /// `True`.
+    pub use_syslog: bool,
+    /// `[DEFAULT] syslog_log_facility`; when unset, the administrative one.
+    pub syslog_log_facility: Option<Facility>,
+    /// `[haproxy_amphora] administrative_log_facility`: `LOG_LOCAL<n>`.
+    pub administrative_log_facility: u8,
+    /// `[amphora_agent] admin_log_targets`: forwarded by the image's
+    /// rsyslog; set, they turn syslog on.
+    pub admin_log_targets: Vec<String>,
+    /// `[amphora_agent] tenant_log_targets`: likewise.
+    pub tenant_log_targets: Vec<String>,
+    /// Our extension: the syslog socket.
+    pub syslog_socket: PathBuf,
+}
+
+impl Logging {
+    /// The socket and facility to send records to, when syslog is on.
+    pub fn syslog(&self) -> Option<(PathBuf, Facility)> {
+        let on = self.use_syslog || !self.admin_log_targets.is_empty() || !self.tenant_log_targets.is_empty();
+        let admin = Facility::local(self.administrative_log_facility).unwrap_or(Facility::local(1)?);
+        on.then(|| (self.syslog_socket.clone(), self.syslog_log_facility.unwrap_or(admin)))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -193,7 +224,13 @@ macro_rules! ini_by_display {
         })+
     };
 }
-ini_by_display!(bool, u16, u64, usize, IpAddr);
+ini_by_display!(bool, u8, u16, u64, usize, IpAddr);
+
+impl IniValue for Facility {
+    fn ini(&self) -> String {
+        self.name()
+    }
+}
 
 impl IniValue for TlsProtocol {
     fn ini(&self) -> String {
@@ -344,20 +381,27 @@ pub const OPTIONS: &[OptionSpec] = &[
         amphora_agent.worker_threads = parse |v| parse_int(v, 1, 256).map(|n| n as usize)),
     option!("controller_worker", "loadbalancer_topology", Upstream, mutable: true, default: Some("SINGLE"),
         controller_worker.loadbalancer_topology = parse Topology::parse_config),
-    ignored("DEFAULT", "use_syslog"),
-    ignored("DEFAULT", "syslog_log_facility"),
+    option!("DEFAULT", "use_syslog", Upstream, mutable: false, default: Some("false"),
+        logging.use_syslog = parse parse_bool),
+    option!("DEFAULT", "syslog_log_facility", Upstream, mutable: false, default: Some(""),
+        logging.syslog_log_facility = parse parse_facility),
+    option!("haproxy_amphora", "administrative_log_facility", Upstream, mutable: false, default: Some("1"),
+        logging.administrative_log_facility = parse |v| parse_int(v, 0, 7).map(|n| n as u8)),
+    option!("amphora_agent", "admin_log_targets", Upstream, mutable: false, default: Some(""),
+        logging.admin_log_targets = parse parse_log_targets),
+    option!("amphora_agent", "tenant_log_targets", Upstream, mutable: false, default: Some(""),
+        logging.tenant_log_targets = parse parse_log_targets),
+    option!("amphora_agent", "syslog_socket", Ours, mutable: false, default: Some("/dev/log"),
+        logging.syslog_socket = parse parse_path),
     ignored("DEFAULT", "log_file"),
     ignored("DEFAULT", "log_dir"),
     ignored("DEFAULT", "use_stderr"),
     ignored("DEFAULT", "use_journal"),
     ignored("DEFAULT", "host"),
     ignored("haproxy_amphora", "user_log_facility"),
-    ignored("haproxy_amphora", "administrative_log_facility"),
     ignored("haproxy_amphora", "lb_network_interface"),
     ignored("haproxy_amphora", "respawn_count"),
     ignored("haproxy_amphora", "respawn_interval"),
-    ignored("amphora_agent", "admin_log_targets"),
-    ignored("amphora_agent", "tenant_log_targets"),
     ignored("amphora_agent", "user_log_facility"),
     ignored("amphora_agent", "administrative_log_facility"),
     ignored("amphora_agent", "log_protocol"),
@@ -419,7 +463,33 @@ fn unfilled() -> Config {
             worker_threads: 0,
         },
         controller_worker: ControllerWorker { loadbalancer_topology: Topology::Single },
+        logging: Logging {
+            use_syslog: false,
+            syslog_log_facility: None,
+            administrative_log_facility: 1,
+            admin_log_targets: Vec::new(),
+            tenant_log_targets: Vec::new(),
+            syslog_socket: PathBuf::new(),
+        },
     }
+}
+
+/// A facility name; empty means unset.
+fn parse_facility(value: &str) -> Result<Option<Facility>, String> {
+    if value.is_empty() { Ok(None) } else { Facility::parse(value).map(Some) }
+}
+
+/// `host:port` pairs, as upstream's logging template splits them.
+fn parse_log_targets(value: &str) -> Result<Vec<String>, String> {
+    let list = parse_list(value);
+    for target in &list {
+        let (host, port) = target.rsplit_once(':').ok_or_else(|| format!("{target:?} is not a host:port pair"))?;
+        if host.is_empty() {
+            return Err(format!("{target:?} has no host"));
+        }
+        parse_int(port, 1, 65535).map_err(|_| format!("{port:?} is not a port"))?;
+    }
+    Ok(list)
 }
 
 fn parse_tls_protocol(value: &str, warnings: &mut Vec<ConfigWarning>) -> Result<TlsProtocol, String> {
@@ -535,15 +605,17 @@ mod tests {
     #[test]
     fn every_option_reads_back_what_it_shows() {
         // Values unlike the defaults, so a field read into the wrong place shows.
-        let text = "[DEFAULT]\ndebug = yes\n\
+        let text = "[DEFAULT]\ndebug = yes\nuse_syslog = true\nsyslog_log_facility = LOG_LOCAL5\n\
                     [haproxy_amphora]\nbase_path = /srv/b\nbase_cert_dir = /srv/c\nbind_host = 192.0.2.9\n\
-                    bind_port = 1234\nhaproxy_cmd = /opt/haproxy\nuser_group = lbs\n\
+                    bind_port = 1234\nhaproxy_cmd = /opt/haproxy\nuser_group = lbs\nadministrative_log_facility = 6\n\
                     [health_manager]\ncontroller_ip_port_list = 192.0.2.1:5555, [fd00::1]:5556\n\
                     heartbeat_interval = 7\nheartbeat_key = k\n\
                     [amphora_agent]\namphora_id = amp-9\nagent_server_ca = /srv/ca.pem\nagent_server_cert = /srv/s.pem\n\
                     agent_server_network_dir = /srv/net\nagent_request_read_timeout = 5\nagent_tls_protocol = TLSv1.3\n\
                     amphora_udp_driver = other\nnetwork_namespace = ns-9\nmax_request_body_size = 2048\n\
                     api_versions = 1.0\nworker_threads = 3\n\
+                    admin_log_targets = 192.0.2.3:514\ntenant_log_targets = logs.example:10514, 192.0.2.4:514\n\
+                    syslog_socket = /srv/log\n\
                     [controller_worker]\nloadbalancer_topology = ACTIVE_STANDBY\n";
         let config = parse_one(text).expect("valid").config;
         let defaults = parse_one(MINIMAL).expect("valid").config;

@@ -9,6 +9,7 @@
 // binary reads them. Everything else is the agent's own; clients use
 // amphora-proto and amphora-client, never these modules.
 pub mod config;
+pub mod syslog;
 
 pub(crate) mod certs;
 pub(crate) mod check_scripts;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use amphora_agent::LogControl;
 use amphora_agent::config;
+use amphora_agent::syslog::Syslog;
 use clap::Parser;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -39,15 +40,31 @@ fn main() -> ExitCode {
     let level = |debug: bool| EnvFilter::new(if debug { "debug" } else { "info" });
     let fixed = from_env.is_some();
     let (filter, handle) = reload::Layer::new(from_env.unwrap_or_else(|| level(loaded.config.debug)));
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_target(false)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_writer(std::io::stderr),
-        )
-        .init();
+    // Standard error for journald, or the syslog socket when the
+    // configuration asks for it as upstream's does (records that cannot
+    // be sent there go to standard error).
+    let (to_stderr, to_syslog) = match loaded.config.logging.syslog() {
+        None => (
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_writer(std::io::stderr),
+            ),
+            None,
+        ),
+        Some((socket, facility)) => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_ansi(false)
+                    .without_time()
+                    .with_writer(Syslog::new(socket, facility)),
+            ),
+        ),
+    };
+    tracing_subscriber::registry().with(filter).with(to_stderr).with(to_syslog).init();
     let log = (!fixed).then(|| {
         LogControl::new(move |debug| {
             if let Err(e) = handle.reload(level(debug)) {

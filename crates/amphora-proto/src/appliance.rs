@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 /// `GET /status`, with the appliance's own names and types (counts as
 /// strings, the load as formatted strings).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApplianceStatus {
     pub hostname: String,
     pub network_tx: u64,

@@ -30,6 +30,7 @@ pub const API_VERSION: &str = "1.0";
 /// The body of every error response, and of most success responses:
 /// `{"message": "OK", "details": "..."}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Message {
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -88,12 +89,14 @@ impl std::fmt::Display for Action {
 
 /// `GET /`: version discovery, the part upstream's controller reads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VersionDiscovery {
     pub api_version: ApiVersion,
 }
 
 /// `GET /`: every API version served, plus upstream's field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Versions {
     /// What upstream's controller reads: "1.0" when served.
     pub api_version: ApiVersion,
@@ -104,6 +107,7 @@ pub struct Versions {
 
 /// `GET /info`, `GET /1.0/info` and `GET /v0.1/info`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Info {
     pub hostname: String,
     pub uuid: String,
@@ -162,6 +166,7 @@ wire_enum! {
 
 /// One entry of `GET /1.0/listeners`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ListenerStatus {
     pub status: ListenerState,
     pub uuid: String,
@@ -171,6 +176,7 @@ pub struct ListenerStatus {
 
 /// One pool in a listener's detailed status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PoolStatus {
     pub uuid: String,
     pub status: PoolState,
@@ -180,6 +186,7 @@ pub struct PoolStatus {
 
 /// `GET /1.0/listeners/{id}` and `GET /v0.1/listeners/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ListenerDetail {
     pub status: ListenerState,
     pub uuid: String,
@@ -190,6 +197,7 @@ pub struct ListenerDetail {
 
 /// CPU usage in percent over the sampling window.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Cpu {
     pub total: f64,
     pub user: f64,
@@ -199,6 +207,7 @@ pub struct Cpu {
 
 /// Memory figures in kilobytes, as `/proc/meminfo` reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Memory {
     pub total: u64,
     pub free: u64,
@@ -213,6 +222,7 @@ pub struct Memory {
 
 /// Root filesystem usage in kilobytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Disk {
     pub used: u64,
     pub available: u64,
@@ -220,6 +230,7 @@ pub struct Disk {
 
 /// Cumulative byte counters of one interface in the amphora namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InterfaceCounters {
     pub network_tx: u64,
     pub network_rx: u64,
@@ -253,6 +264,7 @@ wire_enum! {
 /// `GET /1.0/details`; `GET /v0.1/details` is `Details<v0_1::TopologyKind>`,
 /// the 0.1 API spelling topologies its own way.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Details<T = Topology> {
     #[serde(flatten)]
     pub info: Info,
@@ -315,6 +327,7 @@ impl<T> Details<T> {
 
 /// `GET /1.0/loadbalancer/{lb}/certificates/{file}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CertificateMd5 {
     pub md5sum: String,
 }

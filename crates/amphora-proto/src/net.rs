@@ -12,6 +12,7 @@ use crate::wire_enum::wire_enum;
 
 /// `{"destination": "10.0.0.0/8", "nexthop": "192.0.2.1"}`
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostRouteRequest {
     pub destination: String,
     pub nexthop: String,
@@ -19,6 +20,7 @@ pub struct HostRouteRequest {
 
 /// An additional VIP of `POST /1.0/plug/vip/{ip}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AdditionalVipRequest {
     pub ip_address: String,
     pub subnet_cidr: String,
@@ -30,6 +32,7 @@ pub struct AdditionalVipRequest {
 
 /// The body of `POST /1.0/plug/vip/{ip}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlugVipRequest {
     pub subnet_cidr: String,
     #[serde(default)]
@@ -47,6 +50,7 @@ pub struct PlugVipRequest {
 
 /// A fixed IP of `POST /1.0/plug/network`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FixedIpRequest {
     pub ip_address: String,
     #[serde(default)]
@@ -59,6 +63,7 @@ pub struct FixedIpRequest {
 
 /// `vip_net_info`: plugging a further subnet on the VIP port.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VipNetInfo {
     pub vip: String,
     #[serde(flatten)]
@@ -67,6 +72,7 @@ pub struct VipNetInfo {
 
 /// The body of `POST /1.0/plug/network`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlugNetworkRequest {
     pub mac_address: String,
     #[serde(default)]
@@ -90,11 +96,13 @@ wire_enum! {
 /// One entry of `PUT /1.0/interface/{ip}/rules`: allow `protocol` to
 /// `port` from `cidr` (null: from anywhere).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RuleRequest {
     pub protocol: RuleProtocol,
     pub cidr: Option<String>,
     /// Any JSON number as sent; the agent refuses what is not a port.
+    #[cfg_attr(feature = "openapi", schema(value_type = f64))]
     pub port: serde_json::Number,
 }
 
@@ -106,6 +114,7 @@ impl RuleRequest {
 
 /// `GET /1.0/interface/{ip}`: `{"message": "OK", "interface": "eth1"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InterfaceLookup {
     pub message: String,
     pub interface: String,

@@ -27,6 +27,7 @@ wire_enum! {
 /// The body of `POST /v0.1/topology`. Strings as sent: the agent accepts
 /// both spellings of a topology and names every problem it finds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TopologyRequest {
     pub topology: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -39,6 +40,7 @@ pub struct TopologyRequest {
 
 /// `GET /v0.1/topology`. The secret is never shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TopologyResponse {
     pub hostname: String,
     pub uuid: String,

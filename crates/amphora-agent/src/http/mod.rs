@@ -16,6 +16,8 @@
 mod appliance;
 mod error;
 mod extract;
+#[cfg(test)]
+pub(crate) mod openapi;
 mod operations;
 #[cfg(test)]
 mod router_tests;

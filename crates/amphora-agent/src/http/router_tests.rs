@@ -913,11 +913,11 @@ fn routed(answer: &Answer) -> bool {
     !(unknown_path || unknown_method)
 }
 
-#[tokio::test]
-async fn the_route_table_is_the_tested_one() {
-    let cases: Vec<Case> =
-        [common_cases(), v1_cases(), v0_1_cases(), appliance_cases()].into_iter().flatten().collect();
-    let tested: BTreeSet<(String, &str)> = cases.iter().map(|c| (c.method.to_string(), c.route)).collect();
+/// Every `(method, template)` the router serves, probing it with every
+/// path template of `amphora_proto::paths` and every method. A path that
+/// one of `known`'s routes of the same method also matches is that route's
+/// ("/1.0/loadbalancer/x/haproxy" is also an action path).
+async fn served_routes(known: &BTreeSet<(String, &'static str)>) -> BTreeSet<(String, &'static str)> {
     let fixture = Fixture::new().await;
     let methods = [Method::GET, Method::PUT, Method::POST, Method::DELETE, Method::PATCH];
     let mut served = BTreeSet::new();
@@ -927,22 +927,44 @@ async fn the_route_table_is_the_tested_one() {
         let path = paths::fill(template, &["probe", "probe", "probe"]);
         for method in &methods {
             let this = (method.to_string(), template);
-            // A path of this template that another, tested, route of the
-            // same method serves ("/1.0/loadbalancer/x/haproxy" is also an
-            // action path) is that route's.
-            let served_by_other = !tested.contains(&this)
-                && tested.iter().any(|(m, t)| m == method.as_str() && *t != template && paths::matches(t, &path));
+            let served_by_other = !known.contains(&this)
+                && known.iter().any(|(m, t)| m == method.as_str() && *t != template && paths::matches(t, &path));
             let answer = fixture.call(method, &path, Vec::new()).await;
             if routed(&answer) && !served_by_other {
                 served.insert(this);
             }
         }
     }
+    served
+}
+
+#[tokio::test]
+async fn the_route_table_is_the_tested_one() {
+    let cases: Vec<Case> =
+        [common_cases(), v1_cases(), v0_1_cases(), appliance_cases()].into_iter().flatten().collect();
+    let tested: BTreeSet<(String, &str)> = cases.iter().map(|c| (c.method.to_string(), c.route)).collect();
+    let served = served_routes(&tested).await;
     let untested: Vec<_> = served.difference(&tested).collect();
     let unserved: Vec<_> = tested.difference(&served).collect();
     assert!(
         untested.is_empty() && unserved.is_empty(),
         "routes without a test: {untested:?}; tested routes the router does not serve: {unserved:?}"
+    );
+}
+
+/// The OpenAPI document (`http::openapi`) against the router, both ways.
+#[tokio::test]
+async fn every_served_route_has_an_openapi_operation_and_every_operation_is_served() {
+    let documented: BTreeSet<(String, &str)> =
+        super::openapi::OPERATIONS.iter().map(|o| (o.method.to_uppercase(), o.path)).collect();
+    assert_eq!(documented.len(), super::openapi::OPERATIONS.len(), "an operation is documented twice");
+    let served = served_routes(&documented).await;
+    let undocumented: Vec<_> = served.difference(&documented).collect();
+    let unserved: Vec<_> = documented.difference(&served).collect();
+    assert!(
+        undocumented.is_empty() && unserved.is_empty(),
+        "routes without an OpenAPI operation: {undocumented:?}; documented operations the router does not serve: \
+         {unserved:?}"
     );
 }
 
