@@ -478,7 +478,10 @@ impl LocalCompute {
         crate::fsutil::write_file(&dir.join("client_ca.pem"), boot.client_ca_pem.as_bytes(), 0o644)?;
         let local = format!(
             "# Written by the controller's local compute driver; given after\n\
-             # amphora-agent.conf, so these win.\n\
+             # amphora-agent.conf, so these win. The log stays in agent.log:\n\
+             # this host's syslog is not the amphora's.\n\
+             [DEFAULT]\n\
+             use_syslog = False\n\n\
              [haproxy_amphora]\n\
              base_path = {base}\n\
              base_cert_dir = {base}/certs\n\
