@@ -272,6 +272,9 @@ async fn seed(url: &str, amphorae: usize, members: usize) -> anyhow::Result<Flee
             }
         }
     }
+    // Planner statistics, as a database in service has them (PostgreSQL
+    // would otherwise plan the first minutes' queries for empty tables).
+    sqlx::query("ANALYZE").execute(&db.pool).await?;
     db.pool.close().await;
     Ok(Fleet { datagrams })
 }

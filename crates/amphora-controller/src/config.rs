@@ -178,6 +178,10 @@ pub struct HealthManager {
     pub failover_threshold: Option<u64>,
     pub heartbeat_key: Option<String>,
     pub controller_ip_port_list: Vec<String>,
+    /// Heartbeat batches applied at once on PostgreSQL (each amphora's
+    /// always by the same updater); `None`: one per CPU, as upstream's
+    /// default. SQLite has one writer, so one there.
+    pub health_update_threads: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -552,6 +556,9 @@ fn from_layers(mut layers: Layers) -> Result<Loaded, ConfigError> {
         heartbeat_key: l.optional_string("health_manager", "heartbeat_key")?,
         controller_ip_port_list: l
             .get("health_manager", "controller_ip_port_list", Vec::new(), |v| Ok(parse_list(v)))?,
+        health_update_threads: l.get("health_manager", "health_update_threads", None, |v| {
+            if v.is_empty() { Ok(None) } else { oslo_ini::parse_int(v, 1, 64).map(|n| Some(n as usize)) }
+        })?,
     };
     let housekeeping = HouseKeeping {
         cleanup_interval: l.int("house_keeping", "cleanup_interval", 30, 1, 86_400)?,

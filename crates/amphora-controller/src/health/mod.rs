@@ -3,8 +3,10 @@
 //! - a UDP receiver on `[health_manager] bind_ip`:`bind_port` verifies each
 //!   heartbeat's HMAC with `heartbeat_key` before decompressing it (bounded)
 //!   and hands it to a bounded queue; bad packets are counted and dropped;
-//! - an updater takes what the queue holds (up to [`BATCH`] messages) and
-//!   applies it in one transaction: health rows, operating statuses that
+//! - updaters (one on SQLite; `health_update_threads` on PostgreSQL, each
+//!   amphora's heartbeats always to the same one) gather what their queue
+//!   holds (up to [`BATCH`] messages, for up to a tenth of the interval) and
+//!   apply it in one transaction: health rows, operating statuses that
 //!   changed, listener statistics (`update.rs`, `status.rs`);
 //! - a scanner, from `heartbeat_timeout` after start and then every
 //!   `health_check_interval`, queues one failover job per stale amphora, or
@@ -14,6 +16,7 @@ pub mod stale;
 pub mod status;
 pub mod update;
 
+use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
-use crate::db::Db;
+use crate::db::{Backend, Db};
 use update::{Outcome, Received};
 
 /// Heartbeats waiting for the updater; past this they are dropped (and
@@ -157,12 +160,17 @@ pub async fn start(db: Db, config: Arc<Config>, shutdown: watch::Receiver<bool>)
         tracing::warn!("[health_manager] heartbeat_key is not set: every heartbeat will be dropped as unverifiable");
     }
     let counters = Arc::new(Counters::default());
-    let (queue, batches) = mpsc::channel(QUEUE);
+    let updaters = updaters(&db, hm.health_update_threads);
     let mut tasks = JoinSet::new();
-    let key = hm.heartbeat_key.clone();
-    tasks.spawn(receive(socket, key, queue, counters.clone(), shutdown.clone()));
     let interval = Duration::from_secs(hm.heartbeat_interval);
-    tasks.spawn(apply(db.clone(), batches, interval, counters.clone()));
+    let mut queues = Vec::with_capacity(updaters);
+    for _ in 0..updaters {
+        let (queue, batches) = mpsc::channel(QUEUE / updaters);
+        queues.push(queue);
+        tasks.spawn(apply(db.clone(), batches, interval, counters.clone()));
+    }
+    let key = hm.heartbeat_key.clone();
+    tasks.spawn(receive(socket, key, queues, counters.clone(), shutdown.clone()));
     if config.worker.amphora_driver == NOOP_AMPHORA_DRIVER {
         tracing::info!("amphora_noop_driver: no amphora heartbeats, so no stale-amphora detection");
     } else {
@@ -179,13 +187,15 @@ pub async fn run(db: Db, config: Arc<Config>, shutdown: watch::Receiver<bool>) -
 async fn receive(
     socket: UdpSocket,
     key: Option<String>,
-    queue: mpsc::Sender<Received>,
+    queues: Vec<mpsc::Sender<Received>>,
     counters: Arc<Counters>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let shards = RandomState::new();
     let stop = crate::stopped(shutdown);
     tokio::pin!(stop);
     let mut buf = vec![0u8; RECEIVER_BUFFER];
+    let mut decoder = heartbeat::Decoder::new();
     let (mut bad_log, mut full_log, mut io_log) =
         (Limiter::new(LOG_EVERY), Limiter::new(LOG_EVERY), Limiter::new(LOG_EVERY));
     loop {
@@ -204,7 +214,7 @@ async fn receive(
         let at = Instant::now();
         counters.received.inc();
         let decoded = match &key {
-            Some(key) => heartbeat::decode::<status::Message>(&buf[..len], key, MAX_DECOMPRESSED),
+            Some(key) => decoder.decode::<status::Message>(&buf[..len], key, MAX_DECOMPRESSED),
             None => Err(EnvelopeError::BadSignature),
         };
         let message = match decoded {
@@ -220,6 +230,8 @@ async fn receive(
                 continue;
             }
         };
+        // An amphora's heartbeats all go to one updater, in order.
+        let queue = &queues[(shards.hash_one(&message.id) % queues.len() as u64) as usize];
         match queue.try_send(Received { message, at, from }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -264,6 +276,22 @@ async fn apply(
         batch.clear();
     }
     Ok(())
+}
+
+/// Updaters applying batches side by side: `health_update_threads` (one
+/// per CPU when unset) on PostgreSQL, where each runs its own transactions;
+/// one on SQLite, whose single writer would only make them queue. Two
+/// updaters touch the same rows only for the two amphorae of one
+/// ACTIVE_STANDBY load balancer changing its statuses at the same moment;
+/// should PostgreSQL then pick one as a deadlock victim, that batch is
+/// applied again one heartbeat at a time.
+fn updaters(db: &Db, configured: Option<usize>) -> usize {
+    match db.backend {
+        Backend::Sqlite => 1,
+        Backend::Postgres => {
+            configured.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)).max(1)
+        }
+    }
 }
 
 /// How long the updater gathers heartbeats before applying them: a tenth
