@@ -252,7 +252,7 @@ pub(crate) async fn insert_batch(db: &Db, table: &str, columns: &[&str], rows: V
 
 /// Seeds `lbs` ACTIVE load balancers with VIPs and `per_lb` ALLOCATED
 /// amphorae each through the controller's own schema.
-async fn seed(url: &str, lbs: usize, per_lb: usize) -> anyhow::Result<Duration> {
+pub(crate) async fn seed(url: &str, lbs: usize, per_lb: usize) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let db = Db::open(url).await?;
     let projects: Vec<String> = (0..PROJECTS).map(|_| uuid::Uuid::new_v4().simple().to_string()).collect();

@@ -13,6 +13,7 @@ mod ingest;
 mod lifecycle;
 mod load;
 mod scenario;
+mod stale;
 mod target;
 
 use std::fmt::Write as _;
@@ -70,6 +71,9 @@ enum Command {
     /// The controller's health role at fleet scale: signed heartbeats from
     /// synthetic amphorae at rising rates, on SQLite and PostgreSQL.
     Ingest(ingest::IngestArgs),
+    /// The stale-amphora scan over a fleet's health rows, and the
+    /// failover_threshold breaker when 30% of it falls silent.
+    Stale(stale::StaleArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,6 +83,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Lifecycle(l)) => return lifecycle::main(l),
         Some(Command::AgentHot(h)) => return hot::main(h),
         Some(Command::Ingest(i)) => return ingest::main(i),
+        Some(Command::Stale(s)) => return stale::main(s),
         None => {}
     }
     let launchers = Launchers {
