@@ -91,10 +91,15 @@ struct Cell {
     fewest_rows: i64,
     /// Cores the receiver used (every process of it).
     receiver_cpu: f64,
+    /// Cores its busiest process used: near one, that process bounds it.
+    busiest_cpu: f64,
     /// Cores the PostgreSQL server used (its every process).
     database_cpu: Option<f64>,
     /// Resident memory of the receiver's processes, summed.
     rss_mib: f64,
+    /// Their proportional set size, summed: pages shared between forked
+    /// processes counted once.
+    pss_mib: f64,
 }
 
 pub fn main(args: &IngestArgs) -> anyhow::Result<()> {
@@ -416,23 +421,33 @@ impl Receiver {
             .collect()
     }
 
-    /// CPU seconds (user + system) of the receiver's processes.
-    fn cpu(&self) -> f64 {
-        self.processes().into_iter().filter_map(|pid| cpu_seconds(pid).ok()).map(|(u, s)| u + s).sum()
+    /// CPU seconds (user + system) of each of the receiver's processes.
+    fn cpu(&self) -> Vec<(i32, f64)> {
+        self.processes().into_iter().filter_map(|pid| Some((pid, cpu_seconds(pid).ok().map(|(u, s)| u + s)?))).collect()
     }
 
-    fn rss_mib(&self) -> f64 {
+    /// The sum over the receiver's processes of `field` (in kB) of
+    /// `/proc/PID/{file}`, in MiB.
+    fn memory_mib(&self, file: &str, field: &str) -> f64 {
         self.processes()
             .into_iter()
             .map(|pid| {
-                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
+                text.lines()
+                    .find_map(|l| l.strip_prefix(field))
                     .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
                     .map_or(0.0, |kib| kib / 1024.0)
             })
             .sum()
+    }
+
+    /// Lines of the receiver's log that tell of an error, and the first.
+    fn errors(&self) -> (usize, Option<String>) {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut errors =
+            log.lines().filter(|l| l.contains(" ERROR ") || l.contains(" CRITICAL ") || l.starts_with("Traceback"));
+        let first = errors.next().map(str::to_owned);
+        (first.iter().count() + errors.count(), first)
     }
 }
 
@@ -605,8 +620,8 @@ async fn measure(
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         let window = t0.elapsed().as_secs_f64();
-        let (cpu1, db1, sent1, rss) =
-            (receiver.cpu(), postgres_cpu(), sent.load(Ordering::Relaxed), receiver.rss_mib());
+        let (cpu1, db1, sent1) = (receiver.cpu(), postgres_cpu(), sent.load(Ordering::Relaxed));
+        let (rss, pss) = (receiver.memory_mib("status", "VmRSS:"), receiver.memory_mib("smaps_rollup", "Pss:"));
         stop.store(true, Ordering::Relaxed);
         let _ = generator.join();
         let kept_up = fewest_rows >= amphorae as i64 && (worst_age as f64) < 2.0 * interval_ms;
@@ -622,9 +637,16 @@ async fn measure(
             kept_up,
             worst_age: worst_age as f64 / interval_ms,
             fewest_rows,
-            receiver_cpu: (cpu1 - cpu0) / window,
+            receiver_cpu: (cpu1.iter().map(|(_, c)| c).sum::<f64>() - cpu0.iter().map(|(_, c)| c).sum::<f64>())
+                / window,
+            busiest_cpu: cpu1
+                .iter()
+                .map(|(pid, c)| c - cpu0.iter().find(|(p, _)| p == pid).map_or(0.0, |(_, c0)| *c0))
+                .fold(0.0, f64::max)
+                / window,
             database_cpu: (backend == "postgresql").then(|| (db1 - db0) / window),
             rss_mib: rss,
+            pss_mib: pss,
         };
         eprintln!("   {cell:?}");
         cells.push(cell);
@@ -633,6 +655,9 @@ async fn measure(
         }
         // Let the queue drain before the next rate.
         tokio::time::sleep(Duration::from_secs(args.interval)).await;
+    }
+    if let (errors @ 1.., Some(first)) = receiver.errors() {
+        eprintln!("   {side}: {errors} error line(s) in its log, the first: {first}");
     }
     Ok(cells)
 }
@@ -670,17 +695,18 @@ fn render(
          amphora's health row stayed younger than two intervals for the whole measurement (read through the \
          database every 250 ms; upstream, like ours, drops a heartbeat it gets to later than one interval). \
          Cores: CPU time over wall time (every process of the receiver; PostgreSQL's every process on the \
-         machine). RSS: summed over the receiver's processes (upstream's forked workers share pages, so this \
-         overstates it).\n\n",
+         machine). Memory: RSS and PSS summed over the receiver's processes at the end of the measurement \
+         (upstream's forked processes share pages: RSS counts them in each, PSS once).\n\n",
     );
     out.push_str(
         "| side | database | members per pool | heartbeats/s asked | sent | kept up | oldest row (intervals) | \
-         receiver cores | database cores | receiver RSS |\n|---|---|---|---|---|---|---|---|---|---|\n",
+         receiver cores | its busiest process | database cores | receiver RSS | receiver PSS |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for c in cells {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {:.0} | {} | {:.2} | {:.2} | {} | {:.1} MiB |",
+            "| {} | {} | {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {} | {:.1} MiB | {:.1} MiB |",
             c.side,
             c.backend,
             c.members,
@@ -695,8 +721,10 @@ fn render(
             },
             c.worst_age,
             c.receiver_cpu,
+            c.busiest_cpu,
             c.database_cpu.map_or("in process".to_owned(), |v| format!("{v:.2}")),
             c.rss_mib,
+            c.pss_mib,
         );
     }
     out.push('\n');
@@ -705,13 +733,18 @@ fn render(
     }
     if cells.iter().any(|c| c.side == "upstream") {
         out.push_str(
-            "\nWhat bounds upstream: one listener process receives every datagram, checks its HMAC, \
-             decompresses and decodes it, and pickles it twice to the pools (once for health, once for stats), \
-             in Python under one GIL; each health update then opens its own database session and runs several \
-             transactions (the load balancer query joining amphora, listener, pool and member, the \
-             amphora_health upsert, one transaction per pool's status comparison), and each stats update \
-             another session with a read and a write per listener; none are batched across heartbeats, so the \
-             rate is bounded by per-heartbeat Python and round trips, two workers per pool on two cores.\n",
+            "\nWhat bounds upstream (read from its code): one listener process receives every datagram, checks \
+             its HMAC, decompresses and decodes it, and pickles it to each pool (once for health, once for stats), \
+             all under one Python GIL, so that process can never use more than one core. Each health update \
+             opens a database session of its own per heartbeat: the join of amphora, load balancer, listener, \
+             pool and member in one transaction, the amphora_health upsert (a count, then an update) in \
+             another, and one more transaction per pool to compare statuses; each stats update a further \
+             session with a count, a locking read and an update per listener. Nothing is batched across \
+             heartbeats, so per-heartbeat Python and database round trips bound it, with two workers per pool \
+             sharing the two cores with the listener and PostgreSQL. A heartbeat that waits in the pools' queue \
+             longer than one interval is dropped with a warning, which is how falling behind shows. The busiest \
+             process column tells which bound a run hit: near one core, the listener; well under, with the \
+             receiver's total near what PostgreSQL leaves of the two cores, the pool workers.\n",
         );
     }
     let _ = writeln!(out, "{END}");
