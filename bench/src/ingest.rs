@@ -789,3 +789,70 @@ fn summary(cells: &[Cell]) -> Vec<String> {
     }
     lines
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(side: &'static str, members: usize, rate: u64, kept_up: bool) -> Cell {
+        Cell {
+            side,
+            backend: "postgresql".to_owned(),
+            members,
+            rate,
+            sent_rate: rate as f64,
+            kept_up,
+            worst_age: 1.0,
+            fewest_rows: rate as i64,
+            receiver_cpu: 0.0,
+            busiest_cpu: 0.0,
+            database_cpu: Some(0.0),
+            rss_mib: 0.0,
+            pss_mib: 0.0,
+        }
+    }
+
+    #[test]
+    fn summary_divides_the_highest_kept_up_rates() {
+        let cells = [
+            cell("ours", 10, 1_000, true),
+            cell("ours", 10, 4_000, true),
+            cell("ours", 10, 8_000, false),
+            cell("upstream", 10, 1_000, true),
+            cell("upstream", 10, 4_000, false),
+        ];
+        // 4000 / 1000.
+        assert_eq!(
+            summary(&cells),
+            ["postgresql, 10 member(s): ours kept up with 4000 heartbeats/s, upstream with 1000 heartbeats/s; \
+              ours / upstream = 4.0"]
+        );
+    }
+
+    #[test]
+    fn summary_bounds_the_ratio_when_upstream_kept_up_with_no_rate() {
+        let cells = [cell("ours", 1, 2_000, true), cell("ours", 1, 5_000, true), cell("upstream", 1, 2_000, false)];
+        // Upstream's best is below 2000, so the ratio is above 5000 / 2000.
+        assert_eq!(
+            summary(&cells),
+            ["postgresql, 1 member(s): ours kept up with 5000 heartbeats/s, upstream with none (not even 2000 \
+              heartbeats/s); ours / upstream > 2.5 (upstream below the lowest rate tried)"]
+        );
+    }
+
+    #[test]
+    fn summary_without_upstream_names_only_ours() {
+        let mut sqlite = cell("ours", 50, 2_000, true);
+        sqlite.backend = "sqlite".to_owned();
+        assert_eq!(summary(&[sqlite]), ["sqlite, 50 member(s): ours kept up with 2000 heartbeats/s"]);
+    }
+
+    #[test]
+    fn sqlalchemy_url_names_the_psycopg2_driver() {
+        assert_eq!(
+            sqlalchemy_url("postgres://octavia@127.0.0.1:5432/bench_x"),
+            "postgresql+psycopg2://octavia@127.0.0.1:5432/bench_x"
+        );
+        assert_eq!(sqlalchemy_url("postgresql://u:p@h/db"), "postgresql+psycopg2://u:p@h/db");
+    }
+}

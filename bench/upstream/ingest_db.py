@@ -23,7 +23,7 @@ migrations stop on PostgreSQL (revision 9bf4d21caaea drops a MySQL-named
 foreign key column implicitly; PostgreSQL does not, so those indexes are
 created here, or upstream's health query would scan whole tables.
 
-    python ingest_db.py --db postgresql+psycopg2://user@host:port/db < fleet.json
+    python ingest_db.py --db postgresql+psycopg2://USER@HOST:PORT/DB <FLEET
 """
 
 import argparse
@@ -40,6 +40,7 @@ from octavia.db import models  # noqa: F401  (registers the tables)
 from controller_db import LOOKUPS
 
 CHUNK = 5000
+BATCH = 1000
 
 
 def index_foreign_keys(meta):
@@ -88,39 +89,50 @@ def main():
             conn.execute(tables["amphora_build_slots"].insert(),
                          [{"id": 1, "slots_used": 0}])
 
-    lbs, vips, pools, listeners, members, amps = [], [], [], [], [], []
-    for i, a in enumerate(fleet["amphorae"]):
-        common = {"project_id": project, "provisioning_status": "ACTIVE",
-                  "operating_status": "ONLINE", "enabled": True,
-                  "created_at": now, "updated_at": now}
-        lbs.append(dict(common, id=a["lb"], name=f"lb-{i}",
-                        topology="SINGLE", provider="amphora"))
-        vips.append({"load_balancer_id": a["lb"], "ip_address": a["vip"],
-                     "port_id": a["vip_port"], "subnet_id": a["subnet"],
-                     "network_id": a["network"], "octavia_owned": True,
-                     "vnic_type": "normal"})
-        pools.append(dict(common, id=a["pool"], load_balancer_id=a["lb"],
-                          protocol="HTTP", lb_algorithm="ROUND_ROBIN"))
-        listeners.append(dict(common, id=a["listener"],
-                              load_balancer_id=a["lb"], protocol="HTTP",
-                              protocol_port=80, connection_limit=-1,
-                              default_pool_id=a["pool"]))
-        for m in a["members"]:
-            members.append(dict(common, id=m["id"], pool_id=a["pool"],
-                                ip_address=m["address"], protocol_port=8080,
-                                weight=1, backup=False))
-        amps.append({"id": a["amphora"], "load_balancer_id": a["lb"],
-                     "compute_id": a["compute"],
-                     "lb_network_ip": a["lb_network_ip"],
-                     "ha_ip": a["vip"], "cert_busy": False,
-                     "role": "STANDALONE", "status": "ALLOCATED",
-                     "created_at": now, "updated_at": now})
+    # Rows go in per table, in the order foreign keys need, a batch of
+    # amphorae at a time, so a large fleet is never all in memory as rows.
+    order = ("load_balancer", "vip", "pool", "listener", "member", "amphora")
+    rows = {table: [] for table in order}
+    amphorae = members = 0
     with engine.begin() as conn:
-        for table, rows in (("load_balancer", lbs), ("vip", vips),
-                            ("pool", pools), ("listener", listeners),
-                            ("member", members), ("amphora", amps)):
-            insert(conn, tables[table], rows)
-    print(f"seeded {len(amps)} amphorae and {len(members)} members "
+        for i, a in enumerate(fleet["amphorae"]):
+            common = {"project_id": project, "provisioning_status": "ACTIVE",
+                      "operating_status": "ONLINE", "enabled": True,
+                      "created_at": now, "updated_at": now}
+            rows["load_balancer"].append(dict(
+                common, id=a["lb"], name=f"lb-{i}", topology="SINGLE",
+                provider="amphora"))
+            rows["vip"].append({
+                "load_balancer_id": a["lb"], "ip_address": a["vip"],
+                "port_id": a["vip_port"], "subnet_id": a["subnet"],
+                "network_id": a["network"], "octavia_owned": True,
+                "vnic_type": "normal"})
+            rows["pool"].append(dict(
+                common, id=a["pool"], load_balancer_id=a["lb"],
+                protocol="HTTP", lb_algorithm="ROUND_ROBIN"))
+            rows["listener"].append(dict(
+                common, id=a["listener"], load_balancer_id=a["lb"],
+                protocol="HTTP", protocol_port=80, connection_limit=-1,
+                default_pool_id=a["pool"]))
+            for m in a["members"]:
+                rows["member"].append(dict(
+                    common, id=m["id"], pool_id=a["pool"],
+                    ip_address=m["address"], protocol_port=8080, weight=1,
+                    backup=False))
+            rows["amphora"].append({
+                "id": a["amphora"], "load_balancer_id": a["lb"],
+                "compute_id": a["compute"],
+                "lb_network_ip": a["lb_network_ip"], "ha_ip": a["vip"],
+                "cert_busy": False, "role": "STANDALONE",
+                "status": "ALLOCATED", "created_at": now, "updated_at": now})
+            last = i + 1 == len(fleet["amphorae"])
+            if len(rows["amphora"]) == BATCH or last:
+                amphorae += len(rows["amphora"])
+                members += len(rows["member"])
+                for table in order:
+                    insert(conn, tables[table], rows[table])
+                    rows[table] = []
+    print(f"seeded {amphorae} amphorae and {members} members "
           f"in {time.monotonic() - started:.1f} s", file=sys.stderr)
 
 
