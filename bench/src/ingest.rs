@@ -460,14 +460,32 @@ impl Drop for Receiver {
     }
 }
 
-/// CPU seconds of every PostgreSQL server process on the machine.
-fn postgres_cpu() -> f64 {
+/// The PostgreSQL server behind `db`: its postmaster, the parent of the
+/// backend serving this connection. None on SQLite.
+async fn postmaster(db: &Db, backend: &str) -> anyhow::Result<Option<i32>> {
+    if backend != "postgresql" {
+        return Ok(None);
+    }
+    let backend_pid: i32 = sqlx::query("SELECT pg_backend_pid()").fetch_one(&db.pool).await?.try_get(0)?;
+    Ok(Some(parent(backend_pid).ok_or_else(|| anyhow::anyhow!("no parent for PostgreSQL backend {backend_pid}"))?))
+}
+
+fn parent(pid: i32) -> Option<i32> {
+    // After the command: state is field 3, ppid 4.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU seconds of a PostgreSQL server: its postmaster and every process
+/// it started (backends, writers, autovacuum), not other servers on the
+/// machine.
+fn postgres_cpu(postmaster: Option<i32>) -> f64 {
+    let Some(postmaster) = postmaster else { return 0.0 };
     let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
     let mut total = 0.0;
     for entry in entries.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim() == "postgres"
+        if (pid == postmaster || parent(pid) == Some(postmaster))
             && let Ok((user, system)) = cpu_seconds(pid)
         {
             total += user + system;
@@ -602,6 +620,7 @@ async fn measure(
 ) -> anyhow::Result<Vec<Cell>> {
     receiver.ready().await?;
     let side = receiver.side;
+    let server = postmaster(db, backend).await?;
     eprintln!("   {side}: receiving");
     let mut cells = Vec::new();
     let interval_ms = args.interval as f64 * 1000.0;
@@ -613,7 +632,8 @@ async fn measure(
             std::thread::spawn(move || generate(fleet, amphorae, rate, to, stop, sent))
         };
         tokio::time::sleep(Duration::from_millis(args.interval * 1000 + 1000)).await;
-        let (cpu0, db0, sent0, t0) = (receiver.cpu(), postgres_cpu(), sent.load(Ordering::Relaxed), Instant::now());
+        let (cpu0, db0, sent0, t0) =
+            (receiver.cpu(), postgres_cpu(server), sent.load(Ordering::Relaxed), Instant::now());
         let (mut worst_age, mut fewest_rows) = (0i64, i64::MAX);
         while t0.elapsed() < Duration::from_secs(args.duration) {
             let (rows, age) = health_rows(db, side).await?;
@@ -622,7 +642,7 @@ async fn measure(
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         let window = t0.elapsed().as_secs_f64();
-        let (cpu1, db1, sent1) = (receiver.cpu(), postgres_cpu(), sent.load(Ordering::Relaxed));
+        let (cpu1, db1, sent1) = (receiver.cpu(), postgres_cpu(server), sent.load(Ordering::Relaxed));
         let (rss, pss) = (receiver.memory_mib("status", "VmRSS:"), receiver.memory_mib("smaps_rollup", "Pss:"));
         stop.store(true, Ordering::Relaxed);
         let _ = generator.join();
@@ -696,8 +716,8 @@ fn render(
          datagrams from the same generator, one after the other. Kept up: after one interval of warm-up, every \
          amphora's health row stayed younger than two intervals for the whole measurement (read through the \
          database every 250 ms; upstream, like ours, drops a heartbeat it gets to later than one interval). \
-         Cores: CPU time over wall time (every process of the receiver; PostgreSQL's every process on the \
-         machine). Memory: RSS and PSS summed over the receiver's processes at the end of the measurement \
+         Cores: CPU time over wall time (every process of the receiver; every process of the PostgreSQL \
+         server). Memory: RSS and PSS summed over the receiver's processes at the end of the measurement \
          (upstream's forked processes share pages: RSS counts them in each, PSS once).\n\n",
     );
     out.push_str(
