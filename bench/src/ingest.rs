@@ -64,7 +64,8 @@ pub struct IngestArgs {
     /// Receivers to measure: ours (`amphora-controller run --roles
     /// health`) and upstream's (`octavia-health-manager` from the pinned
     /// package, PostgreSQL only), each driven by the same generator.
-    #[arg(long, value_delimiter = ',', default_values_t = ["ours".to_owned(), "upstream".to_owned()])]
+    #[arg(long, value_delimiter = ',', value_parser = ["ours", "upstream"],
+          default_values_t = ["ours".to_owned(), "upstream".to_owned()])]
     sides: Vec<String>,
     /// The python of the venv with upstream Octavia (scripts/upstream-venv.sh).
     #[arg(long, default_value = "target/upstream-venv/bin/python")]
