@@ -682,6 +682,12 @@ async fn measure(
     if let (errors @ 1.., Some(first)) = receiver.errors() {
         eprintln!("   {side}: {errors} error line(s) in its log, the first: {first}");
     }
+    // Upstream's own word for falling behind: a heartbeat dropped because
+    // it waited longer than one interval.
+    let late = std::fs::read_to_string(&receiver.log).unwrap_or_default().matches("processed too slowly").count();
+    if late > 0 {
+        eprintln!("   {side}: {late} heartbeat(s) dropped as processed too slowly");
+    }
     Ok(cells)
 }
 
