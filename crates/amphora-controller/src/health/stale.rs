@@ -41,8 +41,8 @@ pub async fn scan(db: &Db, timeout_ms: i64, threshold: Option<u64>) -> Result<Sc
     // row refreshed by a flow.) Written first, so that on SQLite this
     // transaction holds the write lock before it reads.
     sqlx::query(
-        "UPDATE amphora SET status = $1, updated_at = $2 WHERE status = $3 AND id IN \
-         (SELECT amphora_id FROM amphora_health WHERE busy = $4 AND last_update >= $5)",
+        "UPDATE amphora SET status = $1, updated_at = $2 WHERE status = $3 AND EXISTS \
+         (SELECT 1 FROM amphora_health h WHERE h.amphora_id = amphora.id AND h.busy = $4 AND h.last_update >= $5)",
     )
     .bind(amphora_status::ALLOCATED)
     .bind(now_text())
@@ -99,7 +99,7 @@ pub async fn scan(db: &Db, timeout_ms: i64, threshold: Option<u64>) -> Result<Sc
         let claim = format!(
             "UPDATE amphora_health SET busy = $1 WHERE busy = $2 AND amphora_id IN (\
              SELECT h.amphora_id FROM amphora_health h WHERE h.busy = $2 AND h.last_update < $3 \
-             AND h.amphora_id IN (SELECT id FROM amphora WHERE status = $4 OR status = $5) \
+             AND EXISTS (SELECT 1 FROM amphora a WHERE a.id = h.amphora_id AND (a.status = $4 OR a.status = $5)) \
              ORDER BY h.last_update LIMIT $6{}) RETURNING amphora_id",
             db.skip_locked()
         );
