@@ -702,7 +702,7 @@ fn render(
     started: time::OffsetDateTime,
 ) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{BEGIN}\n## Heartbeat ingest (health receivers: ours and upstream's)\n");
+    let _ = writeln!(out, "## Heartbeat ingest (health receivers: ours and upstream's)\n");
     let _ = writeln!(
         out,
         "Run {} UTC, `amphora-bench ingest --interval {} --duration {}` (rates {:?}, members {:?}, sides {:?}). \
@@ -779,7 +779,6 @@ fn render(
              receiver's total near what PostgreSQL leaves of the two cores, the pool workers.\n",
         );
     }
-    let _ = writeln!(out, "{END}");
     out
 }
 

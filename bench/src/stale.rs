@@ -163,7 +163,7 @@ fn render(
     started: time::OffsetDateTime,
 ) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{BEGIN}\n## Stale-amphora scan at fleet scale\n");
+    let _ = writeln!(out, "## Stale-amphora scan at fleet scale\n");
     let _ = writeln!(
         out,
         "Run {} UTC, `amphora-bench stale --amphorae {} --scans {}`. Load average (1, 5, 15 min) {load_before} \
@@ -208,6 +208,5 @@ fn render(
             f.back
         );
     }
-    let _ = writeln!(out, "{END}");
     out
 }
