@@ -54,11 +54,6 @@ async fn deploy(sys: &mut System) -> Deployed {
     Deployed { lb, vip: SocketAddr::new(vip, 80), client, members, pool: pool_id }
 }
 
-async fn member_status(sys: &System, pool: &str, member: &str) -> String {
-    let m = sys.api.get(&format!("/v2/lbaas/pools/{pool}/members/{member}")).await;
-    m["member"]["operating_status"].as_str().unwrap_or_default().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn http_through_the_vip_is_balanced_a_dead_member_is_marked_down_and_stats_count_the_requests() {
     balanced_member_down_and_stats(Engine::Sqlite).await;
@@ -86,7 +81,7 @@ async fn balanced_member_down_and_stats(engine: Engine) {
     // Heartbeats bring the members' health monitor verdicts to the API.
     for (_, member) in &d.members {
         sys.until("a member ONLINE from heartbeats", Duration::from_secs(30), || async {
-            (member_status(&sys, &d.pool, member).await == "ONLINE").then_some(())
+            (sys.member_status(&d.pool, member).await == "ONLINE").then_some(())
         })
         .await;
     }
@@ -96,7 +91,7 @@ async fn balanced_member_down_and_stats(engine: Engine) {
     let (index, member2) = d.members[1].clone();
     sys.stop_host(index);
     sys.until("member 2 ERROR from heartbeats", Duration::from_secs(30), || async {
-        (member_status(&sys, &d.pool, &member2).await == "ERROR").then_some(())
+        (sys.member_status(&d.pool, &member2).await == "ERROR").then_some(())
     })
     .await;
     let seen = sys.send(d.client, d.vip, 10).await;

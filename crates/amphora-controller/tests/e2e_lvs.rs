@@ -81,11 +81,6 @@ async fn send(sys: &System, client: usize, vip: SocketAddr, n: usize) -> BTreeMa
     .expect("the client task")
 }
 
-async fn member_status(sys: &System, pool: &str, member: &str) -> String {
-    let m = sys.api.get(&format!("/v2/lbaas/pools/{pool}/members/{member}")).await;
-    m["member"]["operating_status"].as_str().unwrap_or_default().to_owned()
-}
-
 async fn udp_scenario() {
     let mut sys = System::start(Topology::Single);
     let (_, _, client) = sys.host(DEFAULT_VIP_SUBNET_ID).await;
@@ -147,10 +142,10 @@ async fn udp_scenario() {
         .await;
     println!("after member-1 died: {seen:?}");
     sys.until("member-1 ERROR in the API", Duration::from_secs(60), || async {
-        (member_status(&sys, &pool, &member_ids[0]).await == "ERROR").then_some(())
+        (sys.member_status(&pool, &member_ids[0]).await == "ERROR").then_some(())
     })
     .await;
-    assert_eq!(member_status(&sys, &pool, &member_ids[1]).await, "ONLINE");
+    assert_eq!(sys.member_status(&pool, &member_ids[1]).await, "ONLINE");
 
     // The listener deleted: the amphora stops serving its port.
     let listener_id = listener["id"].as_str().expect("a listener id");

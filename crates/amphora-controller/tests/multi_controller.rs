@@ -10,12 +10,15 @@
 //! starts a server).
 
 mod common;
+#[path = "e2e_support/http.rs"]
+mod http;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use http::Api;
 use serde_json::{Value, json};
 use sqlx::Row;
 
@@ -77,35 +80,13 @@ impl Drop for Controller {
     }
 }
 
-/// One HTTP request to a controller's API: (status, body).
-async fn call(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> Option<(u16, Value)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let body = body.map(Value::to_string).unwrap_or_default();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: c\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-             Connection: close\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.ok()?;
-        let text = String::from_utf8_lossy(&response).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
-        Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
-    };
-    tokio::time::timeout(Duration::from_secs(10), exchange).await.ok().flatten()
-}
-
 /// A request to whichever controller is up, retried until one answers.
 async fn any_call(controllers: &[Controller], method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         for c in controllers {
             if let Some(addr) = c.addr
-                && let Some(answer) = call(addr, method, path, body).await
+                && let Some(answer) = (Api { addr }).try_call(method, path, body).await
             {
                 return answer;
             }

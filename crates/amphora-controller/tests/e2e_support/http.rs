@@ -1,6 +1,8 @@
 //! A minimal JSON client of the controller's API over a real socket: one
 //! connection per request, as the OpenStack clients' defaults do not
-//! matter here.
+//! matter here. Shared by test binaries that use parts of it.
+
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,6 +20,19 @@ impl Api {
     /// Sends a request; returns the status and the JSON body (`Null` when
     /// empty).
     pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let response = self.exchange(method, path, body).await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        parse(method, path, &response)
+    }
+
+    /// [`Api::call`] to a controller that may be down or killed meanwhile:
+    /// `None` when the connection fails or no answer comes.
+    pub async fn try_call(&self, method: &str, path: &str, body: Option<&Value>) -> Option<(u16, Value)> {
+        let response = self.exchange(method, path, body).await.ok()?;
+        Some(parse(method, path, &response))
+    }
+
+    /// One request on a connection of its own: the raw response.
+    async fn exchange(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Vec<u8>, String> {
         let payload = body.map(|b| b.to_string()).unwrap_or_default();
         let mut request = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\n",
@@ -35,21 +50,10 @@ impl Api {
             stream.read_to_end(&mut response).await?;
             Ok::<_, std::io::Error>(response)
         };
-        let response = tokio::time::timeout(Duration::from_secs(30), exchange)
-            .await
-            .unwrap_or_else(|_| panic!("{method} {path}: no answer within 30 s"))
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        let text = String::from_utf8_lossy(&response);
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{method} {path}: {text:?}"));
-        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
-        let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-        let body = if chunked { dechunk(body) } else { body.to_owned() };
-        let json = if body.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body:?}"))
-        };
-        (status, json)
+        match tokio::time::timeout(Duration::from_secs(30), exchange).await {
+            Err(_) => Err("no answer within 30 s".to_owned()),
+            Ok(result) => result.map_err(|e| e.to_string()),
+        }
     }
 
     /// A request that must answer `expected`.
@@ -62,6 +66,21 @@ impl Api {
     pub async fn get(&self, path: &str) -> Value {
         self.expect(200, "GET", path, None).await
     }
+}
+
+/// Status and JSON body (`Null` when empty) of a raw response.
+fn parse(method: &str, path: &str, response: &[u8]) -> (u16, Value) {
+    let text = String::from_utf8_lossy(response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{method} {path}: {text:?}"));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let body = if chunked { dechunk(body) } else { body.to_owned() };
+    let json = if body.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body:?}"))
+    };
+    (status, json)
 }
 
 fn dechunk(mut body: &str) -> String {

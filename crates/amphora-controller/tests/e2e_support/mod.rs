@@ -356,6 +356,12 @@ impl System {
         .expect("the client task")
     }
 
+    /// A member's operating status through the API.
+    pub async fn member_status(&self, pool: &str, member: &str) -> String {
+        let m = self.api.get(&format!("/v2/lbaas/pools/{pool}/members/{member}")).await;
+        m["member"]["operating_status"].as_str().unwrap_or_default().to_owned()
+    }
+
     pub async fn amphorae(&self, lb: &str) -> Vec<Value> {
         let list = self.api.get(&format!("/v2/octavia/amphorae?loadbalancer_id={lb}")).await;
         list["amphorae"].as_array().cloned().unwrap_or_default()
