@@ -342,9 +342,9 @@ pub(crate) async fn postgres_database(server: &str) -> anyhow::Result<String> {
 
 /// A server under test in its own process group.
 #[derive(Debug)]
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     log: PathBuf,
 }
 
@@ -362,7 +362,7 @@ impl Server {
     }
 
     /// Polls `path` until it answers 200.
-    async fn wait_ready(&mut self, path: &str, timeout: Duration) -> anyhow::Result<Duration> {
+    pub(crate) async fn wait_ready(&mut self, path: &str, timeout: Duration) -> anyhow::Result<Duration> {
         let started = Instant::now();
         loop {
             if let Ok(reply) = HttpClient::new(self.addr).request("GET", path, None).await
@@ -380,11 +380,11 @@ impl Server {
         }
     }
 
-    fn memory(&self) -> Memory {
+    pub(crate) fn memory(&self) -> Memory {
         process_tree_memory(self.child.id() as i32)
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let pgid = Pid::from_raw(self.child.id() as i32);
         let _ = killpg(pgid, Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -403,7 +403,16 @@ impl Server {
     }
 }
 
-fn start_ours(controller: &Path, dir: &Path, url: &str, step_delay: f64, tag: &str) -> anyhow::Result<Server> {
+/// Our controller on `url`, running `roles` (comma-separated; all of them
+/// when `None`).
+pub(crate) fn start_ours(
+    controller: &Path,
+    dir: &Path,
+    url: &str,
+    step_delay: f64,
+    tag: &str,
+    roles: Option<&str>,
+) -> anyhow::Result<Server> {
     let port = free_port();
     let config = format!(
         "[api_settings]\nauth_strategy = noauth\nbind_host = 127.0.0.1\nbind_port = {port}\n\n\
@@ -416,19 +425,22 @@ fn start_ours(controller: &Path, dir: &Path, url: &str, step_delay: f64, tag: &s
     std::fs::write(&path, config)?;
     let mut command = Command::new(controller);
     command.arg("--config-file").arg(&path).arg("run");
+    if let Some(roles) = roles {
+        command.arg("--roles").arg(roles);
+    }
     Server::spawn(command, SocketAddr::from(([127, 0, 0, 1], port)), dir.join(format!("controller-{tag}.log")))
 }
 
 /// Idle memory once the process has settled.
-async fn settled_memory(server: &Server) -> Memory {
+pub(crate) async fn settled_memory(server: &Server) -> Memory {
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.memory()
 }
 
 // ---------------------------------------------------------------- measuring
 
-const AMPHORAE: &str = "/v2/octavia/amphorae";
-const LBS: &str = "/v2/lbaas/loadbalancers";
+pub(crate) const AMPHORAE: &str = "/v2/octavia/amphorae";
+pub(crate) const LBS: &str = "/v2/lbaas/loadbalancers";
 
 /// The list and show cells, the same for both sides.
 /// Whether the load-balancer API answered.
@@ -474,7 +486,7 @@ async fn measure_reads(side: &mut Side, addr: SocketAddr, duration: Duration) ->
         let result = if label.contains("lbaas") && lb_rows.is_none() {
             None
         } else {
-            Some(load::run_http(addr, paths, clients, duration, min).await)
+            Some(load::run_http(&[addr], paths, clients, duration, min).await)
         };
         eprintln!("{label}: {result:?}");
         side.cells.push((label.to_owned(), result));
@@ -484,7 +496,7 @@ async fn measure_reads(side: &mut Side, addr: SocketAddr, duration: Duration) ->
     }
     let shows = Arc::new(ids.iter().map(|id| format!("{AMPHORAE}/{id}")).collect::<Vec<_>>());
     for clients in [1, 8] {
-        let result = load::run_http(addr, shows.clone(), clients, duration, 20).await;
+        let result = load::run_http(&[addr], shows.clone(), clients, duration, 20).await;
         let label = format!("GET /v2/octavia/amphorae/{{id}}, {clients} client(s)");
         eprintln!("{label}: {result:?}");
         side.cells.push((label, Some(result)));
@@ -615,7 +627,7 @@ async fn ours_inner(args: &ControllerArgs, controller: &Path, backend: &str, sid
         seeding.as_secs_f64()
     ));
     let duration = Duration::from_secs_f64(args.duration);
-    let mut server = start_ours(controller, dir.path(), &url, 0.0, backend)?;
+    let mut server = start_ours(controller, dir.path(), &url, 0.0, backend, None)?;
     let ready = server.wait_ready("/", Duration::from_secs(60)).await;
     if let Err(e) = ready {
         server.stop().await;
@@ -632,7 +644,7 @@ async fn ours_inner(args: &ControllerArgs, controller: &Path, backend: &str, sid
         if delay > 0.0 {
             server.stop().await;
             retire_created(&url).await?;
-            server = start_ours(controller, dir.path(), &url, delay, &format!("{backend}-{tag}"))?;
+            server = start_ours(controller, dir.path(), &url, delay, &format!("{backend}-{tag}"), None)?;
             server.wait_ready("/", Duration::from_secs(60)).await?;
         }
         let label = format!(
@@ -666,64 +678,92 @@ async fn measure_upstream(args: &ControllerArgs) -> Side {
 async fn upstream_inner(args: &ControllerArgs, side: &mut Side) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("controller-bench-upstream.").tempdir()?;
     let upstream_dir = std::fs::canonicalize(&args.upstream_dir)?;
-    // Absolute but not resolved: the venv's python is a symlink.
-    let python = std::path::absolute(&args.python)?;
     let db = dir.path().join("octavia.db");
-    let started = Instant::now();
-    let status = Command::new(&python)
-        .arg(upstream_dir.join("controller_db.py"))
-        .arg("--db")
-        .arg(&db)
-        .arg("--lbs")
-        .arg(args.lbs.to_string())
-        .arg("--amphorae-per-lb")
-        .arg(args.amphorae_per_lb.to_string())
-        .status()?;
-    anyhow::ensure!(status.success(), "seeding upstream's database failed: {status}");
+    let seeding = seed_upstream(&args.python, &upstream_dir, &db.to_string_lossy(), args.lbs, args.amphorae_per_lb)?;
     side.notes.push(format!(
         "schema from octavia.db.models, seeded {} load balancers and {} amphorae in {:.1} s",
         args.lbs,
         args.lbs * args.amphorae_per_lb,
-        started.elapsed().as_secs_f64()
+        seeding.as_secs_f64()
     ));
-    let port = free_port();
-    let config = format!(
-        "[DEFAULT]\ndebug = False\n\n\
-         [api_settings]\nauth_strategy = noauth\nbind_host = 127.0.0.1\nbind_port = {port}\n\n\
-         [database]\nconnection = sqlite:///{db}\npool_timeout =\n\n\
-         [task_flow]\njobboard_enabled = False\n\n\
-         [controller_worker]\namphora_driver = amphora_noop_driver\ncompute_driver = compute_noop_driver\n\
-         network_driver = network_noop_driver\n",
-        db = db.display(),
-    );
-    let conf = dir.path().join("octavia.conf");
-    std::fs::write(&conf, config)?;
-    let mut command = Command::new(&python);
-    command
-        .args(["-m", "gunicorn", "--workers", "2", "--bind"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--control-socket")
-        .arg(dir.path().join("gunicorn.ctl"))
-        .arg("--pythonpath")
-        .arg(&upstream_dir)
-        .arg("octavia_api_wsgi:application")
-        .env("OCTAVIA_API_CONFIG", &conf)
-        .current_dir(dir.path());
-    let mut server =
-        Server::spawn(command, SocketAddr::from(([127, 0, 0, 1], port)), dir.path().join("upstream-api.log"))?;
-    if let Err(e) = server.wait_ready("/", Duration::from_secs(180)).await {
-        server.stop().await;
-        return Err(e);
-    }
-    // Both workers import lazily: warm each before measuring.
-    for _ in 0..8 {
-        let _ = HttpClient::new(server.addr).request("GET", &format!("{AMPHORAE}?limit=1"), None).await;
-    }
+    let connection = format!("sqlite:///{}", db.display());
+    let server = start_upstream_api(&args.python, &upstream_dir, dir.path(), &connection, 2).await?;
     side.idle_start = Some(settled_memory(&server).await);
     let _ = measure_reads(side, server.addr, Duration::from_secs_f64(args.duration)).await;
     side.idle_after = Some(settled_memory(&server).await);
     server.stop().await;
     Ok(())
+}
+
+/// Builds upstream's schema from its models in `db` (a SQLite file or a
+/// SQLAlchemy URL) and seeds it as `seed` seeds ours.
+pub(crate) fn seed_upstream(
+    python: &Path,
+    upstream_dir: &Path,
+    db: &str,
+    lbs: usize,
+    per_lb: usize,
+) -> anyhow::Result<Duration> {
+    // Absolute but not resolved: the venv's python is a symlink.
+    let python = std::path::absolute(python)?;
+    let started = Instant::now();
+    let status = Command::new(&python)
+        .arg(upstream_dir.join("controller_db.py"))
+        .arg("--db")
+        .arg(db)
+        .arg("--lbs")
+        .arg(lbs.to_string())
+        .arg("--amphorae-per-lb")
+        .arg(per_lb.to_string())
+        .status()?;
+    anyhow::ensure!(status.success(), "seeding upstream's database failed: {status}");
+    Ok(started.elapsed())
+}
+
+/// Upstream's API (octavia 19.0.0 under gunicorn with `workers` sync
+/// workers, noauth, noop drivers) on the database at `connection`, warmed.
+pub(crate) async fn start_upstream_api(
+    python: &Path,
+    upstream_dir: &Path,
+    dir: &Path,
+    connection: &str,
+    workers: usize,
+) -> anyhow::Result<Server> {
+    let python = std::path::absolute(python)?;
+    let port = free_port();
+    // oslo.db's pool_timeout must be empty for SQLite's pool.
+    let pool = if connection.starts_with("sqlite") { "pool_timeout =\n" } else { "" };
+    let config = format!(
+        "[DEFAULT]\ndebug = False\n\n\
+         [api_settings]\nauth_strategy = noauth\nbind_host = 127.0.0.1\nbind_port = {port}\n\n\
+         [database]\nconnection = {connection}\n{pool}\n\
+         [task_flow]\njobboard_enabled = False\n\n\
+         [controller_worker]\namphora_driver = amphora_noop_driver\ncompute_driver = compute_noop_driver\n\
+         network_driver = network_noop_driver\n",
+    );
+    let conf = dir.join("octavia.conf");
+    std::fs::write(&conf, config)?;
+    let mut command = Command::new(&python);
+    command
+        .args(["-m", "gunicorn", "--workers", &workers.to_string(), "--bind"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--control-socket")
+        .arg(dir.join("gunicorn.ctl"))
+        .arg("--pythonpath")
+        .arg(upstream_dir)
+        .arg("octavia_api_wsgi:application")
+        .env("OCTAVIA_API_CONFIG", &conf)
+        .current_dir(dir);
+    let mut server = Server::spawn(command, SocketAddr::from(([127, 0, 0, 1], port)), dir.join("upstream-api.log"))?;
+    if let Err(e) = server.wait_ready("/", Duration::from_secs(180)).await {
+        server.stop().await;
+        return Err(e);
+    }
+    // The workers import lazily: warm each before measuring.
+    for _ in 0..4 * workers {
+        let _ = HttpClient::new(server.addr).request("GET", &format!("{AMPHORAE}?limit=1"), None).await;
+    }
+    Ok(server)
 }
 
 // ---------------------------------------------------------------- report

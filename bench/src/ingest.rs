@@ -538,7 +538,7 @@ async fn health_rows(db: &Db, side: &str) -> anyhow::Result<(i64, i64)> {
 }
 
 /// `postgres://...` as SQLAlchemy names it with psycopg2.
-fn sqlalchemy_url(url: &str) -> String {
+pub(crate) fn sqlalchemy_url(url: &str) -> String {
     let rest = url.strip_prefix("postgresql://").or_else(|| url.strip_prefix("postgres://")).unwrap_or(url);
     format!("postgresql+psycopg2://{rest}")
 }

@@ -151,9 +151,11 @@ impl HttpClient {
 
 /// Runs `clients` loops of `GET` over `paths` (each client starting at its
 /// own offset) on plain HTTP for `duration`, and until each client has made
-/// `min_requests`; every body is read whole.
+/// `min_requests`; every body is read whole. Client `c` talks to
+/// `addrs[c % addrs.len()]`, so the clients spread evenly over several
+/// servers of one API.
 pub async fn run_http(
-    addr: std::net::SocketAddr,
+    addrs: &[std::net::SocketAddr],
     paths: Arc<Vec<String>>,
     clients: usize,
     duration: Duration,
@@ -163,6 +165,7 @@ pub async fn run_http(
     let mut tasks = Vec::new();
     for c in 0..clients {
         let paths = paths.clone();
+        let addr = addrs[c % addrs.len()];
         tasks.push(tokio::spawn(async move {
             let mut client = HttpClient::new(addr);
             let mut latencies = Vec::new();

@@ -12,6 +12,7 @@ mod hot;
 mod ingest;
 mod lifecycle;
 mod load;
+mod scale;
 mod scenario;
 mod stale;
 mod target;
@@ -74,6 +75,9 @@ enum Command {
     /// The stale-amphora scan over a fleet's health rows, and the
     /// failover_threshold breaker when 30% of it falls silent.
     Stale(stale::StaleArgs),
+    /// The controller's API over 100,000 amphorae on PostgreSQL, served by
+    /// three processes on each side (bench/run-api-scale.sh).
+    ApiScale(scale::ScaleArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -84,6 +88,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::AgentHot(h)) => return hot::main(h),
         Some(Command::Ingest(i)) => return ingest::main(i),
         Some(Command::Stale(s)) => return stale::main(s),
+        Some(Command::ApiScale(s)) => return scale::main(s),
         None => {}
     }
     let launchers = Launchers {

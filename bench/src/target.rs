@@ -223,7 +223,7 @@ impl Target {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Memory {
     pub rss_kib: u64,
     pub pss_kib: u64,

@@ -1,12 +1,18 @@
-"""Builds upstream Octavia's SQLite database for the controller benchmark.
+"""Builds upstream Octavia's database for the controller benchmarks.
 
-Upstream's migrations fail on SQLite, so the schema comes from its models
+Upstream's migrations fail on SQLite (and stop on PostgreSQL at revision
+9bf4d21caaea, which drops a MySQL-named constraint), so the schema comes
+from its models
 (octavia.db.models, Base.metadata.create_all), with the lookup tables its
 migrations would fill. Then it seeds the same rows the benchmark seeds into
 our controller's database: N ACTIVE load balancers with VIPs and, per load
 balancer, ALLOCATED amphorae (MASTER and BACKUP for 2).
 
     python controller_db.py --db FILE --lbs 5000 --amphorae-per-lb 2
+    python controller_db.py --db postgresql+psycopg2://USER@HOST/DB ...
+
+--db is a SQLite file or a SQLAlchemy URL. On a server engine the foreign
+keys get the indexes MySQL (upstream's usual engine) makes implicitly.
 """
 
 import argparse
@@ -22,6 +28,7 @@ from octavia.db import models  # noqa: F401  (registers the tables)
 
 PROJECTS = 50
 SUBNETS = 50
+CHUNK = 5000
 
 LOOKUPS = {
     "provisioning_status": set(constants.SUPPORTED_PROVISIONING_STATUSES)
@@ -42,6 +49,23 @@ LOOKUPS = {
 }
 
 
+def index_foreign_keys(meta):
+    """Adds the indexes MySQL makes for foreign keys where none leads with
+    the key's columns."""
+    for table in meta.sorted_tables:
+        leading = [[c.name for c in table.primary_key.columns]]
+        leading += [[c.name for c in i.columns] for i in table.indexes]
+        leading += [[c.name for c in u.columns] for u in table.constraints
+                    if isinstance(u, sa.UniqueConstraint)]
+        for fk in table.foreign_key_constraints:
+            cols = [c.name for c in fk.columns]
+            if any(lead[:len(cols)] == cols for lead in leading):
+                continue
+            sa.Index(f"ix_bench_{table.name}_{'_'.join(cols)}",
+                     *[table.c[c] for c in cols])
+            leading.append(cols)
+
+
 def uid():
     return str(uuid.uuid4())
 
@@ -54,8 +78,11 @@ def main():
     args = parser.parse_args()
 
     started = time.monotonic()
-    engine = sa.create_engine(f"sqlite:///{args.db}")
+    url = args.db if "://" in args.db else f"sqlite:///{args.db}"
+    engine = sa.create_engine(url)
     meta = base_models.BASE.metadata
+    if not url.startswith("sqlite"):
+        index_foreign_keys(meta)
     meta.create_all(engine)
     tables = meta.tables
     with engine.begin() as conn:
@@ -116,9 +143,11 @@ def main():
                 "updated_at": created + datetime.timedelta(seconds=35),
             })
     with engine.begin() as conn:
-        conn.execute(tables["load_balancer"].insert(), lbs)
-        conn.execute(tables["vip"].insert(), vips)
-        conn.execute(tables["amphora"].insert(), amps)
+        for table, rows in (("load_balancer", lbs), ("vip", vips),
+                            ("amphora", amps)):
+            for start in range(0, len(rows), CHUNK):
+                conn.execute(tables[table].insert(),
+                             rows[start:start + CHUNK])
     print(f"seeded {len(lbs)} load balancers and {len(amps)} amphorae "
           f"in {time.monotonic() - started:.1f} s")
 

@@ -37,27 +37,10 @@ import sqlalchemy as sa
 from octavia.db import base_models
 from octavia.db import models  # noqa: F401  (registers the tables)
 
-from controller_db import LOOKUPS
+from controller_db import LOOKUPS, index_foreign_keys
 
 CHUNK = 5000
 BATCH = 1000
-
-
-def index_foreign_keys(meta):
-    """Adds the indexes MySQL makes for foreign keys where none leads with
-    the key's columns."""
-    for table in meta.sorted_tables:
-        leading = [[c.name for c in table.primary_key.columns]]
-        leading += [[c.name for c in i.columns] for i in table.indexes]
-        leading += [[c.name for c in u.columns] for u in table.constraints
-                    if isinstance(u, sa.UniqueConstraint)]
-        for fk in table.foreign_key_constraints:
-            cols = [c.name for c in fk.columns]
-            if any(lead[:len(cols)] == cols for lead in leading):
-                continue
-            sa.Index(f"ix_bench_{table.name}_{'_'.join(cols)}",
-                     *[table.c[c] for c in cols])
-            leading.append(cols)
 
 
 def insert(conn, table, rows):
