@@ -182,7 +182,16 @@ pub struct HealthManager {
     /// always by the same updater); `None`: one per CPU, as upstream's
     /// default. SQLite has one writer, so one there.
     pub health_update_threads: Option<usize>,
+    /// `sock_rlimit` (upstream's option): the heartbeat socket's receive
+    /// buffer, bytes. Upstream's 0 leaves the kernel's default (about 200
+    /// KiB, a few milliseconds of a large fleet's heartbeats); ours then
+    /// asks for [`DEFAULT_HEARTBEAT_RCVBUF`], which the kernel caps at
+    /// `net.core.rmem_max`.
+    pub sock_rlimit: usize,
 }
+
+/// The heartbeat socket's receive buffer asked for when `sock_rlimit` is 0.
+pub const DEFAULT_HEARTBEAT_RCVBUF: usize = 4 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HouseKeeping {
@@ -344,6 +353,7 @@ const KNOWN_OPTIONS: &oslo_ini::KnownOptions = &[
             "controller_ip_port_list",
             "health_update_threads",
             "stats_update_threads",
+            "sock_rlimit",
             "failover_threads",
         ],
     ),
@@ -559,6 +569,7 @@ fn from_layers(mut layers: Layers) -> Result<Loaded, ConfigError> {
         health_update_threads: l.get("health_manager", "health_update_threads", None, |v| {
             if v.is_empty() { Ok(None) } else { oslo_ini::parse_int(v, 1, 64).map(|n| Some(n as usize)) }
         })?,
+        sock_rlimit: l.int("health_manager", "sock_rlimit", 0, 0, i32::MAX as u64)? as usize,
     };
     let housekeeping = HouseKeeping {
         cleanup_interval: l.int("house_keeping", "cleanup_interval", 30, 1, 86_400)?,
@@ -743,6 +754,7 @@ mod tests {
         assert_eq!(c.health.heartbeat_timeout, 60);
         assert_eq!(c.health.health_check_interval, 3);
         assert_eq!(c.health.bind_port, 5555);
+        assert_eq!(c.health.sock_rlimit, 0);
         assert_eq!(c.worker.loadbalancer_topology, Topology::Single);
         assert!(c.keystone.is_none());
     }

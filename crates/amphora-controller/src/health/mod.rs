@@ -155,7 +155,8 @@ pub async fn start(db: Db, config: Arc<Config>, shutdown: watch::Receiver<bool>)
         .await
         .map_err(|e| anyhow::anyhow!("[health_manager] cannot receive heartbeats on {bind}: {e}"))?;
     let addr = socket.local_addr()?;
-    tracing::info!(%addr, "health manager receiving heartbeats");
+    let buffer = receive_buffer(&socket, hm.sock_rlimit);
+    tracing::info!(%addr, receive_buffer = buffer, "health manager receiving heartbeats");
     if hm.heartbeat_key.is_none() {
         tracing::warn!("[health_manager] heartbeat_key is not set: every heartbeat will be dropped as unverifiable");
     }
@@ -177,6 +178,28 @@ pub async fn start(db: Db, config: Arc<Config>, shutdown: watch::Receiver<bool>)
         tasks.spawn(detect(db, config.clone(), counters.clone(), shutdown));
     }
     Ok(Health { addr, counters, tasks })
+}
+
+/// Sizes the heartbeat socket's receive buffer (`sock_rlimit`, or ours
+/// when 0) and returns the size the kernel granted (it caps the request at
+/// `net.core.rmem_max` and doubles it for its bookkeeping). The default
+/// buffer of about 200 KiB holds a few milliseconds of 10,000 heartbeats
+/// per second: any pause of the receiving thread drops heartbeats, and each
+/// dropped one ages its amphora's health by an interval.
+///
+/// With CAP_NET_ADMIN (a controller running as root) the size is forced
+/// past `rmem_max`, as the operator (or our default) asked; without it the
+/// kernel's cap holds.
+fn receive_buffer(socket: &UdpSocket, sock_rlimit: usize) -> usize {
+    use nix::sys::socket::sockopt::{RcvBuf, RcvBufForce};
+    use nix::sys::socket::{getsockopt, setsockopt};
+    let asked = if sock_rlimit > 0 { sock_rlimit } else { crate::config::DEFAULT_HEARTBEAT_RCVBUF };
+    if setsockopt(socket, RcvBufForce, &asked).is_err()
+        && let Err(e) = setsockopt(socket, RcvBuf, &asked)
+    {
+        tracing::warn!(error = %e, asked, "cannot size the heartbeat socket's receive buffer");
+    }
+    getsockopt(socket, RcvBuf).unwrap_or_default()
 }
 
 /// The role until shutdown (`run --roles health`).
@@ -361,5 +384,24 @@ async fn detect(
             }
             Err(e) => tracing::warn!(error = %e, "stale-amphora scan failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Linux doubles a granted SO_RCVBUF for its own bookkeeping; the tests
+    // run as root, so the size is forced past net.core.rmem_max.
+    #[tokio::test]
+    async fn the_heartbeat_socket_gets_the_receive_buffer_sock_rlimit_asks_for() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        assert_eq!(receive_buffer(&socket, 3 << 20), 2 * (3 << 20));
+    }
+
+    #[tokio::test]
+    async fn an_unset_sock_rlimit_gets_a_four_mebibyte_buffer_not_the_kernels_default() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        assert_eq!(receive_buffer(&socket, 0), 2 * 4 * 1024 * 1024);
     }
 }
