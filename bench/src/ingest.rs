@@ -32,6 +32,10 @@ use crate::controller::{
 use crate::hot::cpu_seconds;
 
 const KEY: &str = "bench-heartbeat-key";
+/// Upstream's `sock_rlimit` in its configuration: the receive buffer ours
+/// asks for when its own is unset, so neither side loses datagrams to the
+/// kernel's default buffer.
+const SOCK_RLIMIT: usize = amphora_controller::config::DEFAULT_HEARTBEAT_RCVBUF;
 const BEGIN: &str = "<!-- ingest-bench:begin -->";
 const END: &str = "<!-- ingest-bench:end -->";
 
@@ -360,15 +364,16 @@ impl Receiver {
 
     /// Upstream's `octavia-health-manager` on `url` (SQLAlchemy's form),
     /// with two processes each for health and stats updates (this machine
-    /// has two cores) and a heartbeat timeout long enough that its health
-    /// check never starts a failover.
+    /// has two cores), the receive buffer ours asks for by default and a
+    /// heartbeat timeout long enough that its health check never starts a
+    /// failover.
     fn upstream(venv_bin: &Path, dir: &Path, url: &str, interval: u64) -> anyhow::Result<Receiver> {
         let port = free_port();
         let config = format!(
             "[DEFAULT]\ndebug = False\n\n[database]\nconnection = {url}\n\n\
              [health_manager]\nbind_ip = 127.0.0.1\nbind_port = {port}\nheartbeat_key = {KEY}\n\
              heartbeat_interval = {interval}\nheartbeat_timeout = 86400\nhealth_check_interval = 3\n\
-             health_update_threads = 2\nstats_update_threads = 2\n"
+             health_update_threads = 2\nstats_update_threads = 2\nsock_rlimit = {SOCK_RLIMIT}\n"
         );
         let path = dir.join("upstream-octavia.conf");
         std::fs::write(&path, config)?;
@@ -720,7 +725,8 @@ fn render(
          interval, evenly spread, so a rate R is R x interval amphorae. Ours: the release `amphora-controller run \
          --roles health`. Upstream: `octavia-health-manager` from the pinned octavia 19.0.0 package (its UDP \
          listener process hands each heartbeat to two process pools, `UpdateHealthDb.update_health` and the \
-         stats updater, with `health_update_threads` and `stats_update_threads` = 2 for this machine's 2 cores), \
+         stats updater, with `health_update_threads` and `stats_update_threads` = 2 for this machine's 2 cores, \
+         and `sock_rlimit` = 4 MiB, the receive buffer ours takes by default), \
          on PostgreSQL only, over its own schema (from its models: its migrations stop on PostgreSQL; foreign \
          key columns indexed as MySQL does implicitly) seeded with the same ids, so both receive the very same \
          datagrams from the same generator, one after the other. Kept up: after one interval of warm-up, every \
