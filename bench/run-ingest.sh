@@ -15,7 +15,7 @@ cargo build --release --quiet -p amphora-controller -p amphora-bench
 pgdir="$(mktemp -d /tmp/ingest-bench-pg.XXXXXX)"
 trap 'scripts/postgres-server.sh stop "$pgdir" >/dev/null 2>&1 || true; rm -rf "$pgdir"' EXIT
 postgres="$(scripts/postgres-server.sh start "$pgdir")"
-rates=(--rates "100,250,500,1000,2000,5000,10000,15000,20000")
+rates=(--rates "100,250,500,1000,2000,5000,10000,15000,20000,25000,30000")
 for arg in "$@"; do
     case "$arg" in --rates | --rates=*) rates=() ;; esac
 done

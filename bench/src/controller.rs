@@ -41,6 +41,17 @@ pub struct ControllerArgs {
     /// only SQLite is measured.
     #[arg(long)]
     pub postgres: Option<String>,
+    #[command(flatten)]
+    pub sides: Sides,
+    /// The report; its controller section is replaced, the rest kept.
+    #[arg(long, default_value = "bench/RESULTS.md")]
+    pub output: PathBuf,
+}
+
+/// The two sides of an API benchmark: which to measure and where their
+/// programs are.
+#[derive(Debug, clap::Args)]
+pub struct Sides {
     /// Measure only one side.
     #[arg(long, value_parser = ["ours", "upstream"])]
     pub only: Option<String>,
@@ -50,9 +61,6 @@ pub struct ControllerArgs {
     pub python: PathBuf,
     #[arg(long, default_value = "bench/upstream")]
     pub upstream_dir: PathBuf,
-    /// The report; its controller section is replaced, the rest kept.
-    #[arg(long, default_value = "bench/RESULTS.md")]
-    pub output: PathBuf,
 }
 
 /// Where the controller section starts and ends in RESULTS.md.
@@ -93,8 +101,8 @@ pub fn main(args: &ControllerArgs) -> anyhow::Result<()> {
     let started = time::OffsetDateTime::now_utc();
     let mut ours: Vec<(&'static str, Side)> = Vec::new();
     let mut upstream: Option<Side> = None;
-    if args.only.as_deref() != Some("upstream") {
-        let controller = std::fs::canonicalize(&args.controller)?;
+    if args.sides.only.as_deref() != Some("upstream") {
+        let controller = std::fs::canonicalize(&args.sides.controller)?;
         let mut backends = vec!["sqlite"];
         if args.postgres.is_some() {
             backends.push("postgresql");
@@ -106,7 +114,7 @@ pub fn main(args: &ControllerArgs) -> anyhow::Result<()> {
             ours.push((backend, side));
         }
     }
-    if args.only.as_deref() != Some("ours") {
+    if args.sides.only.as_deref() != Some("ours") {
         eprintln!("== upstream on sqlite");
         let side = runtime.block_on(measure_upstream(args));
         eprintln!("{side:#?}");
@@ -677,9 +685,10 @@ async fn measure_upstream(args: &ControllerArgs) -> Side {
 
 async fn upstream_inner(args: &ControllerArgs, side: &mut Side) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("controller-bench-upstream.").tempdir()?;
-    let upstream_dir = std::fs::canonicalize(&args.upstream_dir)?;
+    let upstream_dir = std::fs::canonicalize(&args.sides.upstream_dir)?;
     let db = dir.path().join("octavia.db");
-    let seeding = seed_upstream(&args.python, &upstream_dir, &db.to_string_lossy(), args.lbs, args.amphorae_per_lb)?;
+    let seeding =
+        seed_upstream(&args.sides.python, &upstream_dir, &db.to_string_lossy(), args.lbs, args.amphorae_per_lb)?;
     side.notes.push(format!(
         "schema from octavia.db.models, seeded {} load balancers and {} amphorae in {:.1} s",
         args.lbs,
@@ -687,7 +696,7 @@ async fn upstream_inner(args: &ControllerArgs, side: &mut Side) -> anyhow::Resul
         seeding.as_secs_f64()
     ));
     let connection = format!("sqlite:///{}", db.display());
-    let server = start_upstream_api(&args.python, &upstream_dir, dir.path(), &connection, 2).await?;
+    let server = start_upstream_api(&args.sides.python, &upstream_dir, dir.path(), &connection, 2).await?;
     side.idle_start = Some(settled_memory(&server).await);
     let _ = measure_reads(side, server.addr, Duration::from_secs_f64(args.duration)).await;
     side.idle_after = Some(settled_memory(&server).await);

@@ -15,7 +15,7 @@ use amphora_controller::db::format_time;
 use serde_json::Value;
 
 use crate::controller::{
-    AMPHORAE, LBS, Server, load_average, postgres_database, seed, seed_upstream, settled_memory, splice_between,
+    AMPHORAE, LBS, Server, Sides, load_average, postgres_database, seed, seed_upstream, settled_memory, splice_between,
     start_ours, start_upstream_api,
 };
 use crate::ingest::sqlalchemy_url;
@@ -37,15 +37,8 @@ pub struct ScaleArgs {
     /// A PostgreSQL server URL whose role may CREATE DATABASE.
     #[arg(long)]
     pub postgres: String,
-    /// Measure only one side.
-    #[arg(long, value_parser = ["ours", "upstream"])]
-    pub only: Option<String>,
-    #[arg(long, default_value = "target/release/amphora-controller")]
-    pub controller: PathBuf,
-    #[arg(long, default_value = "target/upstream-venv/bin/python")]
-    pub python: PathBuf,
-    #[arg(long, default_value = "bench/upstream")]
-    pub upstream_dir: PathBuf,
+    #[command(flatten)]
+    pub sides: Sides,
     /// The report; its API-at-scale section is replaced, the rest kept.
     #[arg(long, default_value = "bench/RESULTS.md")]
     pub output: PathBuf,
@@ -77,13 +70,13 @@ pub fn main(args: &ScaleArgs) -> anyhow::Result<()> {
     let started = time::OffsetDateTime::now_utc();
     let mut ours = None;
     let mut upstream = None;
-    if args.only.as_deref() != Some("upstream") {
+    if args.sides.only.as_deref() != Some("upstream") {
         eprintln!("== ours: {} API processes on postgresql", args.processes);
         let side = runtime.block_on(measure(args, Kind::Ours));
         eprintln!("{side:#?}");
         ours = Some(side);
     }
-    if args.only.as_deref() != Some("ours") {
+    if args.sides.only.as_deref() != Some("ours") {
         eprintln!("== upstream: gunicorn with {} workers on postgresql", args.processes);
         let side = runtime.block_on(measure(args, Kind::Upstream));
         eprintln!("{side:#?}");
@@ -129,7 +122,7 @@ async fn measure_inner(args: &ScaleArgs, kind: Kind, side: &mut Side) -> anyhow:
                 // VACUUM ANALYZE, which autovacuum would have run by now on
                 // a database this old.
                 analyze(&url).await?;
-                let controller = std::fs::canonicalize(&args.controller)?;
+                let controller = std::fs::canonicalize(&args.sides.controller)?;
                 for p in 0..args.processes {
                     let server = start_ours(&controller, dir.path(), &url, 0.0, &format!("api-{p}"), Some("api"))?;
                     servers.push(server);
@@ -139,8 +132,8 @@ async fn measure_inner(args: &ScaleArgs, kind: Kind, side: &mut Side) -> anyhow:
                 }
             }
             Kind::Upstream => {
-                let upstream_dir = std::fs::canonicalize(&args.upstream_dir)?;
-                let seeding = seed_upstream(&args.python, &upstream_dir, &sqlalchemy_url(&url), lbs, 2)?;
+                let upstream_dir = std::fs::canonicalize(&args.sides.upstream_dir)?;
+                let seeding = seed_upstream(&args.sides.python, &upstream_dir, &sqlalchemy_url(&url), lbs, 2)?;
                 side.notes.push(format!(
                     "schema from octavia.db.models (with MySQL's implicit foreign-key indexes), seeded {lbs} load \
                      balancers and {} amphorae in {:.1} s",
@@ -150,7 +143,8 @@ async fn measure_inner(args: &ScaleArgs, kind: Kind, side: &mut Side) -> anyhow:
                 analyze(&url).await?;
                 let connection = sqlalchemy_url(&url);
                 servers.push(
-                    start_upstream_api(&args.python, &upstream_dir, dir.path(), &connection, args.processes).await?,
+                    start_upstream_api(&args.sides.python, &upstream_dir, dir.path(), &connection, args.processes)
+                        .await?,
                 );
             }
         }
