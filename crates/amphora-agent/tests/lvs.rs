@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::ffi::OsString;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -78,31 +77,18 @@ fn lvs_scenarios_pass_in_a_vm() {
             .collect(),
         Err(_) => SCENARIOS.iter().collect(),
     };
-    if std::env::var_os("AMPHORA_IN_VM").is_some() {
+    if vm::inside() {
         return guest(&chosen);
     }
-    let exe = std::env::current_exe().expect("this test's path");
-    let command: Vec<OsString> =
-        [exe.into_os_string(), "lvs_scenarios_pass_in_a_vm".into(), "--exact".into(), "--nocapture".into()].into();
     let names: Vec<&str> = chosen.iter().map(|(name, _)| *name).collect();
     let list = names.join(",");
-    let started = std::time::Instant::now();
     let upstream_python = std::env::var("UPSTREAM_PYTHON").unwrap_or_default();
-    let mut env = vec![("AMPHORA_IN_VM", "1"), ("RUST_BACKTRACE", "1"), ("AMPHORA_LVS_SCENARIOS", list.as_str())];
+    let mut env = vec![("AMPHORA_LVS_SCENARIOS", list.as_str())];
     if !upstream_python.is_empty() {
         // For the measurement through upstream's agent.
         env.push(("UPSTREAM_PYTHON", upstream_python.as_str()));
     }
-    let outcome =
-        vm::run(&command, &env, Duration::from_secs(1800)).unwrap_or_else(|e| panic!("cannot run the VM: {e}"));
-    println!("{}\n(the VM ran for {:?})", outcome.output, started.elapsed());
-    assert!(
-        outcome.success(),
-        "scenarios failed in the VM (status {:?}):\n{}\n---- console ----\n{}",
-        outcome.status,
-        outcome.output,
-        if outcome.status.is_none() { outcome.console.as_str() } else { "" }
-    );
+    let outcome = vm::run_this_test("lvs_scenarios_pass_in_a_vm", &env, Duration::from_secs(1800));
     for name in &names {
         assert!(
             outcome.output.contains(&format!("scenario {name} ... ok")),

@@ -12,7 +12,6 @@ mod common;
 mod e2e_support;
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -30,23 +29,11 @@ const TEST: &str = "a_udp_load_balancer_serves_datagrams_follows_member_health_a
 /// scenario.
 #[test]
 fn a_udp_load_balancer_serves_datagrams_follows_member_health_and_removes_a_deleted_listener() {
-    if std::env::var_os("AMPHORA_IN_VM").is_some() {
+    if vm::inside() {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         return runtime.block_on(udp_scenario());
     }
-    let exe = std::env::current_exe().expect("this test's path");
-    let command: Vec<OsString> = [exe.into_os_string(), TEST.into(), "--exact".into(), "--nocapture".into()].into();
-    let started = std::time::Instant::now();
-    let outcome = vm::run(&command, &[("AMPHORA_IN_VM", "1"), ("RUST_BACKTRACE", "1")], Duration::from_secs(900))
-        .unwrap_or_else(|e| panic!("cannot run the VM: {e}"));
-    println!("{}\n(the VM ran for {:?})", outcome.output, started.elapsed());
-    assert!(
-        outcome.success() && outcome.output.contains(&format!("test {TEST} ... ok")),
-        "the scenario failed in the VM (status {:?}):\n{}\n---- console ----\n{}",
-        outcome.status,
-        outcome.output,
-        if outcome.status.is_none() { outcome.console.as_str() } else { "" }
-    );
+    vm::run_this_test(TEST, &[], Duration::from_secs(900));
 }
 
 /// A member: answers each datagram with its name.

@@ -47,6 +47,37 @@ pub fn image_dir() -> Result<PathBuf, String> {
     }
 }
 
+/// Whether this process is the guest's half of a test that
+/// [`run_this_test`] started.
+pub fn inside() -> bool {
+    std::env::var_os(IN_VM).is_some()
+}
+
+const IN_VM: &str = "AMPHORA_IN_VM";
+
+/// On the host: runs the test `name` of the current test binary in a guest
+/// (with `AMPHORA_IN_VM` set there, so the test knows it is the guest's
+/// half, and `env` added), prints its output and how long the guest ran,
+/// and panics unless the guest reported the test passed. The outcome is
+/// returned for further checks of the output.
+pub fn run_this_test(name: &str, env: &[(&str, &str)], timeout: Duration) -> Outcome {
+    let exe = std::env::current_exe().expect("this test's path");
+    let command: Vec<OsString> = vec![exe.into_os_string(), name.into(), "--exact".into(), "--nocapture".into()];
+    let mut all = vec![(IN_VM, "1"), ("RUST_BACKTRACE", "1")];
+    all.extend_from_slice(env);
+    let started = Instant::now();
+    let outcome = run(&command, &all, timeout).unwrap_or_else(|e| panic!("cannot run the VM: {e}"));
+    println!("{}\n(the VM ran for {:?})", outcome.output, started.elapsed());
+    assert!(
+        outcome.success() && outcome.output.contains(&format!("test {name} ... ok")),
+        "{name} failed in the VM (status {:?}):\n{}\n---- console ----\n{}",
+        outcome.status,
+        outcome.output,
+        if outcome.status.is_none() { outcome.console.as_str() } else { "" }
+    );
+    outcome
+}
+
 fn quote(text: &[u8]) -> String {
     format!("'{}'", String::from_utf8_lossy(text).replace('\'', r"'\''"))
 }
