@@ -89,6 +89,12 @@ pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
+/// When a run started, as the reports print it: `2026-12-01 06:08:35 UTC`.
+pub fn run_time(started: time::OffsetDateTime) -> String {
+    let text = format_time(started).replace('T', " ");
+    format!("{} UTC", text.split('.').next().unwrap_or_default())
+}
+
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -796,10 +802,10 @@ fn render(
     let _ = writeln!(out, "## Controller\n");
     let _ = writeln!(
         out,
-        "Run {} UTC, `bench/run-controller.sh` (= `amphora-bench controller --lbs {} --amphorae-per-lb {} --duration {} \
+        "Run {}, `bench/run-controller.sh` (= `amphora-bench controller --lbs {} --amphorae-per-lb {} --duration {} \
          --creates {} --create-concurrency {}`). Load average (1, 5, 15 min) {load_before} before and {load_after} \
          after{}.\n",
-        format_time(started).replace('T', " "),
+        run_time(started),
         args.lbs,
         args.amphorae_per_lb,
         args.duration,

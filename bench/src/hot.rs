@@ -72,7 +72,7 @@ pub fn main(args: &HotArgs) -> anyhow::Result<()> {
         let (label, path) = spec.split_once('=').ok_or_else(|| anyhow::anyhow!("expected LABEL=PATH, got {spec}"))?;
         agents.push((label.to_owned(), std::fs::canonicalize(path)?));
     }
-    let load_before = loadavg();
+    let load_before = crate::controller::load_average();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut results = Vec::new();
     for (label, binary) in &agents {
@@ -81,7 +81,7 @@ pub fn main(args: &HotArgs) -> anyhow::Result<()> {
         eprintln!("{figures:#?}");
         results.push((label.clone(), figures));
     }
-    let section = render(args, &results, &load_before, &loadavg());
+    let section = render(args, &results, &load_before, &crate::controller::load_average());
     let previous = std::fs::read_to_string(&args.output).unwrap_or_default();
     std::fs::write(&args.output, crate::controller::splice_between(&previous, BEGIN, END, &section))?;
     println!("{section}");
@@ -221,21 +221,13 @@ async fn single_worker_latency(binary: &std::path::Path, args: &HotArgs, figures
     result
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 fn render(args: &HotArgs, results: &[(String, Figures)], load_before: &str, load_after: &str) -> String {
-    let now = time::OffsetDateTime::now_utc()
-        .format(time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]"))
-        .unwrap_or_default();
+    let now = crate::controller::run_time(time::OffsetDateTime::now_utc());
     let labels: Vec<&str> = results.iter().map(|(l, _)| l.as_str()).collect();
     let mut out = String::new();
     out.push_str("## Agent hot paths\n\n");
     out.push_str(&format!(
-        "Run {now} UTC, `amphora-bench agent-hot {}` (rounds {}, {} s per CPU cell with {} kept-alive clients, \
+        "Run {now}, `amphora-bench agent-hot {}` (rounds {}, {} s per CPU cell with {} kept-alive clients, \
          {} s per latency cell, {} listeners per configuration PUT). Load average (1, 5, 15 min) {load_before} before \
          and {load_after} after.\n\n",
         args.agents.join(" "),

@@ -710,9 +710,9 @@ fn render(
     let _ = writeln!(out, "## Heartbeat ingest (health receivers: ours and upstream's)\n");
     let _ = writeln!(
         out,
-        "Run {} UTC, `amphora-bench ingest --interval {} --duration {}` (rates {:?}, members {:?}, sides {:?}). \
+        "Run {}, `amphora-bench ingest --interval {} --duration {}` (rates {:?}, members {:?}, sides {:?}). \
          Load average (1, 5, 15 min) {load_before} before and {load_after} after.\n",
-        format_time(started).replace('T', " ").split('.').next().unwrap_or_default(),
+        crate::controller::run_time(started),
         args.interval,
         args.duration,
         args.rates,

@@ -692,7 +692,7 @@ fn render(
 ) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let when = format!("{} UTC", amphora_controller::db::format_time(started).replace('T', " "));
+    let when = crate::controller::run_time(started);
     let _ = writeln!(out, "## Controller with local amphorae\n");
     let _ = writeln!(
         out,

@@ -11,12 +11,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amphora_controller::db::format_time;
 use serde_json::Value;
 
 use crate::controller::{
-    AMPHORAE, LBS, Server, Sides, load_average, postgres_database, seed, seed_upstream, settled_memory, splice_between,
-    start_ours, start_upstream_api,
+    AMPHORAE, LBS, Server, Sides, load_average, postgres_database, run_time, seed, seed_upstream, settled_memory,
+    splice_between, start_ours, start_upstream_api,
 };
 use crate::ingest::sqlalchemy_url;
 use crate::load::{self, HttpClient, Throughput};
@@ -257,9 +256,9 @@ fn render(
     let _ = writeln!(out, "## Controller API at fleet scale (PostgreSQL, {} API processes)\n", args.processes);
     let _ = writeln!(
         out,
-        "Run {} UTC, `bench/run-api-scale.sh` (= `amphora-bench api-scale --amphorae {} --processes {} --duration {}`). \
+        "Run {}, `bench/run-api-scale.sh` (= `amphora-bench api-scale --amphorae {} --processes {} --duration {}`). \
          Load average (1, 5, 15 min) {load_before} before and {load_after} after.\n",
-        format_time(started).replace('T', " "),
+        run_time(started),
         args.amphorae,
         args.processes,
         args.duration,

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use amphora_controller::db::{Db, format_time, now_millis};
+use amphora_controller::db::{Db, now_millis};
 use amphora_controller::health::stale;
 use sqlx::Row;
 
@@ -166,9 +166,9 @@ fn render(
     let _ = writeln!(out, "## Stale-amphora scan at fleet scale\n");
     let _ = writeln!(
         out,
-        "Run {} UTC, `amphora-bench stale --amphorae {} --scans {}`. Load average (1, 5, 15 min) {load_before} \
+        "Run {}, `amphora-bench stale --amphorae {} --scans {}`. Load average (1, 5, 15 min) {load_before} \
          before and {load_after} after.\n",
-        format_time(started).replace('T', " ").split('.').next().unwrap_or_default(),
+        crate::controller::run_time(started),
         args.amphorae,
         args.scans,
     );
