@@ -44,6 +44,12 @@ pub async fn run_with(clients: Vec<Arc<AgentClient>>, path: &str, duration: Dura
             (latencies, errors)
         }));
     }
+    gather(tasks, started).await
+}
+
+/// The clients' latencies and error counts as one figure, over the time
+/// since `started`.
+async fn gather(tasks: Vec<tokio::task::JoinHandle<(Vec<Duration>, u64)>>, started: Instant) -> Throughput {
     let mut latencies = Vec::new();
     let mut errors = 0;
     for task in tasks {
@@ -191,21 +197,5 @@ pub async fn run_http(
             (latencies, errors)
         }));
     }
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    for task in tasks {
-        let (l, e) = task.await.expect("load task");
-        latencies.extend(l);
-        errors += e;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort();
-    Throughput {
-        requests_per_second: latencies.len() as f64 / elapsed,
-        p50: percentile(&latencies, 0.50),
-        p99: percentile(&latencies, 0.99),
-        max: latencies.last().copied().unwrap_or_default(),
-        requests: latencies.len() as u64,
-        errors,
-    }
+    gather(tasks, started).await
 }
