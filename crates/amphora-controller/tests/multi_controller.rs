@@ -22,7 +22,7 @@ mod common;
 mod http;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use amphora_controller::db::Db;
+use amphora_controller::db::{Db, now_millis};
 use amphora_testkit::wait;
 use http::Api;
 use serde_json::{Value, json};
@@ -44,6 +44,10 @@ const LOAD_BALANCERS: usize = 9;
 /// victim stays down.
 const KILL_DELAY: (Duration, Duration) = (Duration::from_millis(50), Duration::from_millis(1200));
 const DOWN_TIME: (Duration, Duration) = (Duration::from_millis(50), Duration::from_millis(600));
+const KEY: &str = "multi-controller-heartbeat-key";
+/// `heartbeat_timeout` of the health tests, in seconds: also how long a
+/// restarted health process waits before its first scan.
+const HEARTBEAT_TIMEOUT: u64 = 3;
 
 /// splitmix64: enough randomness for a kill schedule, and replayable.
 struct Rng(u64);
@@ -431,4 +435,357 @@ async fn three_controllers_killed_at_random_finish_every_flow_once_and_orphan_no
     );
     assert!(taken_over > 0, "no kill landed inside a flow (seed {seed}): the test did not test a takeover");
     assert!(problems.is_empty(), "seed {seed}:\n{}\n{}", problems.join("\n"), logs(dir.path()));
+}
+
+/// The health tests' configuration: the API (for readiness) and health
+/// roles, a real amphora driver name (stale detection on; no worker runs
+/// the failover jobs, so each stays queued and countable), and a fixed
+/// heartbeat port per controller, kept across its restarts as a real
+/// `controller_ip_port_list` entry is. Returns those addresses.
+fn health_configuration(dir: &Path, url: &str, failover_threshold: Option<u64>) -> Vec<SocketAddr> {
+    let threshold = failover_threshold.map(|t| format!("failover_threshold = {t}\n")).unwrap_or_default();
+    // Free ports from the OS: bound, read and released.
+    let ports: Vec<SocketAddr> = (0..CONTROLLERS)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("a free UDP port"))
+        .collect();
+    let list = ports.iter().map(SocketAddr::to_string).collect::<Vec<_>>().join(", ");
+    std::fs::write(
+        dir.join("octavia.conf"),
+        format!(
+            "[api_settings]\nauth_strategy = noauth\nbind_host = 127.0.0.1\nbind_port = 0\n\
+             [database]\nconnection = {url}\n\
+             [health_manager]\nbind_ip = 127.0.0.1\nheartbeat_key = {KEY}\nheartbeat_interval = 1\n\
+             heartbeat_timeout = {HEARTBEAT_TIMEOUT}\nhealth_check_interval = 1\n\
+             controller_ip_port_list = {list}\n{threshold}\
+             [controller_worker]\namphora_driver = amphora_haproxy_rest_driver\n"
+        ),
+    )
+    .expect("write configuration");
+    for (i, addr) in ports.iter().enumerate() {
+        std::fs::write(
+            dir.join(format!("controller-{i}.conf")),
+            format!("[health_manager]\nbind_port = {}\n", addr.port()),
+        )
+        .expect("write configuration");
+    }
+    ports
+}
+
+/// An ACTIVE SINGLE load balancer with its ALLOCATED amphora, written as
+/// the create flow leaves them (no worker runs here); or a READY spare.
+async fn amphora(db: &Db, name: &str, spare: bool) -> String {
+    let amp = uuid::Uuid::new_v4().to_string();
+    let lb = (!spare).then(|| uuid::Uuid::new_v4().to_string());
+    if let Some(lb) = &lb {
+        sqlx::query(
+            "INSERT INTO load_balancer (id, project_id, name, provisioning_status, operating_status, enabled, \
+             topology, provider, created_at) VALUES ($1, 'p1', $2, 'ACTIVE', 'ONLINE', TRUE, 'SINGLE', 'amphora', $3)",
+        )
+        .bind(lb.as_str())
+        .bind(name)
+        .bind("2026-01-01T00:00:00")
+        .execute(&db.pool)
+        .await
+        .expect("insert a load balancer");
+    }
+    sqlx::query(
+        "INSERT INTO amphora (id, load_balancer_id, compute_id, role, status, created_at) \
+         VALUES ($1, $2, $3, $4, $5, '2026-01-01T00:00:00')",
+    )
+    .bind(amp.as_str())
+    .bind(lb.as_deref())
+    .bind(format!("c-{amp}"))
+    .bind(if spare { None } else { Some("STANDALONE") })
+    .bind(if spare { "READY" } else { "ALLOCATED" })
+    .execute(&db.pool)
+    .await
+    .expect("insert an amphora");
+    amp
+}
+
+async fn amphora_status(db: &Db, amp: &str) -> String {
+    sqlx::query("SELECT status FROM amphora WHERE id = $1").bind(amp).fetch_one(&db.pool).await.expect("amphora").get(0)
+}
+
+async fn lb_status_of_amphora(db: &Db, amp: &str) -> String {
+    sqlx::query(
+        "SELECT l.provisioning_status FROM load_balancer l JOIN amphora a ON a.load_balancer_id = l.id WHERE a.id = $1",
+    )
+    .bind(amp)
+    .fetch_one(&db.pool)
+    .await
+    .expect("load balancer")
+    .get(0)
+}
+
+/// Amphorae heartbeating as the agent does: signed, each heartbeat to the
+/// next controller of the list (round robin), every 250 ms.
+struct Heartbeats {
+    beating: Arc<Mutex<BTreeSet<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Heartbeats {
+    fn start(controllers: Vec<SocketAddr>) -> Heartbeats {
+        let beating = Arc::new(Mutex::new(BTreeSet::<String>::new()));
+        let set = beating.clone();
+        let task = tokio::spawn(async move {
+            let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            let mut sent: BTreeMap<String, usize> = BTreeMap::new();
+            loop {
+                for amp in set.lock().expect("heartbeats").iter() {
+                    let n = sent.entry(amp.clone()).or_default();
+                    let beat = json!({"id": amp, "seq": *n, "ver": 3, "listeners": {}, "pools": {}});
+                    let envelope = amphora_proto::heartbeat::encode(&beat, KEY).expect("encode");
+                    // A controller that is down loses it, as over the network.
+                    let _ = socket.send_to(&envelope, controllers[*n % controllers.len()]);
+                    *n += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+        Heartbeats { beating, task }
+    }
+
+    fn beat(&self, amps: &[String]) {
+        self.beating.lock().expect("heartbeats").extend(amps.iter().cloned());
+    }
+
+    /// Falls silent: no heartbeat of these leaves after this returns.
+    fn silence(&self, amps: &[String]) {
+        let mut set = self.beating.lock().expect("heartbeats");
+        for amp in amps {
+            set.remove(amp);
+        }
+    }
+}
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Waits until every amphora has a health row (its heartbeats arrive).
+async fn checked_in(db: &Db, amps: &[String]) {
+    let list = amps.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(", ");
+    let sql = format!("SELECT COUNT(*) FROM amphora_health WHERE amphora_id IN ({list})");
+    wait::until("every heartbeating amphora's health row", Duration::from_secs(30), || async {
+        (count(db, &sql).await == amps.len() as i64).then_some(())
+    })
+    .await;
+}
+
+/// Asserts `check` at every poll for `window`: for what must not happen.
+async fn holds<F, Fut>(window: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        if let Err(problem) = check().await {
+            panic!("{problem}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How many log lines of each controller contain `text`.
+fn log_lines(dir: &Path, text: &str) -> Vec<usize> {
+    (0..CONTROLLERS)
+        .map(|i| {
+            std::fs::read_to_string(dir.join(format!("controller-{i}.log")))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains(text))
+                .count()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn each_stale_amphora_gets_exactly_one_failover_job_from_three_health_processes_killed_at_random() {
+    let Ok(server) = std::env::var("AMPHORA_TEST_POSTGRES") else {
+        panic!("AMPHORA_TEST_POSTGRES must name a PostgreSQL server (scripts/test.sh starts one)");
+    };
+    let seed = seed("stale");
+    let url = common::postgres_database(&server).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ports = health_configuration(dir.path(), &url, None);
+    let cluster = Cluster::start(dir.path(), "api,health");
+    let db = Db::connect(&url).await.expect("open the database");
+    let mut live = Vec::new();
+    for i in 0..3 {
+        live.push(amphora(&db, &format!("live-{i}"), false).await);
+    }
+    let mut waves: Vec<Vec<String>> = Vec::new();
+    for w in 0..3 {
+        let mut wave = Vec::new();
+        for i in 0..3 {
+            wave.push(amphora(&db, &format!("wave-{w}-{i}"), false).await);
+        }
+        waves.push(wave);
+    }
+    // A spare goes silent too: it is not failed over.
+    let spare = amphora(&db, "spare", true).await;
+    waves[0].push(spare.clone());
+    let everyone: Vec<String> = live.iter().chain(waves.iter().flatten()).cloned().collect();
+    let heartbeats = Heartbeats::start(ports);
+    heartbeats.beat(&everyone);
+    checked_in(&db, &everyone).await;
+
+    // The waves fall silent at random moments while controllers die and
+    // come back; every health process that is up sees each stale one.
+    let mut pace = Rng(seed ^ 0x5EED);
+    let killer = Killer::start(cluster.clone(), Rng(seed));
+    for wave in &waves {
+        tokio::time::sleep(pace.between((Duration::from_millis(300), Duration::from_millis(2000)))).await;
+        heartbeats.silence(wave);
+    }
+    let expected: BTreeSet<String> = waves.iter().flatten().filter(|a| **a != spare).cloned().collect();
+    let exactly_once = |jobs: &BTreeMap<String, i64>| -> Result<(), String> {
+        match jobs.iter().find(|(amp, n)| **n > 1 || !expected.contains(*amp)) {
+            Some((amp, n)) => Err(format!(
+                "seed {seed}: amphora {amp} has {n} failover jobs (stale: {})\n{}",
+                expected.contains(amp),
+                logs(dir.path())
+            )),
+            None => Ok(()),
+        }
+    };
+    wait::until(&format!("a failover job for each stale amphora (seed {seed})"), Duration::from_secs(30), || async {
+        let jobs = failover_jobs(&db).await;
+        if let Err(problem) = exactly_once(&jobs) {
+            panic!("{problem}");
+        }
+        (jobs.len() == expected.len()).then_some(())
+    })
+    .await;
+    // Every process up meanwhile scans again at least twice: still one each.
+    holds(Duration::from_secs(HEARTBEAT_TIMEOUT + 2), || async { exactly_once(&failover_jobs(&db).await) }).await;
+    let kills = killer.stop();
+
+    let jobs = failover_jobs(&db).await;
+    assert_eq!(jobs.keys().cloned().collect::<BTreeSet<_>>(), expected, "seed {seed}");
+    assert!(jobs.values().all(|n| *n == 1), "seed {seed}: {jobs:?}");
+    for amp in &expected {
+        assert_eq!(lb_status_of_amphora(&db, amp).await, "PENDING_UPDATE", "seed {seed}: the failover holds its LB");
+    }
+    for amp in &live {
+        assert_eq!(amphora_status(&db, amp).await, "ALLOCATED", "seed {seed}: a live amphora is left alone");
+        assert_eq!(lb_status_of_amphora(&db, amp).await, "ACTIVE", "seed {seed}");
+    }
+    assert_eq!(amphora_status(&db, &spare).await, "READY", "seed {seed}: a spare is not failed over");
+    let queued_by = log_lines(dir.path(), "stale amphora: failover queued");
+    println!(
+        "seed {seed}: {} stale amphorae, one failover job each; queued by controllers {queued_by:?}; {} kills\n{}",
+        expected.len(),
+        kills.len(),
+        kills.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn failover_threshold_stops_every_stale_amphora_in_three_health_processes_killed_at_random() {
+    let Ok(server) = std::env::var("AMPHORA_TEST_POSTGRES") else {
+        panic!("AMPHORA_TEST_POSTGRES must name a PostgreSQL server (scripts/test.sh starts one)");
+    };
+    let seed = seed("threshold");
+    let threshold = 3;
+    let url = common::postgres_database(&server).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ports = health_configuration(dir.path(), &url, Some(threshold));
+    let cluster = Cluster::start(dir.path(), "api,health");
+    let db = Db::connect(&url).await.expect("open the database");
+    let mut live = Vec::new();
+    for i in 0..2 {
+        live.push(amphora(&db, &format!("live-{i}"), false).await);
+    }
+    // Four amphorae that never heartbeated (no health row: not stale yet).
+    let mut group = Vec::new();
+    for i in 0..4 {
+        group.push(amphora(&db, &format!("group-{i}"), false).await);
+    }
+    let heartbeats = Heartbeats::start(ports);
+    heartbeats.beat(&live);
+    checked_in(&db, &live).await;
+    let killer = Killer::start(cluster.clone(), Rng(seed));
+
+    // All four stale in one statement, so no scan sees fewer than the
+    // threshold: every process that scans trips the breaker.
+    let hour_ago = now_millis() - 3_600_000;
+    let rows = group.iter().map(|a| format!("('{a}', {hour_ago}, FALSE)")).collect::<Vec<_>>().join(", ");
+    sqlx::query(&format!("INSERT INTO amphora_health (amphora_id, last_update, busy) VALUES {rows}"))
+        .execute(&db.pool)
+        .await
+        .expect("stale health rows");
+    wait::until(&format!("the group FAILOVER_STOPPED (seed {seed})"), Duration::from_secs(30), || async {
+        for amp in &group {
+            if amphora_status(&db, amp).await != "FAILOVER_STOPPED" {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    let stopped = |amps: Vec<String>| {
+        let db = &db;
+        let dir = dir.path();
+        async move {
+            let jobs = failover_jobs(db).await;
+            if !jobs.is_empty() {
+                return Err(format!("seed {seed}: failover jobs {jobs:?} while the breaker is open\n{}", logs(dir)));
+            }
+            for amp in &amps {
+                let status = amphora_status(db, amp).await;
+                if status != "FAILOVER_STOPPED" {
+                    return Err(format!("seed {seed}: amphora {amp} {status} while the breaker is open"));
+                }
+            }
+            Ok(())
+        }
+    };
+    holds(Duration::from_secs(HEARTBEAT_TIMEOUT + 2), || stopped(group.clone())).await;
+    for amp in group.iter().chain(&live) {
+        assert_eq!(lb_status_of_amphora(&db, amp).await, "ACTIVE", "seed {seed}");
+    }
+    for amp in &live {
+        assert_eq!(amphora_status(&db, amp).await, "ALLOCATED", "seed {seed}");
+    }
+
+    // Two of them heartbeat again: ALLOCATED. The other two are below the
+    // threshold now: each gets exactly one failover job.
+    let (back, still) = group.split_at(2);
+    heartbeats.beat(back);
+    let expected: BTreeSet<String> = still.iter().cloned().collect();
+    let exactly_once = |jobs: &BTreeMap<String, i64>| -> Result<(), String> {
+        match jobs.iter().find(|(amp, n)| **n > 1 || !expected.contains(*amp)) {
+            Some((amp, n)) => Err(format!("seed {seed}: amphora {amp} has {n} failover jobs\n{}", logs(dir.path()))),
+            None => Ok(()),
+        }
+    };
+    wait::until(&format!("the two still stale failed over (seed {seed})"), Duration::from_secs(30), || async {
+        let jobs = failover_jobs(&db).await;
+        if let Err(problem) = exactly_once(&jobs) {
+            panic!("{problem}");
+        }
+        (jobs.len() == expected.len()).then_some(())
+    })
+    .await;
+    holds(Duration::from_secs(HEARTBEAT_TIMEOUT + 2), || async { exactly_once(&failover_jobs(&db).await) }).await;
+    let kills = killer.stop();
+    for amp in back {
+        assert_eq!(amphora_status(&db, amp).await, "ALLOCATED", "seed {seed}: it heartbeats again");
+        assert_eq!(lb_status_of_amphora(&db, amp).await, "ACTIVE", "seed {seed}");
+    }
+    for amp in still {
+        assert_eq!(lb_status_of_amphora(&db, amp).await, "PENDING_UPDATE", "seed {seed}");
+    }
+    let tripped = log_lines(dir.path(), "reached failover_threshold");
+    println!(
+        "seed {seed}: breaker tripped in controllers {tripped:?}, then two failed over once each; {} kills\n{}",
+        kills.len(),
+        kills.join("\n")
+    );
 }
