@@ -1,18 +1,18 @@
 //! Real amphorae under three controller processes on one PostgreSQL
 //! database, with the local compute and network drivers (each amphora a
 //! network namespace running our agent and haproxy): a SINGLE load
-//! balancer is created, then its amphora failed over while the controller
-//! running the failover job is SIGKILLed at a seeded random step. Another
-//! controller takes the job over once its lease expires; the load balancer
-//! ends ACTIVE with a new amphora serving traffic through the VIP, and
-//! nothing is orphaned: no amphora namespace, directory, process or port
-//! without a live amphora row, none of those missing for a live one.
+//! balancer is created, then its amphora failed over, and each time the
+//! controller running the job is SIGKILLed at a seeded random step.
+//! Another controller takes the job over once its lease expires; the load
+//! balancer ends ACTIVE, the new amphora serving traffic through the VIP,
+//! and nothing is orphaned: no amphora namespace, directory, process or
+//! port without a live amphora row, none of those missing for a live one.
 //!
 //! Every amphora is told all three controllers' heartbeat addresses
 //! (`controller_ip_port_list`), one port each on the management address.
 //! Needs root, haproxy, the workspace's `amphora-agent` binary and
 //! AMPHORA_TEST_POSTGRES. Prints its seed; `MULTI_CONTROLLER_SEED=<n>`
-//! replays the kill step.
+//! replays the controllers asked and the kill steps.
 
 mod common;
 mod e2e_support;
@@ -218,8 +218,77 @@ async fn served(sys: &System, client: usize, vip: SocketAddr) -> Option<()> {
     (sys.send(client, vip, 4).await.get("member-1") == Some(&4)).then_some(())
 }
 
+/// The API of controller `i`, which must be up.
+fn api(sys: &System, others: &Others, i: usize) -> Api {
+    if i == 0 { sys.api.clone() } else { Api { addr: others.apis[i].expect("controller up") } }
+}
+
+/// Waits until the job of `kind` on `target` runs step `kill_at` or a later
+/// one, then SIGKILLs the controller running it (left down): (job, step,
+/// victim).
+async fn kill_mid_flow(
+    sys: &mut System,
+    others: &mut Others,
+    db: &Db,
+    kind: &str,
+    target: &str,
+    kill_at: i64,
+) -> (String, i64, usize) {
+    let (job, step, owner) = wait::until(&format!("the {kind} job at step {kill_at}"), BUILD, || async {
+        let row = sqlx::query("SELECT id, state, step, owner FROM job WHERE kind = $1 AND target_id = $2")
+            .bind(kind)
+            .bind(target)
+            .fetch_optional(&db.pool)
+            .await
+            .expect("job")?;
+        let state: String = row.get(1);
+        assert!(state == "QUEUED" || state == "RUNNING", "the {kind} job ended {state} before step {kill_at}");
+        let step: i64 = row.get(2);
+        (state == "RUNNING" && step >= kill_at).then(|| (row.get::<String, _>(0), step, row.get::<String, _>(3)))
+    })
+    .await;
+    let dir = sys.dir.path().to_owned();
+    let victim = controller_of(&dir, &owner).unwrap_or_else(|| panic!("no controller runs worker {owner}"));
+    if victim == 0 {
+        sys.kill_controller();
+    } else {
+        others.kill(victim);
+    }
+    (job, step, victim)
+}
+
+/// Waits for the job to end; asserts another controller than `victim`
+/// took it over and finished it. Returns the finisher.
+async fn finished_by_another(dir: &Path, db: &Db, job: &str, victim: usize, seed: u64) -> usize {
+    let (state, attempts, owner, error) = wait::until("the job to end", BUILD, || async {
+        let row = sqlx::query("SELECT state, attempts, owner, error FROM job WHERE id = $1")
+            .bind(job)
+            .fetch_one(&db.pool)
+            .await
+            .expect("job");
+        let state: String = row.get(0);
+        (state == "DONE" || state == "FAILED")
+            .then(|| (state, row.get::<i64, _>(1), row.get::<Option<String>, _>(2), row.get::<Option<String>, _>(3)))
+    })
+    .await;
+    assert_eq!(state, "DONE", "seed {seed}: job {job}: {error:?}\n{}", logs(dir));
+    assert!(attempts >= 2, "seed {seed}: job {job} ran {attempts} times: nobody took it over");
+    let by = owner.as_deref().and_then(|o| controller_of(dir, o));
+    assert!(by.is_some_and(|c| c != victim), "seed {seed}: job {job} finished by {owner:?} (controller {by:?})");
+    by.expect("checked")
+}
+
+/// The victim comes back (and adopts the agents that run).
+fn restart(sys: &mut System, others: &mut Others, victim: usize) {
+    if victim == 0 {
+        sys.restart_controller();
+    } else {
+        others.start(victim);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn a_failover_whose_controller_is_killed_is_finished_by_another_of_three_and_orphans_nothing() {
+async fn create_and_failover_whose_controller_is_killed_are_finished_by_another_of_three_and_orphan_nothing() {
     let seed = seed();
     let mut sys = System::start_on(Topology::Single, Engine::Postgres).await;
     let dir = sys.dir.path().to_owned();
@@ -247,14 +316,34 @@ async fn a_failover_whose_controller_is_killed_is_finished_by_another_of_three_a
         others.start(i);
     }
     let db = sys.db().await;
-
     let (_, _, client) = sys.host(DEFAULT_VIP_SUBNET_ID).await;
     let (address, _) = sys.http_server(DEFAULT_MEMBER_SUBNET_ID, "member-1").await;
-    let (lb, vip) = sys.create_lb("three-controllers", DEFAULT_VIP_SUBNET_ID, BUILD).await;
+
+    // The create asked of a drawn controller (whose worker is woken at
+    // once, so it usually runs the job), and the controller running it
+    // killed once the job reached a drawn step (a SINGLE create has more
+    // than seven).
+    let asked = (draw(seed ^ 1) % 3) as usize;
+    let body =
+        serde_json::json!({"loadbalancer": {"name": "three-controllers", "vip_subnet_id": DEFAULT_VIP_SUBNET_ID}});
+    let created = api(&sys, &others, asked).expect(201, "POST", "/v2/lbaas/loadbalancers", Some(&body)).await;
+    let lb = created["loadbalancer"]["id"].as_str().expect("an id").to_owned();
+    let kill_at = 1 + (draw(seed ^ 2) % 6) as i64;
+    let (job, step, victim) = kill_mid_flow(&mut sys, &mut others, &db, "create_load_balancer", &lb, kill_at).await;
+    println!(
+        "seed {seed}: create job {job} asked of controller {asked}, at step {step}: its controller {victim} killed"
+    );
+    let by = finished_by_another(&dir, &db, &job, victim, seed).await;
+    println!("seed {seed}: create finished by controller {by}");
+    restart(&mut sys, &mut others, victim);
+    let active = sys.wait_lb(&lb, "ACTIVE", BUILD).await;
+    let vip: std::net::IpAddr = active["vip_address"].as_str().expect("a VIP").parse().expect("an address");
     let vip = SocketAddr::new(vip, 80);
     let pool = sys.http_listener_and_pool(&lb).await;
     sys.add_member(&lb, &pool, address, DEFAULT_MEMBER_SUBNET_ID).await;
     sys.until("traffic through the VIP", Duration::from_secs(60), || served(&sys, client, vip)).await;
+    let left = orphans(&sys, &db).await;
+    assert!(left.is_empty(), "seed {seed}, after the create: {left:?}");
     let old = live_amphorae(&db).await;
     assert_eq!(old.len(), 1, "{old:?}");
     let old = old[0].0.clone();
@@ -264,53 +353,15 @@ async fn a_failover_whose_controller_is_killed_is_finished_by_another_of_three_a
         assert!(boot.contains(&format!("{ip}:{port}")), "heartbeats do not go to {ip}:{port}:\n{boot}");
     }
 
-    // The failover asked of a drawn controller (whose worker is woken at
-    // once, so it usually runs the job), and that controller killed once
-    // the job reached the drawn step (a SINGLE amphora failover has more
-    // than ten).
+    // The same for a failover of its amphora (more than ten steps).
+    let asked = (draw(seed ^ 3) % 3) as usize;
+    api(&sys, &others, asked).expect(202, "PUT", &format!("/v2/octavia/amphorae/{old}/failover"), None).await;
     let kill_at = 1 + (draw(seed) % 9) as i64;
-    let asked = (draw(seed ^ 1) % 3) as usize;
-    let api = if asked == 0 { sys.api.clone() } else { Api { addr: others.apis[asked].expect("running") } };
-    api.expect(202, "PUT", &format!("/v2/octavia/amphorae/{old}/failover"), None).await;
-    let (job, step, owner) = wait::until(&format!("the failover job at step {kill_at}"), BUILD, || async {
-        let row =
-            sqlx::query("SELECT id, state, step, owner FROM job WHERE kind = 'failover_amphora' AND target_id = $1")
-                .bind(old.as_str())
-                .fetch_optional(&db.pool)
-                .await
-                .expect("job")?;
-        let state: String = row.get(1);
-        assert!(state == "QUEUED" || state == "RUNNING", "the failover ended {state} before step {kill_at}");
-        let step: i64 = row.get(2);
-        (state == "RUNNING" && step >= kill_at).then(|| (row.get::<String, _>(0), step, row.get::<String, _>(3)))
-    })
-    .await;
-    let victim = controller_of(&dir, &owner).unwrap_or_else(|| panic!("no controller runs worker {owner}"));
-    if victim == 0 {
-        sys.kill_controller();
-    } else {
-        others.kill(victim);
-    }
+    let (job, step, victim) = kill_mid_flow(&mut sys, &mut others, &db, "failover_amphora", &old, kill_at).await;
     println!(
         "seed {seed}: failover job {job} asked of controller {asked}, at step {step}: its controller {victim} killed"
     );
-
-    let finished = wait::until("the failover to finish", BUILD, || async {
-        let row = sqlx::query("SELECT state, attempts, owner, error FROM job WHERE id = $1")
-            .bind(job.as_str())
-            .fetch_one(&db.pool)
-            .await
-            .expect("job");
-        let state: String = row.get(0);
-        (state == "DONE" || state == "FAILED")
-            .then(|| (state, row.get::<i64, _>(1), row.get::<Option<String>, _>(2), row.get::<Option<String>, _>(3)))
-    })
-    .await;
-    let (state, attempts, last_owner, error) = finished;
-    assert_eq!(state, "DONE", "seed {seed}: {error:?}\n{}", logs(&dir));
-    assert!(attempts >= 2, "seed {seed}: the job ran {attempts} times: nobody took it over");
-    let by = last_owner.as_deref().and_then(|o| controller_of(&dir, o));
-    assert!(by.is_some_and(|c| c != victim), "seed {seed}: finished by {last_owner:?} (controller {by:?})");
+    let by = finished_by_another(&dir, &db, &job, victim, seed).await;
     let status: String = sqlx::query_scalar("SELECT provisioning_status FROM load_balancer WHERE id = $1")
         .bind(lb.as_str())
         .fetch_one(&db.pool)
@@ -327,15 +378,11 @@ async fn a_failover_whose_controller_is_killed_is_finished_by_another_of_three_a
 
     // The victim comes back and adopts what runs: still nothing orphaned,
     // nothing started twice.
-    if victim == 0 {
-        sys.restart_controller();
-    } else {
-        others.start(victim);
-    }
+    restart(&mut sys, &mut others, victim);
     sys.until("traffic with all three controllers up", Duration::from_secs(60), || served(&sys, client, vip)).await;
     let left = orphans(&sys, &db).await;
     assert!(left.is_empty(), "seed {seed}, after the restart: {left:?}");
-    println!("seed {seed}: finished by controller {by:?} after {attempts} attempts");
+    println!("seed {seed}: failover finished by controller {by}");
     // Controllers 1 and 2 stop before the system tears the host down.
     drop(others);
 }
