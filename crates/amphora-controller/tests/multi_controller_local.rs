@@ -7,6 +7,9 @@
 //! balancer ends ACTIVE, the new amphora serving traffic through the VIP,
 //! and nothing is orphaned: no amphora namespace, directory, process or
 //! port without a live amphora row, none of those missing for a live one.
+//! Then, every controller restarted in turn (so all of them know the new
+//! amphora), its agent is killed: it is started again once, not once per
+//! controller.
 //!
 //! Every amphora is told all three controllers' heartbeat addresses
 //! (`controller_ip_port_list`), one port each on the management address.
@@ -383,6 +386,42 @@ async fn create_and_failover_whose_controller_is_killed_are_finished_by_another_
     let left = orphans(&sys, &db).await;
     assert!(left.is_empty(), "seed {seed}, after the restart: {left:?}");
     println!("seed {seed}: failover finished by controller {by}");
+
+    // A rolling restart: every controller finds the new amphora running.
+    // One supervises its agent, the others stand by. The agent dies: it is
+    // started again once, by one controller, not once by each of them.
+    for i in 0..3 {
+        if i == 0 {
+            sys.kill_controller();
+        } else {
+            others.kill(i);
+        }
+        restart(&mut sys, &mut others, i);
+    }
+    let amp = now[0].0.clone();
+    let amp_dir = sys.config.local_compute.state_dir.join(short(&amp));
+    let agent_log = || std::fs::read_to_string(amp_dir.join("agent.log")).unwrap_or_default();
+    let pid_of = || std::fs::read_to_string(amp_dir.join("agent.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok());
+    let first = pid_of().expect("the agent's pid file");
+    let log_before = agent_log().len();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill the agent");
+    let second = wait::until("the agent started again", Duration::from_secs(30), || async {
+        pid_of().filter(|p| *p != first && std::path::Path::new(&format!("/proc/{p}")).exists())
+    })
+    .await;
+    // Every supervisor that saw the death would have started its agent
+    // within a restart delay and retried after twice that: 3 s covers both.
+    let end = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < end {
+        assert_eq!(pid_of(), Some(second), "seed {seed}: the agent was started again more than once");
+        let left = orphans(&sys, &db).await;
+        assert!(left.is_empty(), "seed {seed}, after the agent died: {left:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let since = agent_log()[log_before..].to_owned();
+    assert!(!since.contains("Address already in use"), "seed {seed}: a second agent was started:\n{since}");
+    sys.until("traffic after the agent's restart", Duration::from_secs(60), || served(&sys, client, vip)).await;
     // Controllers 1 and 2 stop before the system tears the host down.
     drop(others);
 }
