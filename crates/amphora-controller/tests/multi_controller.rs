@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -95,6 +95,8 @@ struct Cluster {
     dir: PathBuf,
     roles: &'static str,
     slots: Mutex<Vec<Slot>>,
+    /// The controller the next request tries first.
+    next: AtomicUsize,
 }
 
 impl Cluster {
@@ -105,6 +107,7 @@ impl Cluster {
             dir: dir.to_owned(),
             roles,
             slots: Mutex::new((0..CONTROLLERS).map(|_| Slot::default()).collect()),
+            next: AtomicUsize::new(0),
         });
         for i in 0..CONTROLLERS {
             cluster.start_one(i);
@@ -160,8 +163,13 @@ impl Cluster {
         slots[i].addr = None;
     }
 
+    /// The controllers that are up, from the next one in turn: requests
+    /// (and so the jobs, which the controller asked runs first) spread over
+    /// all of them.
     fn addrs(&self) -> Vec<SocketAddr> {
-        self.slots().iter().filter_map(|s| s.addr).collect()
+        let first = self.next.fetch_add(1, Ordering::SeqCst);
+        let slots = self.slots();
+        (0..CONTROLLERS).filter_map(|i| slots[(first + i) % CONTROLLERS].addr).collect()
     }
 
     /// A request to whichever controller is up, retried until one answers
