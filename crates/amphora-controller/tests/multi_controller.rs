@@ -246,8 +246,13 @@ impl Killer {
 }
 
 impl Drop for Killer {
+    /// Also on a failed test: the thread lets go of the cluster, whose drop
+    /// kills the controllers, before the test binary may exit.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
