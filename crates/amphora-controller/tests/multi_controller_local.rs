@@ -9,7 +9,7 @@
 //! port without a live amphora row, none of those missing for a live one.
 //! Then, every controller restarted in turn (so all of them know the new
 //! amphora), its agent is killed: it is started again once, not once per
-//! controller.
+//! controller; and an agent whose pid file is lost is found and kept.
 //!
 //! Every amphora is told all three controllers' heartbeat addresses
 //! (`controller_ip_port_list`), one port each on the management address.
@@ -422,6 +422,30 @@ async fn create_and_failover_whose_controller_is_killed_are_finished_by_another_
     let since = agent_log()[log_before..].to_owned();
     assert!(!since.contains("Address already in use"), "seed {seed}: a second agent was started:\n{since}");
     sys.until("traffic after the agent's restart", Duration::from_secs(60), || served(&sys, client, vip)).await;
+
+    // A controller killed between starting an agent and writing its pid
+    // file leaves an agent no pid file names. Every controller restarted
+    // in turn (the supervising one among them): the agent is found by its
+    // command line and kept, not started a second time.
+    std::fs::remove_file(amp_dir.join("agent.pid")).expect("remove the pid file");
+    let log_before = agent_log().len();
+    for i in 0..3 {
+        if i == 0 {
+            sys.kill_controller();
+        } else {
+            others.kill(i);
+        }
+        restart(&mut sys, &mut others, i);
+    }
+    let end = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < end {
+        assert!(!amphora_controller::local::fabric::process_gone(second), "seed {seed}: the agent was replaced");
+        let left = orphans(&sys, &db).await;
+        assert!(left.is_empty(), "seed {seed}, without a pid file: {left:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let since = agent_log()[log_before..].to_owned();
+    assert!(!since.contains("Address already in use"), "seed {seed}: a second agent was started:\n{since}");
     // Controllers 1 and 2 stop before the system tears the host down.
     drop(others);
 }

@@ -173,14 +173,26 @@ impl Vm {
         }
     }
 
-    /// The live agent recorded in the pid file, if it is ours: its command
-    /// line names this amphora's `local.conf` (pids get reused).
+    /// The live agent of this amphora: the one the pid file names, if it is
+    /// ours (its command line names this amphora's `local.conf`; pids get
+    /// reused), else one found by that command line. A controller killed
+    /// between starting the agent and writing the pid file leaves an agent
+    /// no pid file names; starting another would fail on its port forever.
     fn running_pid(&self) -> Option<i32> {
-        let pid: i32 = std::fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let local = self.dir.join(LOCAL_CONFIG);
-        let ours = cmdline.split(|b| *b == 0).any(|arg| arg == local.as_os_str().as_encoded_bytes());
-        (ours && !fabric::process_gone(pid)).then_some(pid)
+        let ours = |pid: i32| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|arg| arg == local.as_os_str().as_encoded_bytes()))
+                && !fabric::process_gone(pid)
+        };
+        let recorded = std::fs::read_to_string(self.pid_file()).ok().and_then(|p| p.trim().parse::<i32>().ok());
+        if let Some(pid) = recorded.filter(|p| ours(*p)) {
+            return Some(pid);
+        }
+        std::fs::read_dir("/proc")
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .find(|pid| ours(*pid))
     }
 
     /// Starts the agent inside the VM namespace.
