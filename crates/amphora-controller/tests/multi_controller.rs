@@ -76,8 +76,10 @@ impl Rng {
 /// failed run can be replayed.
 fn seed(test: &str) -> u64 {
     let seed = match std::env::var("MULTI_CONTROLLER_SEED") {
-        Ok(s) => s.trim().parse().unwrap_or_else(|_| panic!("MULTI_CONTROLLER_SEED={s:?} is not a number")),
-        Err(_) => SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos() as u64,
+        Ok(s) if !s.trim().is_empty() => {
+            s.trim().parse().unwrap_or_else(|_| panic!("MULTI_CONTROLLER_SEED={s:?} is not a number"))
+        }
+        _ => SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos() as u64,
     };
     println!("{test}: MULTI_CONTROLLER_SEED={seed}");
     seed
