@@ -17,6 +17,11 @@
 //! the VM namespace still exists, as systemd would inside a VM. A
 //! controller that starts again finds running agents by their pid files
 //! (checked against /proc) and supervises them without restarting them.
+//! Several controller processes on one host all find every amphora: the
+//! one holding the amphora's `supervisor.lock` (an flock, released by the
+//! kernel when its process dies) supervises it, the others stand by and
+//! take over when the lock comes free, so an agent that dies is started
+//! again once, not once per controller.
 //!
 //! The compute id is the amphora id. Image, flavor and availability zone
 //! mean nothing here: `[controller_worker] amp_image_id` / `amp_flavor_id`
@@ -50,6 +55,9 @@ const READY_FILE: &str = "ready";
 const LOG_FILE: &str = "agent.log";
 const BOOT_CONFIG: &str = "amphora-agent.conf";
 const LOCAL_CONFIG: &str = "local.conf";
+const SUPERVISOR_LOCK: &str = "supervisor.lock";
+/// How often a standing-by supervisor tries the lock.
+const STANDBY_POLL: Duration = Duration::from_millis(500);
 
 /// First and longest pause before the agent is started again.
 const RESTART_DELAY: Duration = Duration::from_millis(500);
@@ -147,14 +155,44 @@ impl Vm {
         self.dir.join(PID_FILE)
     }
 
-    /// The live agent recorded in the pid file, if it is ours: its command
-    /// line names this amphora's `local.conf` (pids get reused).
+    /// The supervision lock, when no other supervisor (of this or another
+    /// process) holds it. An error when the amphora's directory is gone.
+    fn try_supervision(&self) -> anyhow::Result<Option<File>> {
+        let path = self.dir.join(SUPERVISOR_LOCK);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+        }
+    }
+
+    /// The live agent of this amphora: the one the pid file names, if it is
+    /// ours (its command line names this amphora's `local.conf`; pids get
+    /// reused), else one found by that command line. A controller killed
+    /// between starting the agent and writing the pid file leaves an agent
+    /// no pid file names; starting another would fail on its port forever.
     fn running_pid(&self) -> Option<i32> {
-        let pid: i32 = std::fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let local = self.dir.join(LOCAL_CONFIG);
-        let ours = cmdline.split(|b| *b == 0).any(|arg| arg == local.as_os_str().as_encoded_bytes());
-        (ours && !fabric::process_gone(pid)).then_some(pid)
+        let ours = |pid: i32| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|arg| arg == local.as_os_str().as_encoded_bytes()))
+                && !fabric::process_gone(pid)
+        };
+        let recorded = std::fs::read_to_string(self.pid_file()).ok().and_then(|p| p.trim().parse::<i32>().ok());
+        if let Some(pid) = recorded.filter(|p| ours(*p)) {
+            return Some(pid);
+        }
+        std::fs::read_dir("/proc")
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .find(|pid| ours(*pid))
     }
 
     /// Starts the agent inside the VM namespace.
@@ -215,26 +253,69 @@ impl Vm {
 /// RLIMIT_NOFILE of a local amphora's agent and what it starts.
 const AGENT_OPEN_FILES: libc::rlim_t = 1 << 20;
 
-/// A supervised agent.
+/// The supervision lock of an agent, when this supervisor holds it.
+type Held = Arc<std::sync::Mutex<Option<File>>>;
+
+/// A supervised agent, or one standing by while a supervisor of another
+/// process holds the lock.
 #[derive(Debug)]
 struct Supervisor {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     pid: Arc<AtomicI32>,
+    held: Held,
 }
 
 impl Supervisor {
-    fn start(vm: Vm, child: Option<tokio::process::Child>, adopted: Option<i32>) -> Supervisor {
+    fn start(vm: Vm, child: Option<tokio::process::Child>, adopted: Option<i32>, lock: Option<File>) -> Supervisor {
         let (stop, stopped) = watch::channel(false);
         let pid =
             Arc::new(AtomicI32::new(child.as_ref().and_then(|c| c.id()).map(|p| p as i32).or(adopted).unwrap_or(0)));
-        let task = tokio::spawn(supervise(vm, child, adopted, pid.clone(), stopped));
-        Supervisor { stop, task, pid }
+        let held = Arc::new(std::sync::Mutex::new(lock));
+        let task = tokio::spawn(supervise(vm, child, adopted, pid.clone(), stopped, held.clone()));
+        Supervisor { stop, task, pid, held }
     }
 
-    async fn stop(self) {
+    /// Stops the task; the lock, if it was held, stays held by the caller.
+    async fn stop(self) -> Option<File> {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Stops the task without waiting and frees the lock now, for another
+    /// process (or a later instance in this one) to take over.
+    fn release(self) {
+        let _ = self.stop.send(true);
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+/// Waits until this supervisor holds the lock: `Some` with the agent to
+/// adopt (if one runs), `None` when stopped or the amphora is gone.
+async fn take_over(vm: &Vm, held: &Held, stopped: &mut watch::Receiver<bool>) -> Option<Option<i32>> {
+    loop {
+        if held.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+            return Some(None);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(STANDBY_POLL) => {}
+            _ = stop_requested(stopped) => return None,
+        }
+        if !fabric::netns_exists(&vm.vm_namespace) {
+            return None;
+        }
+        match vm.try_supervision() {
+            Ok(Some(lock)) => {
+                *held.lock().unwrap_or_else(|e| e.into_inner()) = Some(lock);
+                let pid = vm.running_pid();
+                tracing::info!(namespace = vm.vm_namespace, ?pid, "took over the supervision of an amphora agent");
+                return Some(pid);
+            }
+            Ok(None) => {}
+            // The directory went with the amphora.
+            Err(_) => return None,
+        }
     }
 }
 
@@ -249,7 +330,16 @@ async fn supervise(
     mut adopted: Option<i32>,
     pid: Arc<AtomicI32>,
     mut stopped: watch::Receiver<bool>,
+    held: Held,
 ) {
+    match take_over(&vm, &held, &mut stopped).await {
+        None => return,
+        Some(Some(p)) => {
+            adopted = Some(p);
+            pid.store(p, Ordering::SeqCst);
+        }
+        Some(None) => {}
+    }
     let mut delay = RESTART_DELAY;
     loop {
         let started = Instant::now();
@@ -403,12 +493,23 @@ impl LocalCompute {
             return Ok(());
         }
         let vm = self.vm(compute_id);
+        let lock = vm.try_supervision()?;
         let supervisor = if let Some(pid) = vm.running_pid() {
-            tracing::info!(compute_id, pid, "found a running amphora agent");
-            Supervisor::start(vm, None, Some(pid))
+            if lock.is_some() {
+                tracing::info!(compute_id, pid, "found a running amphora agent");
+                Supervisor::start(vm, None, Some(pid), lock)
+            } else {
+                tracing::info!(compute_id, pid, "another controller process supervises the amphora agent");
+                Supervisor::start(vm, None, None, None)
+            }
         } else if fabric::netns_exists(&vm.vm_namespace) {
-            let child = vm.spawn()?;
-            Supervisor::start(vm, Some(child), None)
+            if lock.is_some() {
+                let child = vm.spawn()?;
+                Supervisor::start(vm, Some(child), None, lock)
+            } else {
+                tracing::info!(compute_id, "another controller process supervises the amphora agent");
+                Supervisor::start(vm, None, None, None)
+            }
         } else {
             tracing::warn!(compute_id, "amphora has no VM namespace any more; leaving it stopped");
             return Ok(());
@@ -553,9 +654,12 @@ impl LocalCompute {
         check_id(compute_id)?;
         let _guard = self.lock.lock().await;
         let supervisor = self.supervisors().remove(compute_id);
-        if let Some(s) = supervisor {
-            s.stop().await;
-        }
+        // The lock stays held until the amphora is gone: a supervisor of
+        // another process standing by does not take over meanwhile.
+        let _held = match supervisor {
+            Some(s) => s.stop().await,
+            None => None,
+        };
         let network = self.network().clone();
         // The agent first, so it starts nothing more; then haproxy and
         // keepalived with their namespace.
@@ -619,7 +723,7 @@ impl Drop for LocalCompute {
     /// agents stay (a later instance adopts them).
     fn drop(&mut self) {
         for (_, supervisor) in self.supervisors().drain() {
-            let _ = supervisor.stop.send(true);
+            supervisor.release();
         }
     }
 }

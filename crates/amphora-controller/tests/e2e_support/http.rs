@@ -25,10 +25,24 @@ impl Api {
     }
 
     /// [`Api::call`] to a controller that may be down or killed meanwhile:
-    /// `None` when the connection fails or no answer comes.
+    /// `None` when the connection fails or no whole answer comes (a
+    /// controller killed after reading the request closes the connection
+    /// with nothing or part of a response sent).
     pub async fn try_call(&self, method: &str, path: &str, body: Option<&Value>) -> Option<(u16, Value)> {
         let response = self.exchange(method, path, body).await.ok()?;
-        Some(parse(method, path, &response))
+        let whole = String::from_utf8_lossy(&response).split_once("\r\n\r\n").is_some_and(|(head, body)| {
+            let head = head.to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|n| n.trim().parse::<usize>().ok());
+            match length {
+                Some(n) => body.len() >= n,
+                None if head.contains("transfer-encoding: chunked") => body.ends_with("0\r\n\r\n"),
+                None => true,
+            }
+        });
+        whole.then(|| parse(method, path, &response))
     }
 
     /// One request on a connection of its own: the raw response.

@@ -191,6 +191,21 @@ impl System {
         self.launch();
     }
 
+    /// Kills the controller with SIGKILL and leaves it down (its amphorae
+    /// keep running); [`System::restart_controller`] starts it again.
+    pub fn kill_controller(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the controller again after [`System::kill_controller`].
+    pub fn restart_controller(&mut self) {
+        assert!(self.child.is_none(), "the controller is running");
+        self.launch();
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("controller.log")).unwrap_or_default()
     }
