@@ -587,7 +587,7 @@ async fn udp_through_ipvs() {
     // Deleted: keepalived stops, IPVS forgets the service, files go.
     let reply = client.delete(&format!("/1.0/listeners/{UDP_LISTENER}")).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    assert!(!alive(after));
+    wait::until("keepalived to exit", WAIT, || async { (!alive(after)).then_some(()) }).await;
     wait::until("the VIP to stop answering", WAIT, || async { ask(&hyp).await.is_none().then_some(()) }).await;
     let reply = client.get(&paths::v1::lvs_config(UDP_LISTENER)).await;
     assert_eq!(reply.status, 404);
