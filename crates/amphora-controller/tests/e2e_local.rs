@@ -294,19 +294,7 @@ async fn orphans(sys: &System) -> Vec<String> {
             found.push(format!("namespace {ns} of no live amphora"));
         }
     }
-    for owner in owners {
-        let (kind, rest) = owner.split_once(':').unwrap_or((owner.as_str(), ""));
-        let ok = match kind {
-            "mgmt" | "vrrp" => live_amps.iter().any(|a| a == rest),
-            "member" => live_amps.iter().any(|a| rest.starts_with(&format!("{a}:"))),
-            "vip" => live_lbs.iter().any(|l| l == rest),
-            "test" => true,
-            _ => false,
-        };
-        if !ok {
-            found.push(format!("port of {owner}"));
-        }
-    }
+    found.extend(e2e_support::stray_ports(&owners, &live_amps, &live_lbs));
     // An amphora's directory is named by the first 12 letters and digits of
     // its id; its agent, haproxy and keepalived name files below it.
     let short = |id: &str| id.chars().filter(char::is_ascii_alphanumeric).take(12).collect::<String>();

@@ -592,6 +592,31 @@ async fn checked_in(db: &Db, amps: &[String]) {
 }
 
 /// Asserts `check` at every poll for `window`: for what must not happen.
+/// Waits until each of `expected` has a failover job, failing at once if
+/// any amphora gets a second one or one outside `expected`; then checks
+/// that this holds while every process up scans again at least twice.
+async fn one_failover_job_each(db: &Db, expected: &BTreeSet<String>, what: &str, logs: impl Fn() -> String) {
+    let exactly_once = |jobs: &BTreeMap<String, i64>| -> Result<(), String> {
+        match jobs.iter().find(|(amp, n)| **n > 1 || !expected.contains(*amp)) {
+            Some((amp, n)) => Err(format!(
+                "{what}: amphora {amp} has {n} failover jobs (stale: {})\n{}",
+                expected.contains(amp),
+                logs()
+            )),
+            None => Ok(()),
+        }
+    };
+    wait::until(what, Duration::from_secs(30), || async {
+        let jobs = failover_jobs(db).await;
+        if let Err(problem) = exactly_once(&jobs) {
+            panic!("{problem}");
+        }
+        (jobs.len() == expected.len()).then_some(())
+    })
+    .await;
+    holds(Duration::from_secs(HEARTBEAT_TIMEOUT + 2), || async { exactly_once(&failover_jobs(db).await) }).await;
+}
+
 async fn holds<F, Fut>(window: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
@@ -659,26 +684,10 @@ async fn each_stale_amphora_gets_exactly_one_failover_job_from_three_health_proc
         heartbeats.silence(wave);
     }
     let expected: BTreeSet<String> = waves.iter().flatten().filter(|a| **a != spare).cloned().collect();
-    let exactly_once = |jobs: &BTreeMap<String, i64>| -> Result<(), String> {
-        match jobs.iter().find(|(amp, n)| **n > 1 || !expected.contains(*amp)) {
-            Some((amp, n)) => Err(format!(
-                "seed {seed}: amphora {amp} has {n} failover jobs (stale: {})\n{}",
-                expected.contains(amp),
-                logs(dir.path())
-            )),
-            None => Ok(()),
-        }
-    };
-    wait::until(&format!("a failover job for each stale amphora (seed {seed})"), Duration::from_secs(30), || async {
-        let jobs = failover_jobs(&db).await;
-        if let Err(problem) = exactly_once(&jobs) {
-            panic!("{problem}");
-        }
-        (jobs.len() == expected.len()).then_some(())
+    one_failover_job_each(&db, &expected, &format!("a failover job for each stale amphora (seed {seed})"), || {
+        logs(dir.path())
     })
     .await;
-    // Every process up meanwhile scans again at least twice: still one each.
-    holds(Duration::from_secs(HEARTBEAT_TIMEOUT + 2), || async { exactly_once(&failover_jobs(&db).await) }).await;
     let kills = killer.stop();
 
     let jobs = failover_jobs(&db).await;
@@ -774,21 +783,10 @@ async fn failover_threshold_stops_every_stale_amphora_in_three_health_processes_
     let (back, still) = group.split_at(2);
     heartbeats.beat(back);
     let expected: BTreeSet<String> = still.iter().cloned().collect();
-    let exactly_once = |jobs: &BTreeMap<String, i64>| -> Result<(), String> {
-        match jobs.iter().find(|(amp, n)| **n > 1 || !expected.contains(*amp)) {
-            Some((amp, n)) => Err(format!("seed {seed}: amphora {amp} has {n} failover jobs\n{}", logs(dir.path()))),
-            None => Ok(()),
-        }
-    };
-    wait::until(&format!("the two still stale failed over (seed {seed})"), Duration::from_secs(30), || async {
-        let jobs = failover_jobs(&db).await;
-        if let Err(problem) = exactly_once(&jobs) {
-            panic!("{problem}");
-        }
-        (jobs.len() == expected.len()).then_some(())
+    one_failover_job_each(&db, &expected, &format!("the two still stale failed over (seed {seed})"), || {
+        logs(dir.path())
     })
     .await;
-    holds(Duration::from_secs(HEARTBEAT_TIMEOUT + 2), || async { exactly_once(&failover_jobs(&db).await) }).await;
     let kills = killer.stop();
     for amp in back {
         assert_eq!(amphora_status(&db, amp).await, "ALLOCATED", "seed {seed}: it heartbeats again");

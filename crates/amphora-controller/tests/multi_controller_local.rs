@@ -203,19 +203,7 @@ async fn orphans(sys: &System, db: &Db) -> Vec<String> {
     }
     let owners: Vec<String> =
         sqlx::query_scalar("SELECT owner FROM local_port").fetch_all(&db.pool).await.expect("ports");
-    for owner in owners {
-        let (kind, rest) = owner.split_once(':').unwrap_or((owner.as_str(), ""));
-        let ok = match kind {
-            "mgmt" | "vrrp" => live.iter().any(|a| a == rest),
-            "member" => live.iter().any(|a| rest.starts_with(&format!("{a}:"))),
-            "vip" => live_lbs.iter().any(|l| l == rest),
-            "test" => true,
-            _ => false,
-        };
-        if !ok {
-            found.push(format!("port of {owner}"));
-        }
-    }
+    found.extend(e2e_support::stray_ports(&owners, &live, &live_lbs));
     found
 }
 
@@ -289,6 +277,18 @@ fn restart(sys: &mut System, others: &mut Others, victim: usize) {
         sys.restart_controller();
     } else {
         others.start(victim);
+    }
+}
+
+/// Kills and restarts the three controllers one after the other.
+fn restart_each(sys: &mut System, others: &mut Others) {
+    for i in 0..3 {
+        if i == 0 {
+            sys.kill_controller();
+        } else {
+            others.kill(i);
+        }
+        restart(sys, others, i);
     }
 }
 
@@ -392,14 +392,7 @@ async fn create_and_failover_whose_controller_is_killed_are_finished_by_another_
     // A rolling restart: every controller finds the new amphora running.
     // One supervises its agent, the others stand by. The agent dies: it is
     // started again once, by one controller, not once by each of them.
-    for i in 0..3 {
-        if i == 0 {
-            sys.kill_controller();
-        } else {
-            others.kill(i);
-        }
-        restart(&mut sys, &mut others, i);
-    }
+    restart_each(&mut sys, &mut others);
     let amp = now[0].0.clone();
     let amp_dir = sys.config.local_compute.state_dir.join(short(&amp));
     let agent_log = || std::fs::read_to_string(amp_dir.join("agent.log")).unwrap_or_default();
@@ -431,14 +424,7 @@ async fn create_and_failover_whose_controller_is_killed_are_finished_by_another_
     // command line and kept, not started a second time.
     std::fs::remove_file(amp_dir.join("agent.pid")).expect("remove the pid file");
     let log_before = agent_log().len();
-    for i in 0..3 {
-        if i == 0 {
-            sys.kill_controller();
-        } else {
-            others.kill(i);
-        }
-        restart(&mut sys, &mut others, i);
-    }
+    restart_each(&mut sys, &mut others);
     let end = std::time::Instant::now() + Duration::from_secs(3);
     while std::time::Instant::now() < end {
         assert!(!amphora_controller::local::fabric::process_gone(second), "seed {seed}: the agent was replaced");

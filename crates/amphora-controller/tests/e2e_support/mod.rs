@@ -414,6 +414,26 @@ impl Drop for System {
     }
 }
 
+/// Local ports (the `local_port` table's owners) that no live amphora or
+/// load balancer accounts for, one line each.
+pub fn stray_ports(owners: &[String], live_amps: &[String], live_lbs: &[String]) -> Vec<String> {
+    let mut found = Vec::new();
+    for owner in owners {
+        let (kind, rest) = owner.split_once(':').unwrap_or((owner.as_str(), ""));
+        let ok = match kind {
+            "mgmt" | "vrrp" => live_amps.iter().any(|a| a == rest),
+            "member" => live_amps.iter().any(|a| rest.starts_with(&format!("{a}:"))),
+            "vip" => live_lbs.iter().any(|l| l == rest),
+            "test" => true,
+            _ => false,
+        };
+        if !ok {
+            found.push(format!("port of {owner}"));
+        }
+    }
+    found
+}
+
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
